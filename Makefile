@@ -1,0 +1,36 @@
+# kiwi-overlay: `make test` runs every test, `make demo` boots a QEMU client from NBD.
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DESTDIR ?=
+buildroot ?= $(DESTDIR)
+dracutdir ?= /usr/lib/dracut/modules.d
+
+.PHONY: all venv test lint format install clean
+
+all: venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# pytest exits 5 when a marker selection (PYTEST_ARGS="-m ...") matches no test: not a failure.
+test: venv
+	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+lint: venv
+	$(PY) -m ruff check kiwi_overlay tests
+	$(PY) -m ruff format --check kiwi_overlay tests
+	$(PY) -m mypy kiwi_overlay
+	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
+
+format: venv
+	$(PY) -m ruff format kiwi_overlay tests
+	$(PY) -m ruff check --fix kiwi_overlay tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

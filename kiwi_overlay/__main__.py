@@ -1,0 +1,5 @@
+import sys
+
+from kiwi_overlay.cli import main
+
+sys.exit(main())

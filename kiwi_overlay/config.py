@@ -1,0 +1,388 @@
+"""The boot plan: every kiwi-overlay option of the kernel command line, parsed and checked.
+
+Parsing does no I/O. The result is a frozen `Plan` that `kiwi-overlay explain` prints and
+the effects (network, attach, mounts) consume.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kiwi_overlay.cmdline import KernelCmdline
+from kiwi_overlay.errors import OptionError
+
+NBD_DEFAULT_PORT = 10809
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_TMPFS_SIZE = "50%"
+RUN_DIR = Path("/run/overlay")
+SYSROOT = Path("/sysroot")
+
+# dracut's by-* directories for the local root forms, and whether '/' and ' ' are escaped.
+_LOCAL_FORMS: dict[str, tuple[str, bool]] = {
+    "UUID": ("/dev/disk/by-uuid/", False),
+    "PARTUUID": ("/dev/disk/by-partuuid/", False),
+    "LABEL": ("/dev/disk/by-label/", True),
+    "PARTLABEL": ("/dev/disk/by-partlabel/", True),
+    "UNIXNODE": ("/dev/", False),
+    "MAPPER": ("/dev/mapper/", False),
+}
+_WRITE_FORMS = ("UUID", "PARTUUID", "LABEL", "PARTLABEL")
+_AOE_TARGET = re.compile(r"e(\d+)\.(\d+)")
+_IFNAME = re.compile(r"[^/\s:]{1,15}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d+)%")
+
+
+@dataclass(frozen=True)
+class NbdRoot:
+    host: str
+    port: int
+    export: str
+    tls: bool
+    connections: int
+    io_timeout: float | None
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    transport: Literal["nbd"] = "nbd"
+
+    @property
+    def device(self) -> None:
+        """The kernel picks the /dev/nbdN at attach time."""
+        return None
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT, with an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def uri(self) -> str:
+        return f"{'nbds' if self.tls else 'nbd'}://{self.address}/{self.export}"
+
+
+@dataclass(frozen=True)
+class AoeRoot:
+    target: str | None  # "e0.1", or None: discover on `interface`
+    interface: str | None
+    interfaces: tuple[str, ...]  # rd.root.overlay.aoe.interfaces; empty: decided at boot
+    transport: Literal["aoe"] = "aoe"
+
+    @property
+    def device(self) -> Path | None:
+        return Path("/dev/etherd") / self.target if self.target else None
+
+
+@dataclass(frozen=True)
+class LocalRoot:
+    spec: str  # as given after "overlay:", e.g. "LABEL=root"
+    device: Path
+    transport: Literal["local"] = "local"
+
+
+Root = NbdRoot | AoeRoot | LocalRoot
+
+
+@dataclass(frozen=True)
+class WriteLayer:
+    kind: Literal["tmpfs", "device", "none"]
+    size: str  # tmpfs size= option: "50%" or a byte count with optional k/m/g/t suffix
+    device: Path | None  # the write device, when kind is "device" or asked for but overridden
+    reset: bool
+    fallback_tmpfs: bool
+
+    @property
+    def size_bytes(self) -> int | None:
+        match = _SIZE.fullmatch(self.size)
+        if not match:
+            return None
+        return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))
+
+
+@dataclass(frozen=True)
+class Network:
+    needed: bool  # links must be up before the root can be attached
+    needs_ip: bool  # ... and carry an IP configuration
+    ip: tuple[str, ...]  # every ip= as given; ("dhcp",) implied for nbd without one
+    implied_dhcp: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Root | None
+    write: WriteLayer
+    network: Network
+    readonly: bool
+    rootfstype: str | None
+    rootflags: str | None
+    timeout: float
+    debug: bool
+
+
+def _positive_number(cmdline: KernelCmdline, option: str, default: float | None, example: str) -> float | None:
+    value = cmdline.getarg(option)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise OptionError(option, value, "not a number of seconds", f"{option}={example}") from None
+    if not 0 < number < 1e9:
+        raise OptionError(option, value, "must be a positive number of seconds", f"{option}={example}")
+    return number
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(part.isdigit() and int(part) < 256 for part in parts)
+
+
+class _Fail:
+    """Builds the OptionError for one option value, so helpers only say what is wrong."""
+
+    def __init__(self, option: str, value: str, example: str) -> None:
+        self.option, self.value, self.example = option, value, example
+
+    def __call__(self, problem: str) -> OptionError:
+        return OptionError(self.option, self.value, problem, self.example)
+
+
+def _check_host(host: str, fail: _Fail) -> str:
+    if host.startswith("["):
+        inner = host[1:-1] if host.endswith("]") else ""
+        if ":" not in inner or not re.fullmatch(r"[0-9A-Fa-f:.]+(%[^\s\]]+)?", inner):
+            raise fail(f"{host!r} is not a bracketed IPv6 address")
+        return inner
+    numeric = re.fullmatch(r"[\d.]+", host)
+    if not _HOSTNAME.fullmatch(host) or (numeric and not _is_ipv4(host)):
+        raise fail(f"{host!r} is not a host name or IPv4 address")
+    return host
+
+
+def _split_host_port(hostport: str, fail: _Fail) -> tuple[str, int]:
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        host, port = hostport[: close + 1], hostport[close + 1 :]
+        if port and not port.startswith(":"):
+            raise fail(f"{hostport!r} is not [IPv6]:PORT")
+        port = port[1:]
+    else:
+        host, _, port = hostport.partition(":")
+    if not port and not hostport.endswith(":"):
+        return _check_host(host, fail), NBD_DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise fail(f"port {port!r} is not a number from 1 to 65535")
+    return _check_host(host, fail), int(port)
+
+
+def parse_nbd_address(address: str, *, option: str = "URI", shown: str | None = None) -> tuple[str, int, str, bool]:
+    """(host, port, export, tls) from `nbd://H[:P]/EXPORT`, `nbds://...` or KIWI's `H:EXPORT`.
+
+    Errors name OPTION and SHOWN (the whole value as the user wrote it; ADDRESS by default).
+    """
+    example = "root=overlay:nbd=192.168.1.1:rootfs" if option == "root" else "nbd://192.168.1.1:10809/rootfs"
+    fail = _Fail(option, address if shown is None else shown, example)
+    scheme, sep, rest = address.partition("://")
+    if sep:
+        if scheme not in ("nbd", "nbds"):
+            raise fail(f"unknown scheme {scheme!r} (nbd:// or nbds://)")
+        hostport, slash, export = rest.partition("/")
+        if not slash or not hostport:
+            raise fail("needs nbd://HOST[:PORT]/EXPORT")
+        from urllib.parse import unquote
+
+        host, port = _split_host_port(hostport, fail)
+        return host, port, unquote(export), scheme == "nbds"
+    if address.startswith("["):
+        close = address.find("]")
+        host, colon, export = address[: close + 1], address[close + 1 : close + 2], address[close + 2 :]
+    else:
+        host, colon, export = address.partition(":")
+    if colon != ":" or not export:
+        raise fail("needs HOST:EXPORT (the export name is missing)")
+    return _check_host(host, fail), NBD_DEFAULT_PORT, export, False
+
+
+def _parse_nbd(cmdline: KernelCmdline, root: str, address: str) -> NbdRoot:
+    host, port, export, tls = parse_nbd_address(address, option="root", shown=root)
+    connections_text = cmdline.getarg("rd.root.overlay.nbd.connections")
+    connections = 1
+    if connections_text is not None:
+        if not connections_text.isdigit() or not 1 <= int(connections_text) <= 16:
+            raise OptionError(
+                "rd.root.overlay.nbd.connections",
+                connections_text,
+                "must be a whole number from 1 to 16",
+                "rd.root.overlay.nbd.connections=4",
+            )
+        connections = int(connections_text)
+    tls_files = {}
+    for name in ("ca", "cert", "key"):
+        option = f"rd.root.overlay.nbd.tls.{name}"
+        text = cmdline.getarg(option)
+        if text is not None and not text.startswith("/"):
+            raise OptionError(option, text, "must be an absolute path of a file in the initrd", f"{option}=/etc/kiwi-overlay/{name}.pem")
+        tls_files[name] = Path(text) if text else None
+    if (tls_files["cert"] is None) != (tls_files["key"] is None):
+        given = "cert" if tls_files["cert"] else "key"
+        raise OptionError(
+            f"rd.root.overlay.nbd.tls.{given}",
+            str(tls_files[given]),
+            "a client certificate needs both .cert and .key",
+            "rd.root.overlay.nbd.tls.cert=/etc/c.pem rd.root.overlay.nbd.tls.key=/etc/k.pem",
+        )
+    return NbdRoot(
+        host=host,
+        port=port,
+        export=export,
+        tls=tls or any(tls_files.values()),
+        connections=connections,
+        io_timeout=_positive_number(cmdline, "rd.root.overlay.nbd.timeout", None, "30"),
+        tls_ca=tls_files["ca"],
+        tls_cert=tls_files["cert"],
+        tls_key=tls_files["key"],
+    )
+
+
+def _parse_aoe(cmdline: KernelCmdline, root: str, value: str) -> AoeRoot:
+    interfaces_text = cmdline.getarg("rd.root.overlay.aoe.interfaces")
+    interfaces: tuple[str, ...] = ()
+    if interfaces_text is not None:
+        interfaces = tuple(name for name in interfaces_text.split(",") if name)
+        bad = [name for name in interfaces if not _IFNAME.fullmatch(name) or name in (".", "..")]
+        if bad or not interfaces:
+            raise OptionError(
+                "rd.root.overlay.aoe.interfaces",
+                interfaces_text,
+                "needs interface names separated by commas",
+                "rd.root.overlay.aoe.interfaces=eth0,eth1",
+            )
+    target = _AOE_TARGET.fullmatch(value)
+    if target:
+        shelf, slot = int(target[1]), int(target[2])
+        if shelf >= 0xFFFF or slot >= 0xFF:
+            raise OptionError("root", root, "shelf must be below 65535 and slot below 255", "root=overlay:aoe=e0.1")
+        return AoeRoot(target=f"e{shelf}.{slot}", interface=None, interfaces=interfaces)
+    if value.startswith("e") and "." in value and value[1:2].isdigit():
+        raise OptionError("root", root, f"{value!r} is not an AoE target eSHELF.SLOT", "root=overlay:aoe=e0.1")
+    if not value or not _IFNAME.fullmatch(value) or value in (".", ".."):
+        raise OptionError("root", root, "needs an AoE target eSHELF.SLOT or an interface name", "root=overlay:aoe=e0.1")
+    return AoeRoot(target=None, interface=value, interfaces=interfaces or (value,))
+
+
+def escape_by_name(name: str) -> str:
+    """Escape a label the way udev names /dev/disk/by-label links (as dracut does)."""
+    return name.replace("/", "\\x2f").replace(" ", "\\x20")
+
+
+def device_from_spec(
+    spec: str, *, option: str, example: str, shown: str | None = None, forms: tuple[str, ...] = tuple(_LOCAL_FORMS)
+) -> Path:
+    """The block device path for `UUID=...`-style SPEC, or SPEC itself when it is a /dev path.
+
+    Errors name OPTION and SHOWN (the whole value as the user wrote it; SPEC by default).
+    """
+    fail = _Fail(option, spec if shown is None else shown, example)
+    if spec.startswith("/dev/"):
+        return Path(spec)
+    key, sep, name = spec.partition("=")
+    if not sep or key not in forms:
+        raise fail(f"needs a /dev path or one of {', '.join(f + '=' for f in forms)}")
+    if not name:
+        raise fail(f"{key}= needs a value")
+    directory, escaped = _LOCAL_FORMS[key]
+    # UNIXNODE may name a nested node (mapper/x); the others are single path components.
+    if ".." in name.split("/") or name == "." or (not escaped and key != "UNIXNODE" and "/" in name):
+        raise fail(f"{name!r} is not a valid {key}")
+    return Path(directory + (escape_by_name(name) if escaped else name))
+
+
+def _parse_root(cmdline: KernelCmdline, root: str) -> Root:
+    spec = root.removeprefix("overlay:")
+    kind, sep, value = spec.partition("=")
+    if (kind == "nbd" and sep) or spec.startswith(("nbd://", "nbds://")):
+        return _parse_nbd(cmdline, root, spec if "://" in spec else value)
+    if kind == "aoe" and sep:
+        return _parse_aoe(cmdline, root, value)
+    if kind in _LOCAL_FORMS and sep:
+        return LocalRoot(spec=spec, device=device_from_spec(spec, option="root", example="root=overlay:LABEL=root", shown=root))
+    raise OptionError(
+        "root",
+        root,
+        "unknown overlay root; use nbd=, nbd://, nbds://, aoe=, or " + ", ".join(f + "=" for f in _LOCAL_FORMS),
+        "root=overlay:nbd=192.168.1.1:rootfs",
+    )
+
+
+def _parse_size(cmdline: KernelCmdline) -> str:
+    value = cmdline.getarg("rd.root.overlay.size")
+    if value is None:
+        return DEFAULT_TMPFS_SIZE
+    percent = _PERCENT.fullmatch(value)
+    size = _SIZE.fullmatch(value)
+    if (percent and 1 <= int(percent[1]) <= 100) or (size and int(size[1]) > 0):
+        return value.lower()
+    raise OptionError(
+        "rd.root.overlay.size", value, "must be a percentage of RAM (1-100%) or a size with k, m, g or t", "rd.root.overlay.size=2g"
+    )
+
+
+def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
+    size = _parse_size(cmdline)
+    spec = cmdline.getarg("rd.root.overlay.write")
+    device = None
+    if spec is not None:
+        device = device_from_spec(spec, option="rd.root.overlay.write", example="rd.root.overlay.write=LABEL=cow", forms=_WRITE_FORMS)
+    fallback = cmdline.getarg("rd.root.overlay.write.fallback")
+    if fallback not in (None, "tmpfs"):
+        raise OptionError("rd.root.overlay.write.fallback", fallback, "the only fallback is tmpfs", "rd.root.overlay.write.fallback=tmpfs")
+    if readonly:
+        kind: Literal["tmpfs", "device", "none"] = "none"
+    elif device and not cmdline.getargbool("rd.root.overlay.temporary"):
+        kind = "device"
+    else:
+        kind = "tmpfs"
+    return WriteLayer(
+        kind=kind, size=size, device=device, reset=cmdline.getargbool("rd.root.overlay.reset"), fallback_tmpfs=fallback == "tmpfs"
+    )
+
+
+def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
+    ip = cmdline.getargs("ip")
+    neednet = cmdline.getargbool("rd.neednet")
+    if isinstance(root, NbdRoot):
+        implied = not ip
+        return Network(needed=True, needs_ip=True, ip=ip or ("dhcp",), implied_dhcp=implied)
+    if isinstance(root, AoeRoot):
+        # AoE is layer 2: links up, no addresses; a DHCP wait would hang on a segment without a server.
+        return Network(needed=True, needs_ip=bool(ip) or neednet, ip=ip, implied_dhcp=False)
+    return Network(needed=neednet, needs_ip=neednet, ip=ip, implied_dhcp=False)
+
+
+def is_overlay_root(cmdline: KernelCmdline) -> bool:
+    root = cmdline.getarg("root")
+    return root is not None and root.startswith("overlay:")
+
+
+def parse_plan(cmdline: KernelCmdline) -> Plan:
+    """The plan for CMDLINE; raises OptionError (one line) for any unusable option."""
+    root_text = cmdline.getarg("root")
+    root = _parse_root(cmdline, root_text) if root_text and root_text.startswith("overlay:") else None
+    readonly = cmdline.getargbool("rd.root.overlay.readonly")
+    rootfstype = cmdline.getarg("rootfstype") or None
+    if rootfstype is not None and not re.fullmatch(r"[a-z0-9_.]+", rootfstype):
+        raise OptionError("rootfstype", rootfstype, "is not a filesystem type", "rootfstype=squashfs")
+    return Plan(
+        root=root,
+        write=_parse_write(cmdline, readonly),
+        network=_parse_network(cmdline, root),
+        readonly=readonly,
+        rootfstype=rootfstype,
+        rootflags=cmdline.getarg("rootflags") or None,
+        timeout=_positive_number(cmdline, "rd.root.overlay.timeout", DEFAULT_TIMEOUT, "120") or DEFAULT_TIMEOUT,
+        debug=cmdline.getargbool("rd.kiwi.debug"),
+    )

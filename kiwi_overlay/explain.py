@@ -1,0 +1,97 @@
+"""`kiwi-overlay explain`: the plan as stable JSON or as text for people."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kiwi_overlay.config import AoeRoot, NbdRoot, Plan, Root
+from kiwi_overlay.layout import mounts
+
+
+def _read_source(root: Root) -> str:
+    """The read layer's block device, or what it will be once attached."""
+    if root.device is not None:
+        return str(root.device)
+    if isinstance(root, NbdRoot):
+        return f"(NBD device attached to {root.uri})"
+    return f"(the AoE target found on {root.interface})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data; `{"root": None}` when the command line is not for kiwi-overlay."""
+    if plan.root is None:
+        return {"root": None}
+    root = _plain(asdict(plan.root))
+    root["device"] = _plain(plan.root.device)
+    if isinstance(plan.root, NbdRoot):
+        root["uri"] = plan.root.uri
+    write = _plain(asdict(plan.write))
+    write["size_bytes"] = plan.write.size_bytes
+    return {
+        "root": root,
+        "write": write,
+        "network": _plain(asdict(plan.network)),
+        "readonly": plan.readonly,
+        "rootfstype": plan.rootfstype,
+        "rootflags": plan.rootflags,
+        "timeout": plan.timeout,
+        "debug": plan.debug,
+        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_source(plan.root))],
+    }
+
+
+def describe(plan: Plan) -> str:
+    """The plan in a few lines of text."""
+    root = plan.root
+    if root is None:
+        return "not an overlay root: root= does not start with overlay:, kiwi-overlay does nothing"
+    lines = []
+    if isinstance(root, NbdRoot):
+        lines.append(f"read layer:  NBD export {root.export!r} on {root.address}" + (" over TLS" if root.tls else ""))
+        lines.append(f"             {root.connections} connection(s)" + (f", I/O timeout {root.io_timeout:g} s" if root.io_timeout else ""))
+    elif isinstance(root, AoeRoot):
+        if root.target:
+            lines.append(f"read layer:  AoE target {root.target} ({root.device})")
+        else:
+            lines.append(f"read layer:  the one AoE target that answers on {root.interface}")
+        if root.interfaces:
+            lines.append(f"             AoE interfaces: {', '.join(root.interfaces)}")
+    else:
+        lines.append(f"read layer:  {root.device} ({root.spec})")
+    lines.append(f"             filesystem {plan.rootfstype or 'detected from the device'}; wait up to {plan.timeout:g} s")
+    write = plan.write
+    if write.kind == "none":
+        lines.append("write layer: none (rd.root.overlay.readonly): / is read-only")
+    elif write.kind == "device":
+        lines.append(
+            f"write layer: {write.device}"
+            + (" (reset first)" if write.reset else "")
+            + (", tmpfs if it fails" if write.fallback_tmpfs else "")
+        )
+    else:
+        note = f" (rd.root.overlay.temporary overrides {write.device})" if write.device else ""
+        lines.append(f"write layer: tmpfs of {write.size}{note}")
+    net = plan.network
+    if not net.needed:
+        lines.append("network:     not needed")
+    elif not net.needs_ip:
+        lines.append("network:     links up, no IP configuration (AoE is layer 2)")
+    else:
+        lines.append(f"network:     {' '.join('ip=' + ip for ip in net.ip)}" + (" (implied)" if net.implied_dhcp else ""))
+    lines.append("mounts:")
+    for step in mounts(plan, _read_source(root)):
+        options = ",".join(step.options) or "defaults"
+        lines.append(f"  {step.target}  <- {step.source}  [{step.fstype or 'auto'}; {options}]  {step.purpose}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""The mounts that make the root, in order, derived from a plan (no I/O).
+
+The layout is KIWI's, so tools that look there keep working:
+  /run/overlay                  tmpfs (rd.root.overlay.size)
+  /run/overlay/rootfsbase       the read layer, read-only
+  /run/overlay/overlayfs        the write layer: a directory of that tmpfs, or the write device
+  /run/overlay/overlayfs/rw     overlayfs upperdir
+  /run/overlay/overlayfs/work   overlayfs workdir
+  /sysroot                      overlayfs (or, readonly, a read-only bind of rootfsbase)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiwi_overlay.config import RUN_DIR, SYSROOT, Plan
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: Path
+    fstype: str | None  # None: detect from the device
+    options: tuple[str, ...]
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    run_dir: Path
+    sysroot: Path
+
+    @property
+    def rootfsbase(self) -> Path:
+        return self.run_dir / "rootfsbase"
+
+    @property
+    def overlayfs(self) -> Path:
+        return self.run_dir / "overlayfs"
+
+    @property
+    def upper(self) -> Path:
+        return self.overlayfs / "rw"
+
+    @property
+    def work(self) -> Path:
+        return self.overlayfs / "work"
+
+
+def mounts(plan: Plan, read_device: str, *, run_dir: Path = RUN_DIR, sysroot: Path = SYSROOT) -> tuple[Mount, ...]:
+    """The mounts for PLAN with the read layer on READ_DEVICE, in the order they are made."""
+    where = Layout(run_dir, sysroot)
+    steps = [
+        Mount("tmpfs", where.run_dir, "tmpfs", (f"size={plan.write.size}", "mode=0755"), "overlay tmpfs"),
+        Mount(read_device, where.rootfsbase, plan.rootfstype, ("ro",), "read layer"),
+    ]
+    if plan.write.kind == "device" and plan.write.device is not None:
+        steps.append(Mount(str(plan.write.device), where.overlayfs, None, (), "write layer"))
+    if plan.write.kind == "none":
+        steps.append(Mount(str(where.rootfsbase), where.sysroot, None, ("bind", "ro"), "root (read-only)"))
+    else:
+        options = [f"lowerdir={where.rootfsbase}", f"upperdir={where.upper}", f"workdir={where.work}"]
+        if plan.rootflags:
+            options.extend(flag for flag in plan.rootflags.split(",") if flag)
+        steps.append(Mount("overlay", where.sysroot, "overlay", tuple(options), "root"))
+    return tuple(steps)

@@ -1,0 +1,48 @@
+"""Progress and debug messages: the console always, the debug log with rd.kiwi.debug.
+
+Messages carry the time since boot (CLOCK_BOOTTIME), so the debug log doubles as the
+boot-time profile the benchmarks read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEBUG_LOG = Path("/run/initramfs/log/kiwi-overlay.log")
+
+_debug = False
+_log_file: Path | None = None
+
+
+def configure(*, debug: bool, log_file: Path | None = None) -> None:
+    """Turn debug output on (to stderr and LOG_FILE, default the initrd's debug log)."""
+    global _debug, _log_file
+    _debug = debug
+    _log_file = (log_file or DEBUG_LOG) if debug else None
+
+
+def debugging() -> bool:
+    return _debug
+
+
+def _emit(text: str) -> None:
+    line = f"[{time.clock_gettime(time.CLOCK_BOOTTIME):10.6f}] kiwi-overlay: {text}"
+    print(line if _debug else f"kiwi-overlay: {text}", file=sys.stderr, flush=True)
+    if _log_file is not None:
+        try:
+            _log_file.parent.mkdir(parents=True, exist_ok=True)
+            with _log_file.open("a") as handle:
+                handle.write(line + "\n")
+        except OSError:
+            pass  # a read-only or missing /run must not stop the boot; stderr has it
+
+
+def info(text: str) -> None:
+    _emit(text)
+
+
+def debug(text: str) -> None:
+    if _debug:
+        _emit(text)

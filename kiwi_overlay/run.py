@@ -1,0 +1,34 @@
+"""The one way kiwi-overlay runs another program: argv lists only, never a shell."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from kiwi_overlay import log
+from kiwi_overlay.errors import KiwiOverlayError
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    check: bool = True,
+    capture: bool = False,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ARGV; with CHECK, a non-zero exit raises a one-line KiwiOverlayError."""
+    args = [str(arg) for arg in argv]
+    log.debug("run: " + " ".join(args))
+    try:
+        result = subprocess.run(args, input=input, capture_output=capture, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise KiwiOverlayError(f"{args[0]}: command not found") from None
+    except subprocess.TimeoutExpired:
+        raise KiwiOverlayError(f"{args[0]}: no answer within {timeout:g} s") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()
+        reason = detail[-1] if detail else f"exit status {result.returncode}"
+        raise KiwiOverlayError(f"{' '.join(args)}: {reason}")
+    return result
