@@ -90,4 +90,3 @@ def links_up(names: Sequence[str] | None, *, timeout: float) -> tuple[str, ...]:
             readable, _, _ = select.select([events.fileno()], [], [], min(remaining, 0.5))
             if readable:
                 events.get()
-

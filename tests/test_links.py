@@ -31,9 +31,7 @@ def netns() -> Iterator[str]:
 
 def links_up_in(netns: str, code: str) -> str:
     program = f"from kiwi_overlay.links import links_up\n{code}"
-    result = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", program], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
