@@ -257,7 +257,7 @@ def discover(interfaces: Sequence[str], *, timeout: float, want: tuple[int, int]
         for _, sock, _ in sockets.values():
             sock.close()
     log.debug(f"AoE discovery on {', '.join(interfaces)}: {len(found)} answer(s) in {time.monotonic() - started:.3f} s")
-    return sorted(found.values(), key=lambda target: (target.shelf, target.slot, target.interface, target.mac))
+    return sorted(found.values(), key=_order)
 
 
 def _drain(sock: socket.socket) -> Iterable[tuple[bytes, tuple[str, int, int, int, bytes]]]:
@@ -307,9 +307,10 @@ def several_targets_error(interface: str, targets: Sequence[AoeTarget]) -> Optio
 def not_found_message(target: str | None, *, timeout: float, tried: Sequence[str], answers: Sequence[AoeTarget]) -> str:
     """The wire probe gave up: what was asked, where, and what answered instead (a typo shows)."""
     where = ", ".join(tried) or "no interface"
+    seconds = f"{round(timeout, 1):g} s"
     if target is None:
-        return f"no AoE target answered on {where} within {timeout:g} s"
-    return f"AoE target {target} did not answer within {timeout:g} s on {where}; targets that answered: {describe_answers(answers)}"
+        return f"no AoE target answered on {where} within {seconds}"
+    return f"AoE target {target} did not answer within {seconds} on {where}; targets that answered: {describe_answers(answers)}"
 
 
 def no_device_message(device: Path, *, timeout: float, interfaces: Sequence[str], answers: Sequence[AoeTarget]) -> str:
@@ -347,24 +348,34 @@ def locate(root: AoeRoot, *, deadline: float) -> Located:
     named = list(dict.fromkeys(([root.interface] if root.interface else []) + list(root.interfaces)))  # empty: every Ethernet link
     started = time.monotonic()
     window = 0.5
-    answers: list[AoeTarget] = []
+    heard: dict[AoeTarget, None] = {}
+    probe: list[str] = []
     tried = named
     while (remaining := deadline - time.monotonic()) > 0:
         present = [name for name in named if Path("/sys/class/net", name).exists()]
-        ready = links_up(present or None, timeout=min(window, remaining)) if present or not named else ()
-        probe = [name for name in ([root.interface] if root.interface else ready) if name in ready]
-        tried = _link_state(named or ready, ready)
-        if not probe:
-            time.sleep(max(min(window, deadline - time.monotonic()), 0.0))
+        if named and not present:
+            time.sleep(min(window, remaining))  # their drivers may still be loading
+            ready: tuple[str, ...] = ()
         else:
-            answers = discover(probe, timeout=max(min(window, deadline - time.monotonic()), 0.0), want=want)
+            # Wait for carrier only while there is nothing to probe; later rounds pick up links that got it since.
+            ready = links_up(present or None, timeout=0.0 if probe else min(window, remaining))
+        tried = _link_state(named or ready, ready)
+        probe = [name for name in ([root.interface] if root.interface else ready) if name in ready]
+        remaining = deadline - time.monotonic()
+        if probe and remaining > 0:
+            answers = discover(probe, timeout=min(window, remaining), want=want)
+            heard.update(dict.fromkeys(answers))
             matching = [target for target in answers if want is None or (target.shelf, target.slot) == want]
             if len({target.name for target in matching}) > 1:
                 raise several_targets_error(root.interface or "", matching)
             if matching:
-                return Located(matching[0].name, tuple(dict.fromkeys(t.interface for t in matching)), tuple(answers))
+                return Located(matching[0].name, tuple(dict.fromkeys(t.interface for t in matching)), tuple(sorted(heard, key=_order)))
         window = min(window * 2, 4.0)
-    raise KiwiOverlayError(not_found_message(root.target, timeout=deadline - started, tried=tried, answers=answers))
+    raise KiwiOverlayError(not_found_message(root.target, timeout=deadline - started, tried=tried, answers=sorted(heard, key=_order)))
+
+
+def _order(target: AoeTarget) -> tuple[int, int, str, str]:
+    return (target.shelf, target.slot, target.interface, target.mac)
 
 
 def _write(path: Path, text: str) -> None:
