@@ -361,9 +361,9 @@ def locate(root: AoeRoot, *, deadline: float) -> Located:
             ready = links_up(present or None, timeout=0.0 if probe else min(window, remaining))
         tried = _link_state(named or ready, ready)
         probe = [name for name in ([root.interface] if root.interface else ready) if name in ready]
-        remaining = deadline - time.monotonic()
-        if probe and remaining > 0:
-            answers = discover(probe, timeout=min(window, remaining), want=want)
+        if probe:
+            # At least a short probe even when carrier came at the deadline: the error should say what answers.
+            answers = discover(probe, timeout=max(min(window, deadline - time.monotonic()), 0.1), want=want)
             heard.update(dict.fromkeys(answers))
             matching = [target for target in answers if want is None or (target.shelf, target.slot) == want]
             if len({target.name for target in matching}) > 1:

@@ -41,7 +41,10 @@ def main() -> None:
     sock.bind((sys.argv[1], ETHERTYPE_AOE))
     print("ready", flush=True)
     while True:
-        frame, address = sock.recvfrom(2048)
+        try:
+            frame, address = sock.recvfrom(2048)
+        except OSError:
+            return  # the interface went away with its namespace or its QEMU
         if address[2] == PACKET_OUTGOING or len(frame) < 24:
             continue
         ver_flags, _, _, _, command, tag = struct.unpack_from("!BBHBBI", frame, 14)
