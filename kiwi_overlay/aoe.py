@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import select
 import socket
 import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,6 +203,61 @@ def _send(sock: socket.socket, interface: str, frame: bytes) -> None:
         raise KiwiOverlayError(f"AoE discovery on {interface}: {error.strerror}") from None
 
 
+class _Probe:
+    """One discovery: a raw socket per interface, the answers so far, the IDENTIFY requests in flight."""
+
+    def __init__(self, interfaces: Iterable[str]) -> None:
+        self.query_tag = int.from_bytes(os.urandom(4)) >> 1
+        self.sockets: dict[int, tuple[str, socket.socket, bytes]] = {}
+        self.found: dict[tuple[int, int, str, str], AoeTarget] = {}
+        self.identify_tags: dict[int, tuple[int, int, str, str]] = {}
+        try:
+            for interface in dict.fromkeys(interfaces):
+                sock = _open(interface)
+                self.sockets[sock.fileno()] = (interface, sock, sock.getsockname()[4])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for _, sock, _ in self.sockets.values():
+            sock.close()
+
+    def query(self) -> None:
+        for interface, sock, mac in self.sockets.values():
+            _send(sock, interface, query_config_frame(mac, tag=self.query_tag))
+
+    def receive(self, fileno: int) -> None:
+        interface, sock, mac = self.sockets[fileno]
+        for frame, address in _drain(sock):
+            if address[0] != interface or address[2] == _PACKET_OUTGOING:
+                continue
+            target = parse_config_response(frame, tag=self.query_tag, interface=interface)
+            if target is None:
+                self._record_size(frame)
+                continue
+            key = (target.shelf, target.slot, interface, target.mac)
+            if key in self.found:
+                continue
+            self.found[key] = target
+            tag = (self.query_tag + 1 + len(self.identify_tags)) & 0xFFFFFFFF
+            self.identify_tags[tag] = key
+            peer = bytes.fromhex(target.mac.replace(":", ""))
+            _send(sock, interface, identify_frame(mac, peer, shelf=target.shelf, slot=target.slot, tag=tag))
+
+    def _record_size(self, frame: bytes) -> None:
+        response = _response(frame)
+        key = self.identify_tags.get(response.tag) if response else None
+        if response is None or key is None or (response.shelf, response.slot, format_mac(response.mac)) != (key[0], key[1], key[3]):
+            return
+        sectors = parse_identify_response(frame, tag=response.tag)
+        if sectors is not None:
+            self.found[key] = replace(self.found[key], sectors=sectors)
+
+    def answered(self, want: tuple[int, int]) -> bool:
+        return any(key[:2] == want for key in self.found)
+
+
 def discover(interfaces: Sequence[str], *, timeout: float, want: tuple[int, int] | None = None) -> list[AoeTarget]:
     """The AoE targets that answer a broadcast Query Config on INTERFACES within TIMEOUT seconds.
 
@@ -217,47 +271,25 @@ def discover(interfaces: Sequence[str], *, timeout: float, want: tuple[int, int]
         raise KiwiOverlayError("AoE discovery needs root (raw Ethernet sockets)")
     started = time.monotonic()
     deadline = started + timeout
-    query_tag = secrets.randbits(31)
-    sockets: dict[int, tuple[str, socket.socket, bytes]] = {}
-    found: dict[tuple[int, int, str, str], AoeTarget] = {}
-    identify_tags: dict[int, tuple[int, int, str, str]] = {}
+    probe = _Probe(interfaces)
     try:
-        for interface in dict.fromkeys(interfaces):
-            sock = _open(interface)
-            sockets[sock.fileno()] = (interface, sock, sock.getsockname()[4])
         next_query, interval = started, 0.25
         while True:
             now = time.monotonic()
             if now >= next_query:
-                for interface, sock, mac in sockets.values():
-                    _send(sock, interface, query_config_frame(mac, tag=query_tag))
+                probe.query()
                 next_query, interval = now + interval, min(interval * 2, 2.0)
-            if want is not None and any((key[0], key[1]) == want for key in found):
+            if want is not None and probe.answered(want):
                 deadline = min(deadline, now + _WANT_GRACE)
             if now >= deadline:
                 break
-            readable, _, _ = select.select(list(sockets), [], [], min(next_query, deadline) - now)
+            readable, _, _ = select.select(list(probe.sockets), [], [], min(next_query, deadline) - now)
             for fileno in readable:
-                interface, sock, mac = sockets[fileno]
-                for frame, address in _drain(sock):
-                    if address[0] != interface or address[2] == _PACKET_OUTGOING:
-                        continue
-                    target = parse_config_response(frame, tag=query_tag, interface=interface)
-                    if target is not None:
-                        key = (target.shelf, target.slot, interface, target.mac)
-                        if key not in found:
-                            found[key] = target
-                            tag = (query_tag + 1 + len(identify_tags)) & 0xFFFFFFFF
-                            identify_tags[tag] = key
-                            peer = bytes.fromhex(target.mac.replace(":", ""))
-                            _send(sock, interface, identify_frame(mac, peer, shelf=target.shelf, slot=target.slot, tag=tag))
-                        continue
-                    _record_size(frame, found, identify_tags)
+                probe.receive(fileno)
     finally:
-        for _, sock, _ in sockets.values():
-            sock.close()
-    log.debug(f"AoE discovery on {', '.join(interfaces)}: {len(found)} answer(s) in {time.monotonic() - started:.3f} s")
-    return sorted(found.values(), key=_order)
+        probe.close()
+    log.debug(f"AoE discovery on {', '.join(interfaces)}: {len(probe.found)} answer(s) in {time.monotonic() - started:.3f} s")
+    return sorted(probe.found.values(), key=_order)
 
 
 def _drain(sock: socket.socket) -> Iterable[tuple[bytes, tuple[str, int, int, int, bytes]]]:
@@ -266,24 +298,6 @@ def _drain(sock: socket.socket) -> Iterable[tuple[bytes, tuple[str, int, int, in
             yield sock.recvfrom(2048)
         except BlockingIOError:
             return
-
-
-def _record_size(
-    frame: bytes, found: dict[tuple[int, int, str, str], AoeTarget], identify_tags: dict[int, tuple[int, int, str, str]]
-) -> None:
-    if len(frame) < _ETHERNET.size + _HEADER.size:
-        return
-    tag = _HEADER.unpack_from(frame, _ETHERNET.size)[5]
-    key = identify_tags.get(tag)
-    if key is None or found[key].sectors is not None:
-        return
-    response = _response(frame)
-    if response is None or (response.shelf, response.slot, format_mac(response.mac)) != (key[0], key[1], key[3]):
-        return
-    sectors = parse_identify_response(frame, tag=tag)
-    if sectors is not None:
-        current = found[key]
-        found[key] = AoeTarget(current.shelf, current.slot, current.interface, current.mac, current.firmware, current.buffers, sectors)
 
 
 # Messages -------------------------------------------------------------------------------------
