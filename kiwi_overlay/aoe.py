@@ -320,7 +320,7 @@ def several_targets_error(interface: str, targets: Sequence[AoeTarget]) -> Optio
 
 def not_found_message(target: str | None, *, timeout: float, tried: Sequence[str], answers: Sequence[AoeTarget]) -> str:
     """The wire probe gave up: what was asked, where, and what answered instead (a typo shows)."""
-    where = ", ".join(tried) or "no interface"
+    where = ", ".join(tried) or "no Ethernet link with carrier"
     seconds = f"{round(timeout, 1):g} s"
     if target is None:
         return f"no AoE target answered on {where} within {seconds}"

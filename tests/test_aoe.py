@@ -384,6 +384,9 @@ def test_messages_name_target_interfaces_and_answers() -> None:
         "AoE target e1.1 did not answer within 5 s on eth0; targets that answered: none"
     )
     assert not_found_message(None, timeout=60, tried=["eth0"], answers=[]) == "no AoE target answered on eth0 within 60 s"
+    assert not_found_message("e0.1", timeout=60, tried=[], answers=[]) == (
+        "AoE target e0.1 did not answer within 60 s on no Ethernet link with carrier; targets that answered: none"
+    )
     assert no_device_message(Path("/dev/etherd/e0.1"), timeout=120, interfaces=["eth0"], answers=answers[:1]) == (
         "/dev/etherd/e0.1 did not appear within 120 s (aoe driver on eth0); "
         "targets that answered the wire probe: e0.1 on eth0 (02:00:00:00:00:01)"
