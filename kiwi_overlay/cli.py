@@ -40,6 +40,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_aoe_discover(args: argparse.Namespace) -> int:
+    """One line per target (`e0.1 IFACE MAC SIZE`) or JSON; exit 1 when none answered."""
+    from kiwi_overlay.aoe import discover, human_size
+
+    interfaces = args.interface
+    if not interfaces:
+        from kiwi_overlay.links import ethernet_links
+
+        interfaces = [link.name for link in ethernet_links() if link.up]
+        if not interfaces:
+            raise KiwiOverlayError("no Ethernet link is up; name one with --interface")
+    targets = discover(interfaces, timeout=args.timeout)
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(t) | {"name": t.name, "size_bytes": t.size_bytes} for t in targets], indent=2, sort_keys=True))
+    for target in [] if args.json else targets:
+        print(f"{target.name} {target.interface} {target.mac} {human_size(target.size_bytes)}")
+    if not targets:
+        print(f"kiwi-overlay: no AoE target answered on {', '.join(interfaces)} within {args.timeout:g} s", file=sys.stderr)
+    return 0 if targets else 1
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -52,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cmdline_option(explain)
     explain.add_argument("--json", action="store_true", help="stable JSON instead of text")
     explain.set_defaults(func=cmd_explain)
+
+    aoe = commands.add_parser("aoe", help="ATA over Ethernet targets").add_subparsers(dest="aoe_command", required=True, metavar="COMMAND")
+    aoe_discover = aoe.add_parser("discover", help="list the AoE targets that answer a broadcast query (exit 1: none)")
+    aoe_discover.add_argument(
+        "--interface", action="append", metavar="IF", help="ask on IF (repeatable; default: every Ethernet link that is up)"
+    )
+    aoe_discover.add_argument("--timeout", type=float, default=2.0, metavar="S", help="collect answers for S seconds (default 2)")
+    aoe_discover.add_argument("--json", action="store_true", help="JSON list with every field")
+    aoe_discover.set_defaults(func=cmd_aoe_discover)
     return parser
 
 

@@ -1,0 +1,193 @@
+"""attach_root through the real aoe driver, in a QEMU guest (the host has no aoe module).
+
+The guest runs Debian's 6.1 kernel with a busybox initramfs that mounts the host's / read-only
+over 9p and runs kiwi_overlay from this checkout in a chroot of it: the code under test is the
+very code of the worktree, its Python and its libraries. vblade runs in a network namespace the
+test creates, on the guest's tap device.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "boot"))
+from guest_kernel import GuestKernel, guest_kernel
+
+pytestmark = [pytest.mark.boot, pytest.mark.root]
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+RESPONDER = Path(__file__).with_name("aoe_responder.py")
+MARKER = b"kiwi-overlay AoE guest test\n"
+# Loaded by the initramfs before the host's / can be mounted; aoe itself is left to attach_root.
+EARLY_MODULES = ("virtio_pci", "virtio_net", "9pnet_virtio", "9p")
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for module in $(cat /modules/order); do insmod /modules/$module; done
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot /host
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mount -t tmpfs run /host/run
+echo GUEST-START
+chroot /host /usr/bin/env -i PATH={bin}:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 {python} {program}
+echo GUEST-EXIT $?
+echo o > /proc/sysrq-trigger
+sleep 10
+"""
+
+# modprobe from the host's kmod, but with the guest kernel's module tree (the host has no /lib/modules).
+MODPROBE = """#!/bin/sh
+exec /usr/sbin/modprobe -d {root} "$@"
+"""
+
+PROGRAM = """
+from pathlib import Path
+from kiwi_overlay import log
+from kiwi_overlay.aoe import attach_root
+from kiwi_overlay.config import AoeRoot
+from kiwi_overlay.errors import KiwiOverlayError
+
+log.configure(debug=True, log_file=Path("/run/kiwi-overlay.log"))
+# e7.7 (the test responder) answers Query Config but never ATA: the driver makes no device.
+try:
+    attach_root(AoeRoot(target="e7.7", interface=None, interfaces=()), timeout=15)
+except KiwiOverlayError as error:
+    print("RESULT no-device", error, flush=True)
+print("RESULT unloaded", not Path("/sys/module/aoe").exists(), flush=True)
+device = attach_root(AoeRoot(target="e0.1", interface=None, interfaces=()), timeout=90)
+print("RESULT device", device, device.is_block_device(), device.open("rb").read({marker}) == {marker_bytes!r}, flush=True)
+print("RESULT iflist", repr(Path("/sys/module/aoe/parameters/aoe_iflist").read_text().strip()), flush=True)
+# The module is loaded now: the interface list goes to /dev/etherd/interfaces.
+print("RESULT loaded", attach_root(AoeRoot(target="e0.1", interface=None, interfaces=("eth0",)), timeout=60), flush=True)
+for root in (AoeRoot(target=None, interface="eth0", interfaces=("eth0",)), AoeRoot(target="e0.9", interface=None, interfaces=())):
+    try:
+        attach_root(root, timeout=3)
+    except KiwiOverlayError as error:
+        print("RESULT", root.target or root.interface, error, flush=True)
+"""
+
+
+def _module_closure(kernel: GuestKernel, names: tuple[str, ...]) -> list[str]:
+    """Module paths (relative to the module dir) for NAMES and their dependencies, dependencies first."""
+    deps: dict[str, list[str]] = {}
+    for line in (kernel.moddir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+    by_name = {Path(path).name.removesuffix(".ko"): path for path in deps}
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        for dependency in reversed(deps[path]):
+            visit(dependency)
+        if path not in order:
+            order.append(path)
+
+    for name in names:
+        visit(by_name[name])
+    return order
+
+
+def _initramfs(kernel: GuestKernel, work: Path) -> Path:
+    root = work / "initramfs"
+    for directory in ("bin", "proc", "sys", "dev", "modules"):
+        (root / directory).mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "modprobe").write_text(MODPROBE.format(root=kernel.root))
+    (bin_dir / "modprobe").chmod(0o755)
+    program = work / "guest.py"
+    program.write_text(PROGRAM.format(marker=len(MARKER), marker_bytes=MARKER))
+    python = CHECKOUT / ".venv/bin/python"
+    (root / "init").write_text(INIT.format(bin=bin_dir, python=python if python.exists() else sys.executable, program=program))
+    (root / "init").chmod(0o755)
+    order = []
+    for path in _module_closure(kernel, EARLY_MODULES):
+        shutil.copy(kernel.moddir / path, root / "modules" / Path(path).name)
+        order.append(Path(path).name)
+    (root / "modules/order").write_text("\n".join(order) + "\n")
+    image = work / "initramfs.cpio"
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    with image.open("wb") as out:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files, stdout=out, check=True)
+    return image
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"ko-aoe-{uuid.uuid4().hex[:6]}-g"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -> None:
+    kernel = guest_kernel()
+    initramfs = _initramfs(kernel, tmp_path)
+    disk = tmp_path / "root.img"
+    with disk.open("wb") as handle:
+        handle.write(MARKER)
+        handle.truncate(16 * 2**20)
+    tap = "ko-aoe-tap0"
+    qemu = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot",
+         "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1 quiet",
+         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
+         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    helpers: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ip", "-n", namespace, "link", "show", tap], capture_output=True).returncode != 0:
+            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not create its tap device"
+            time.sleep(0.1)
+        subprocess.run(["ip", "-n", namespace, "link", "set", tap, "up"], check=True)
+        helpers.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", namespace, "vblade", "0", "1", tap, str(disk)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        responder = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, sys.executable, str(RESPONDER), tap], stdout=subprocess.PIPE, text=True
+        )
+        helpers.append(responder)
+        assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
+        console, _ = qemu.communicate(timeout=600)
+    finally:
+        for process in (qemu, *helpers):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = dict(re.findall(r"^RESULT (\S+) (.*?)\r?$", console, re.MULTILINE))
+    assert "GUEST-EXIT 0" in console, console[-4000:]
+    assert results["no-device"].startswith(
+        "/dev/etherd/e7.7 did not appear within 15 s (aoe driver on eth0); targets that answered the wire probe: "
+    ), results["no-device"]
+    assert "e7.7 on eth0 (02:00:00:00:00:bb)" in results["no-device"]
+    assert results["unloaded"] == "True"  # the failed attach unloaded the aoe module it had loaded
+    assert results["device"] == "/dev/etherd/e0.1 True True"
+    assert results["iflist"] == "'eth0'"
+    assert results["loaded"] == "/dev/etherd/e0.1"
+    mac = "([0-9a-f]{2}:){5}[0-9a-f]{2}"
+    answered = rf"e0\.1 on eth0 \({mac}\), e7\.7 on eth0 \(02:00:00:00:00:bb\)"
+    assert re.fullmatch(
+        rf"root=overlay:aoe=eth0: 2 AoE targets answer on eth0: {answered}; name one; e.g. root=overlay:aoe=e0.1", results["eth0"]
+    )
+    assert re.fullmatch(rf"AoE target e0\.9 did not answer within 3 s on eth0; targets that answered: {answered}", results["e0.9"])
