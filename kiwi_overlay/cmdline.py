@@ -61,7 +61,8 @@ def _next_arg(args: bytes) -> tuple[bytes, bytes | None, bytes]:
 
 def split(text: str) -> tuple[tuple[str, str | None], ...]:
     """All `(key, value)` pairs of a command line in order; value None for a bare flag."""
-    data = text.encode("utf-8", "surrogateescape")
+    # getarg sees `$(getcmdline)`: command substitution drops trailing newlines, even quoted ones.
+    data = text.rstrip("\n").encode("utf-8", "surrogateescape")
     pairs = []
     while True:
         param, value, data = _next_arg(data)

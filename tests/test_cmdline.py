@@ -85,6 +85,7 @@ EXAMPLES = [
     "a=b\u00a0b=1",  # NBSP is a space to the kernel's parser
     'root=overlay:LABEL="my root" a=x"y z"',
     "rd.root.overlay.size=2g rd.root.overlay.size=8M",
+    '"\\\n',  # a quoted trailing newline: command substitution drops it
 ]
 
 
