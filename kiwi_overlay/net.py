@@ -131,7 +131,7 @@ def bring_up(
                 f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
                 "(it works when the initrd's network stack configures the interface first); use dhcp or a static address"
             )
-    _Bringup(network, started + timeout, lease_dir, resolv_conf).run(configs)
+    _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None and not has_route(server):
         raise KiwiOverlayError(f"network configured, but there is no route to the root server {server} (check the gateway or rd.route=)")
     log.info(f"network up in {time.monotonic() - started:.2f} s")
@@ -140,12 +140,13 @@ def bring_up(
 class _Bringup:
     """One bring-up: the deadline, where leases and resolv.conf go, and what was applied."""
 
-    def __init__(self, network: Network, deadline: float, lease_dir: Path, resolv_conf: Path) -> None:
+    def __init__(self, network: Network, started: float, timeout: float, lease_dir: Path, resolv_conf: Path) -> None:
         self.network = network
-        self.deadline = deadline
+        self.started = started
+        self.timeout = timeout  # for messages: the whole budget, as the user gave it
+        self.deadline = started + timeout
         self.lease_dir = lease_dir
         self.resolv_conf = resolv_conf
-        self.started = time.monotonic()
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -208,11 +209,10 @@ class _Bringup:
 
         for config, names in jobs:
             log.info(f"{', '.join(names)}: link up, waiting for carrier")
-            timeout = self.remaining()
-            ready = links_up(names, timeout=timeout, enough=None if config.interface else 1)
+            ready = links_up(names, timeout=self.remaining(), enough=None if config.interface else 1)
             if not ready:
                 raise KiwiOverlayError(
-                    f"ip={config.text}: no carrier on {', '.join(names)} after {timeout:.3g} s"
+                    f"ip={config.text}: no carrier on {', '.join(names)} after {self.timeout:g} s"
                     " (cable, switch port, or the wrong interface?)"
                 )
             log.info(f"carrier on {', '.join(ready)} ({self.elapsed()})")
@@ -233,7 +233,6 @@ class _Bringup:
         import asyncio
 
         log.info(f"DHCP on {', '.join(names)}")
-        timeout = self.remaining()
         tasks = {asyncio.create_task(_dhcp(name, config.hostname)): name for name in names}
         pending: set[asyncio.Task[DhcpLease]] = set(tasks)
         problems = []
@@ -258,7 +257,7 @@ class _Bringup:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         detail = f" ({'; '.join(problems)})" if problems else ""
-        raise KiwiOverlayError(f"ip={config.text}: no DHCP answer on {', '.join(names)} within {timeout:.3g} s{detail}")
+        raise KiwiOverlayError(f"ip={config.text}: no DHCP answer on {', '.join(names)} within {self.timeout:g} s{detail}")
 
     def _apply_address(self, ipr: Any, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
         import ipaddress
