@@ -134,7 +134,7 @@ def bring_up(
     _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None and not has_route(server):
         raise KiwiOverlayError(f"network configured, but there is no route to the root server {server} (check the gateway or rd.route=)")
-    log.info(f"network up in {time.monotonic() - started:.2f} s")
+    log.info(f"network up in {time.monotonic() - started:.3f} s")
 
 
 class _Bringup:
