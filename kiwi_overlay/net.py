@@ -30,6 +30,7 @@ RESOLV_CONF = Path("/etc/resolv.conf")
 RESOLVE_TIMEOUT = 2.0
 # DHCP retransmissions for a boot: quick at first (RFC 2131's 4 s start is for busy networks).
 DHCP_RETRY = (0.5, 1.0, 1.0, 2.0)
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,13 @@ def _resolve(host: str) -> list[Any]:
 
 
 def has_route(host: str, *, timeout: float = RESOLVE_TIMEOUT) -> bool:
-    """Whether the kernel has a route to HOST (connect() on a UDP socket is a route lookup, no packet)."""
-    for family, address in _addresses(host, timeout=timeout):
+    """Whether the kernel has a route to HOST (a name must resolve within TIMEOUT)."""
+    return _routable(_addresses(host, timeout=timeout))
+
+
+def _routable(addresses: list[tuple[int, str]]) -> bool:
+    # connect() on a UDP socket is a route lookup (ENETUNREACH without one) and sends nothing.
+    for family, address in addresses:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             try:
                 probe.connect((address, 9))
@@ -78,6 +84,17 @@ def has_route(host: str, *, timeout: float = RESOLVE_TIMEOUT) -> bool:
             except OSError:
                 continue
     return False
+
+
+def _check_server(server: str) -> None:
+    """After the bring-up: the root server must be reachable, or the NBD attach would only time out."""
+    addresses = _addresses(server, timeout=RESOLVE_TIMEOUT)
+    if not addresses:
+        raise KiwiOverlayError(
+            f"network configured, but the root server name {server} does not resolve (no name server from DHCP or nameserver=?)"
+        )
+    if not _routable(addresses):
+        raise KiwiOverlayError(f"network configured, but there is no route to the root server {server} (check the gateway or rd.route=)")
 
 
 def _routed_interfaces(proc: Path = Path("/proc/net")) -> set[str]:
@@ -132,8 +149,8 @@ def bring_up(
                 "(it works when the initrd's network stack configures the interface first); use dhcp or a static address"
             )
     _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
-    if server is not None and not has_route(server):
-        raise KiwiOverlayError(f"network configured, but there is no route to the root server {server} (check the gateway or rd.route=)")
+    if server is not None:
+        _check_server(server)
     log.info(f"network up in {time.monotonic() - started:.3f} s")
 
 
@@ -264,7 +281,12 @@ class _Bringup:
 
         index = _index(ipr, name)
         interface = ipaddress.ip_interface(f"{address}/{prefix}")
-        extra = {"broadcast": str(interface.network.broadcast_address)} if interface.version == 4 and prefix < 31 else {}
+        extra: dict[str, Any] = {}
+        if interface.version == 4 and prefix < 31:
+            extra["broadcast"] = str(interface.network.broadcast_address)
+        elif interface.version == 6:
+            # A tentative address cannot be a source: the root would wait for duplicate detection.
+            extra["flags"] = IFA_F_NODAD
         ipr.addr("replace", index=index, address=address, prefixlen=prefix, **extra)
         log.info(f"{name}: address {address}/{prefix} ({self.elapsed()})")
         if routers:

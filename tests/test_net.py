@@ -191,3 +191,23 @@ def test_not_needed_does_nothing(lab: Lab) -> None:
     result = lab.net_up("root=overlay:LABEL=root ip=ko-a:dhcp")
     assert (result.returncode, result.stderr) == (0, "")
     assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_static_ipv6_is_usable_at_once(lab: Lab) -> None:
+    lab.link("ko-a", 82, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=[fd00:82::2]::[fd00:82::1]:64::ko-a:none", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(ip("-n", lab.ns, "-j", "-6", "addr", "show", "dev", "ko-a"))
+    [address] = [address for address in info[0]["addr_info"] if address["scope"] == "global"]
+    assert (address["local"], address["prefixlen"], address.get("tentative")) == ("fd00:82::2", 64, None)
+    routes = json.loads(ip("-n", lab.ns, "-j", "-6", "route", "show", "default"))
+    assert routes[0]["gateway"] == "fd00:82::1"
+
+
+def test_configured_but_the_server_is_unreachable(lab: Lab) -> None:
+    lab.link("ko-a", 83, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.99.0.1:rootfs ip=10.83.0.2:::24::ko-a:none", "--timeout", "30")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kiwi-overlay: network configured, but there is no route to the root server 10.99.0.1 (check the gateway or rd.route=)"
+    )
