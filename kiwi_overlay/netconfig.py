@@ -101,9 +101,9 @@ def _mac(parts: list[str]) -> str | None:
     return mac if _MAC.fullmatch(mac) else None
 
 
-def _interface(name: str, fail: OptionError) -> str:
+def _interface(name: str, *, option: str, value: str, example: str) -> str:
     if not _IFNAME.fullmatch(name) or name in (".", ".."):
-        raise fail
+        raise OptionError(option, value, f"{name!r} is not an interface name", example)
     return name
 
 
@@ -157,7 +157,7 @@ def parse_ip(value: str) -> IpConfig:
             raise OptionError(
                 "ip", value, f"{keyword!r} is not dhcp, on, any, dhcp6 or auto6 (or the static form is incomplete)", _IP_EXAMPLE
             )
-        interface = _interface(name, OptionError("ip", value, f"{name!r} is not an interface name", _IP_EXAMPLE)) if name else None
+        interface = _interface(name, option="ip", value=value, example=_IP_EXAMPLE) if name else None
         mtu, mac = _mtu_and_mac(rest, value)
         return IpConfig(value, _METHODS[keyword], interface, None, None, None, None, None, mtu, mac, ())
     # ip=CLIENT:[PEER]:GATEWAY:NETMASK:HOSTNAME:IFACE:AUTOCONF[:MTU[:MAC]] or [:DNS1[:DNS2]]
@@ -167,7 +167,7 @@ def parse_ip(value: str) -> IpConfig:
     if keyword not in _METHODS:
         raise OptionError("ip", value, f"autoconf {keyword!r} is not none, off, dhcp, on, any, dhcp6 or auto6", _STATIC_EXAMPLE)
     method = _METHODS[keyword]
-    interface = _interface(name, OptionError("ip", value, f"{name!r} is not an interface name", _STATIC_EXAMPLE)) if name else None
+    interface = _interface(name, option="ip", value=value, example=_STATIC_EXAMPLE) if name else None
     address = prefix = None
     if method == "static":
         client_address, _, client_prefix = client.partition("/")
@@ -244,7 +244,7 @@ def parse_route(value: str) -> StaticRoute:
         raise OptionError("rd.route", value, f"gateway {gateway!r} is not an IPv{family} address", example)
     interface = name[0] if name and name[0] else None
     if interface is not None:
-        interface = _interface(interface, OptionError("rd.route", value, f"{interface!r} is not an interface name", example))
+        interface = _interface(interface, option="rd.route", value=value, example=example)
     return StaticRoute(f"{address}/{prefix or limit}", _address(gateway) if gateway else None, interface)
 
 
