@@ -211,3 +211,16 @@ def test_configured_but_the_server_is_unreachable(lab: Lab) -> None:
     assert result.stderr.splitlines()[-1] == (
         "kiwi-overlay: network configured, but there is no route to the root server 10.99.0.1 (check the gateway or rd.route=)"
     )
+
+
+def test_rd_neednet_without_a_server_configures_once(lab: Lab) -> None:
+    lab.link("ko-a", 84)
+    cmdline = "root=overlay:LABEL=root rd.neednet=1 ip=ko-a:dhcp"
+    first = lab.net_up(cmdline, "--timeout", "30")
+    assert first.returncode == 0, first.stderr
+    [address] = lab.addresses("ko-a")
+    assert address.startswith("10.84.0.")
+    second = lab.net_up(cmdline, "--timeout", "30")
+    assert second.returncode == 0, second.stderr
+    assert "network already up (interfaces configured): nothing to change" in second.stderr
+    assert lab.addresses("ko-a") == [address]
