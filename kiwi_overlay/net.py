@@ -9,11 +9,14 @@ routes, DHCPv4. pyroute2 (and with it asyncio) is imported only in that second c
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +167,7 @@ class _Bringup:
         self.deadline = started + timeout
         self.lease_dir = lease_dir
         self.resolv_conf = resolv_conf
+        self.applied: list[tuple[str, dict[str, Any]]] = []  # ("addr" | "route", netlink arguments), to undo
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -174,7 +178,7 @@ class _Bringup:
     def run(self, configs: Sequence[IpConfig]) -> None:
         from pyroute2 import IPRoute
 
-        with IPRoute() as ipr:
+        with _netlink("preparing the links"), IPRoute() as ipr:
             _rename_links(ipr, self.network)
             jobs = [(config, (config.interface,) if config.interface else self._candidates()) for config in configs]
             for config, names in jobs:
@@ -182,23 +186,37 @@ class _Bringup:
                     _prepare_link(ipr, name, config)
         nameservers = list(self.network.nameservers)
         leases = self._carrier_and_dhcp(jobs)
-        with IPRoute() as ipr:
-            for config, _ in jobs:
-                if config.method == "static":
-                    assert config.interface and config.address and config.prefix
-                    self._apply_address(ipr, config.interface, config.address, config.prefix, (config.gateway,) if config.gateway else ())
-                    nameservers += config.dns
-            for lease in leases:
-                self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
-                if lease.mtu:
-                    ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
-                nameservers += lease.nameservers
-                self._write_lease(lease)
-            for route in self.network.routes:
-                oif = {"oif": _index(ipr, route.interface)} if route.interface else {}
-                gateway = {"gateway": route.gateway} if route.gateway else {}
-                ipr.route("replace", dst=route.destination, **gateway, **oif)
-                log.info(f"route {route.destination} via {route.gateway or 'link'} ({self.elapsed()})")
+        # Addresses and routes only once every lease is in: a failure before leaves none behind,
+        # a failure while applying removes what was applied.
+        try:
+            with _netlink("applying addresses and routes"), IPRoute() as ipr:
+                for config, _ in jobs:
+                    if config.method == "static":
+                        assert config.interface and config.address and config.prefix
+                        gateways = (config.gateway,) if config.gateway else ()
+                        self._apply_address(ipr, config.interface, config.address, config.prefix, gateways)
+                        nameservers += config.dns
+                for lease in leases:
+                    self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
+                    if lease.mtu:
+                        ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
+                    nameservers += lease.nameservers
+                for route in self.network.routes:
+                    spec = {
+                        "dst": route.destination,
+                        "gateway": route.gateway,
+                        "oif": _index(ipr, route.interface) if route.interface else None,
+                    }
+                    spec = {key: value for key, value in spec.items() if value is not None}
+                    with _netlink(f"route {route.destination} via {route.gateway or route.interface}"):
+                        ipr.route("replace", **spec)
+                    self.applied.append(("route", spec))
+                    log.info(f"route {route.destination} via {route.gateway or 'link'} ({self.elapsed()})")
+        except KiwiOverlayError:
+            self._undo()
+            raise
+        for lease in leases:
+            self._write_lease(lease)
         domain = next((lease.domain for lease in leases if lease.domain), None)
         if nameservers:
             _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
@@ -279,6 +297,8 @@ class _Bringup:
     def _apply_address(self, ipr: Any, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
         import ipaddress
 
+        from pyroute2.netlink.exceptions import NetlinkError
+
         index = _index(ipr, name)
         interface = ipaddress.ip_interface(f"{address}/{prefix}")
         extra: dict[str, Any] = {}
@@ -287,16 +307,32 @@ class _Bringup:
         elif interface.version == 6:
             # A tentative address cannot be a source: the root would wait for duplicate detection.
             extra["flags"] = IFA_F_NODAD
-        ipr.addr("replace", index=index, address=address, prefixlen=prefix, **extra)
+        with _netlink(f"{name}: address {address}/{prefix}"):
+            ipr.addr("replace", index=index, address=address, prefixlen=prefix, **extra)
+        self.applied.append(("addr", {"index": index, "address": address, "prefixlen": prefix}))
         log.info(f"{name}: address {address}/{prefix} ({self.elapsed()})")
         if routers:
             default = "0.0.0.0/0" if interface.version == 4 else "::/0"
-            try:
-                ipr.route("add", dst=default, gateway=routers[0], oif=index)
-                log.info(f"{name}: default route via {routers[0]}")
-            except Exception as error:  # pyroute2's NetlinkError; an existing default route wins
-                if getattr(error, "code", None) != 17:  # EEXIST
-                    raise KiwiOverlayError(f"{name}: default route via {routers[0]}: {error}") from None
+            with _netlink(f"{name}: default route via {routers[0]}"):
+                try:
+                    ipr.route("add", dst=default, gateway=routers[0], oif=index)
+                    self.applied.append(("route", {"dst": default, "gateway": routers[0], "oif": index}))
+                    log.info(f"{name}: default route via {routers[0]}")
+                except NetlinkError as error:
+                    if error.code != errno.EEXIST:
+                        raise
+                    log.info(f"{name}: a default route exists already, {routers[0]} is not added")
+
+    def _undo(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ipr:
+            for kind, spec in reversed(self.applied):
+                with suppress(NetlinkError):  # gone already (an address's routes go with it)
+                    getattr(ipr, kind)("del", **spec)
+        if self.applied:
+            log.info("the addresses and routes added so far are removed again")
 
     def _write_lease(self, lease: DhcpLease) -> None:
         """The lease where the booted system (its DHCP client) can take it over."""
@@ -305,6 +341,19 @@ class _Bringup:
         partial = path.with_suffix(".tmp")
         partial.write_text(json.dumps(lease.record, indent=2, default=str) + "\n")
         partial.replace(path)
+
+
+@contextmanager
+def _netlink(step: str) -> Iterator[None]:
+    """A netlink failure as one line that names the step."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as error:
+        raise KiwiOverlayError(f"network bring-up, {step}: {os.strerror(error.code)}") from None
+    except OSError as error:
+        raise KiwiOverlayError(f"network bring-up, {step}: {error.strerror or error}") from None
 
 
 def _index(ipr: Any, name: str) -> int:

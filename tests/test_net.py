@@ -224,3 +224,14 @@ def test_rd_neednet_without_a_server_configures_once(lab: Lab) -> None:
     assert second.returncode == 0, second.stderr
     assert "network already up (interfaces configured): nothing to change" in second.stderr
     assert lab.addresses("ko-a") == [address]
+
+
+def test_a_route_that_cannot_be_added_is_named(lab: Lab) -> None:
+    lab.link("ko-a", 85, dhcp=False)
+    result = lab.net_up(
+        "root=overlay:nbd=10.85.0.1:rootfs ip=10.85.0.2:::24::ko-a:none rd.route=10.98.0.0/16:10.200.0.1", "--timeout", "30"
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "kiwi-overlay: network bring-up, route 10.98.0.0/16 via 10.200.0.1: Network is unreachable"
+    assert lab.addresses("ko-a") == []  # the address added before is removed again
+    assert lab.routes() == []
