@@ -8,7 +8,8 @@ the lease. Prints markdown table rows (median of --runs; --header adds the heade
     | step | median | min | max | runs |
 
 "total" is the whole command (interpreter start, imports, plan, bring-up) from the first
-instruction to exit; "bring-up" is what kiwi-overlay reports for bring_up() itself.
+instruction to exit; "bring-up" is what kiwi-overlay reports for bring_up() itself (including
+the pyroute2 import); "DHCP" is the time from carrier to the lease.
 Needs root, iproute2 and dnsmasq; creates ko-net-bench-* namespaces and removes them.
 """
 
@@ -44,6 +45,7 @@ def main() -> int:
     server = client + "-s"
     totals: list[float] = []
     bringups: list[float] = []
+    dhcp: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ko-net-bench-") as tmp:
         ip("netns", "add", client)
         ip("netns", "add", server)
@@ -69,10 +71,13 @@ def main() -> int:
                 result = subprocess.run(argv, capture_output=True, text=True, check=False)
                 totals.append(time.perf_counter() - started)
                 reported = re.search(r"network up in ([\d.]+) s", result.stderr)
-                if result.returncode != 0 or not reported:
+                carrier = re.search(r"carrier on ko-a \(([\d.]+) s\)", result.stderr)
+                lease = re.search(r"DHCP lease .* \(([\d.]+) s\)", result.stderr)
+                if result.returncode != 0 or not (reported and carrier and lease):
                     print(result.stderr, file=sys.stderr)
                     return 1
                 bringups.append(float(reported[1]))
+                dhcp.append(float(lease[1]) - float(carrier[1]))
         finally:
             if dnsmasq:
                 dnsmasq.send_signal(signal.SIGTERM)
@@ -84,6 +89,7 @@ def main() -> int:
         print("|---|---|---|---|---|")
     print(row("`kiwi-overlay net up` to a usable DHCP address (total)", totals))
     print(row("`bring_up()`: link up, carrier, DHCP, address, route", bringups))
+    print(row("DHCP DISCOVER to lease (after carrier)", dhcp))
     return 0
 
 

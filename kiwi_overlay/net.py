@@ -173,7 +173,7 @@ class _Bringup:
         return max(0.0, self.deadline - time.monotonic())
 
     def elapsed(self) -> str:
-        return f"{time.monotonic() - self.started:.2f} s"
+        return f"{time.monotonic() - self.started:.3f} s"
 
     def run(self, configs: Sequence[IpConfig]) -> None:
         from pyroute2 import IPRoute
