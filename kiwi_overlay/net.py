@@ -256,6 +256,7 @@ class _Bringup:
             return []
         import asyncio
 
+        _forward_pyroute2_logging()
         return asyncio.run(self._leases(dhcp))
 
     async def _leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
@@ -393,6 +394,22 @@ def _prepare_link(ipr: Any, name: str, config: IpConfig) -> None:
     if config.mtu:
         ipr.link("set", index=index, mtu=config.mtu)
         log.info(f"{name}: MTU {config.mtu}")
+
+
+def _forward_pyroute2_logging() -> None:
+    """pyroute2's DHCP client logs every step: into kiwi-overlay's debug log, never raw onto the console."""
+    import logging
+
+    class ToDebugLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug(f"pyroute2: {record.getMessage()}")
+
+    logger = logging.getLogger("pyroute2")
+    logger.handlers[:] = [ToDebugLog()]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
+    # The DHCP client's own steps (DISCOVER, OFFER, REQUEST, ACK), not every netlink message.
+    logging.getLogger("pyroute2.dhcp").setLevel(logging.INFO if log.debugging() else logging.CRITICAL)
 
 
 def _retransmission() -> Iterator[float]:

@@ -119,6 +119,16 @@ def test_dhcp_on_the_candidate_that_has_a_server(lab: Lab) -> None:
     assert not (lab.lease_dir / "lease-ko-a.json").exists()
 
 
+def test_a_candidate_without_carrier_does_not_hold_up_the_others(lab: Lab) -> None:
+    lab.link("ko-a", 86, carrier=False)
+    lab.link("ko-b", 87)
+    result = lab.net_up("root=overlay:nbd=10.87.0.1:rootfs ip=dhcp", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert "carrier on ko-b (" in result.stderr
+    assert "no carrier" not in result.stderr  # links_up returned with the first carrier, not after the timeout
+    assert lab.addresses("ko-b")[0].startswith("10.87.0.")
+
+
 def test_static_address_gateway_route_and_dns(lab: Lab) -> None:
     lab.link("ko-a", 74, dhcp=False)
     result = lab.net_up(
