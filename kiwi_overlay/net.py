@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -34,6 +35,9 @@ RESOLVE_TIMEOUT = 2.0
 # DHCP retransmissions for a boot: quick at first (RFC 2131's 4 s start is for busy networks).
 DHCP_RETRY = (0.5, 1.0, 1.0, 2.0)
 IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,10 @@ def bring_up(
     if not configs:
         raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
     for config in configs:
-        if config.method in ("dhcp6", "auto6"):
+        if config.method == "dhcp6":
             raise KiwiOverlayError(
                 f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
-                "(it works when the initrd's network stack configures the interface first); use dhcp or a static address"
+                "(it works when the initrd's network stack configures the interface first); use dhcp, auto6 or a static address"
             )
     _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None:
@@ -185,7 +189,7 @@ class _Bringup:
                 for name in names:
                     _prepare_link(ipr, name, config)
         nameservers = list(self.network.nameservers)
-        leases = self._carrier_and_dhcp(jobs)
+        leases = self._carrier_and_leases(jobs)
         # Addresses and routes only once every lease is in: a failure before leaves none behind,
         # a failure while applying removes what was applied.
         try:
@@ -238,8 +242,8 @@ class _Bringup:
             raise KiwiOverlayError("no Ethernet interface for ip=dhcp (is the network driver in the initrd?)")
         return candidates
 
-    def _carrier_and_dhcp(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
-        """Links up and carrier (named interfaces: all; candidates: one), then DHCP where asked for."""
+    def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
+        """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
         from kiwi_overlay.links import links_up
 
         for config, names in jobs:
@@ -252,12 +256,41 @@ class _Bringup:
                 )
             log.info(f"carrier on {', '.join(ready)} ({self.elapsed()})")
         dhcp = [(config, names) for config, names in jobs if config.method == "dhcp"]
-        if not dhcp:
-            return []
-        import asyncio
+        leases: list[DhcpLease] = []
+        if dhcp:
+            import asyncio
 
-        _forward_pyroute2_logging()
-        return asyncio.run(self._leases(dhcp))
+            _forward_pyroute2_logging()
+            leases = asyncio.run(self._leases(dhcp))
+        for config, names in jobs:
+            if config.method == "auto6":
+                self._wait_for_autoconf(config, names)
+        return leases
+
+    def _wait_for_autoconf(self, config: IpConfig, names: tuple[str, ...]) -> None:
+        """ip=auto6: the kernel configures addresses and routes from router advertisements; wait for a usable one."""
+        from pyroute2 import IPRoute
+
+        log.info(f"{', '.join(names)}: waiting for an IPv6 address from router advertisements")
+        with IPRoute() as events, IPRoute() as ipr:
+            # Subscribe before looking, so no address event can slip between.
+            events.bind(groups=RTMGRP_IPV6_IFADDR)
+            indexes = {_index(ipr, name): name for name in names}
+            while True:
+                for message in ipr.get_addr(family=socket.AF_INET6):
+                    flags = message.get("IFA_FLAGS") or message["flags"]
+                    if message["index"] in indexes and message["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                        address = f"{message.get('IFA_ADDRESS')}/{message['prefixlen']}"
+                        log.info(f"{indexes[message['index']]}: address {address} from router advertisements ({self.elapsed()})")
+                        return
+                remaining = self.remaining()
+                if remaining <= 0:
+                    raise KiwiOverlayError(
+                        f"ip={config.text}: no IPv6 address from router advertisements on {', '.join(names)} within {self.timeout:g} s"
+                    )
+                readable, _, _ = select.select([events.fileno()], [], [], min(remaining, 0.5))
+                if readable:
+                    events.get()
 
     async def _leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
         import asyncio

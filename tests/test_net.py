@@ -34,13 +34,15 @@ class Lab:
         self.resolv_conf = tmp_path / "resolv.conf"
         ip("netns", "add", self.ns)
 
-    def link(self, name: str, subnet: int, *, dhcp: bool = True, carrier: bool = True, mac: str | None = None) -> Path:
-        """Veth NAME to a peer namespace at 10.SUBNET.0.1/24 (with dnsmasq when DHCP); returns dnsmasq's log."""
+    def link(self, name: str, subnet: int, *, dhcp: bool = True, carrier: bool = True, mac: str | None = None, ra: bool = False) -> Path:
+        """Veth NAME to a peer namespace at 10.SUBNET.0.1/24 and fd00:SUBNET::1/64, with dnsmasq serving
+        DHCP (and router advertisements for fd00:SUBNET::/64 with RA); returns dnsmasq's log."""
         peer = f"{self.ns}-{name}"
         ip("netns", "add", peer)
         self.namespaces.append(peer)
         ip("-n", self.ns, "link", "add", name, *(["address", mac] if mac else []), "type", "veth", "peer", "name", "ko-p", "netns", peer)
         ip("-n", peer, "addr", "add", f"10.{subnet}.0.1/24", "dev", "ko-p")
+        ip("-n", peer, "addr", "add", f"fd00:{subnet}::1/64", "dev", "ko-p", "nodad")
         if carrier:
             ip("-n", peer, "link", "set", "ko-p", "up")
         log = self.tmp / f"dnsmasq-{name}.log"
@@ -51,7 +53,8 @@ class Lab:
                      "--log-facility=-", "--log-dhcp", "--interface=ko-p", "--bind-interfaces",
                      f"--dhcp-range=10.{subnet}.0.50,10.{subnet}.0.99,255.255.255.0,1h",
                      f"--dhcp-option=option:router,10.{subnet}.0.1", f"--dhcp-option=option:dns-server,10.{subnet}.0.53",
-                     f"--dhcp-leasefile={self.tmp / f'leases-{name}'}", f"--pid-file={self.tmp / f'dnsmasq-{name}.pid'}"],
+                     f"--dhcp-leasefile={self.tmp / f'leases-{name}'}", f"--pid-file={self.tmp / f'dnsmasq-{name}.pid'}",
+                     *([ "--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else [])],
                     stdout=log.open("wb"),
                     stderr=subprocess.STDOUT,
                 )
@@ -193,9 +196,28 @@ def test_already_configured_changes_nothing(lab: Lab) -> None:
 
 def test_dhcp6_is_refused_clearly_when_the_network_is_not_up(lab: Lab) -> None:
     lab.link("ko-a", 80, dhcp=False)
-    result = lab.net_up("root=overlay:nbd=[fd00::1]:rootfs ip=ko-a:dhcp6", "--timeout", "5")
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:dhcp6", "--timeout", "5")
     assert result.returncode == 2
     assert "ip=ko-a:dhcp6: dhcp6 is not supported by kiwi-overlay's own network bring-up" in result.stderr
+    assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]  # refused before touching anything
+
+
+def test_auto6_waits_for_the_address_from_router_advertisements(lab: Lab) -> None:
+    lab.link("ko-a", 88, ra=True)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:auto6", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(ip("-n", lab.ns, "-j", "-6", "addr", "show", "dev", "ko-a"))
+    [address] = [address for address in info[0]["addr_info"] if address["scope"] == "global"]
+    assert address["local"].startswith("fd00:88::") and "tentative" not in address
+    assert f"ko-a: address {address['local']}/64 from router advertisements" in result.stderr
+    assert json.loads(ip("-n", lab.ns, "-j", "-6", "route", "show", "default"))[0]["protocol"] == "ra"
+
+
+def test_auto6_without_router_advertisements_times_out(lab: Lab) -> None:
+    lab.link("ko-a", 89)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:auto6", "--timeout", "2")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("kiwi-overlay: ip=ko-a:auto6: no IPv6 address from router advertisements on ko-a within 2 s")
 
 
 def test_not_needed_does_nothing(lab: Lab) -> None:
