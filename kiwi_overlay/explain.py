@@ -42,7 +42,11 @@ def _ip_line(config: IpConfig, bootif: str | None) -> str:
     if config.method == "static":
         what = f"{config.address}/{config.prefix}" + (f" via {config.gateway}" if config.gateway else "")
     else:
-        what = config.method.upper() if config.method != "auto6" else "IPv6 autoconfiguration"
+        what = {
+            "dhcp": "DHCP",
+            "auto6": "IPv6 autoconfiguration (router advertisements)",
+            "dhcp6": "DHCPv6, only when the initrd's own network stack does it (kiwi-overlay has no DHCPv6 client)",
+        }[config.method]
     extras = [f"MTU {config.mtu}"] * bool(config.mtu) + [f"MAC {config.mac}"] * bool(config.mac)
     extras += [f"DNS {', '.join(config.dns)}"] * bool(config.dns) + [f"host name {config.hostname}"] * bool(config.hostname)
     return f"{where}: {what}" + (f" ({'; '.join(extras)})" if extras else "")
