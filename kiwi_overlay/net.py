@@ -3,8 +3,9 @@
 Whatever network stack dracut put into the initrd (network-legacy, systemd-networkd,
 NetworkManager, none) may or may not have configured the interface by the time the root is
 attached. kiwi-overlay checks for a route to the root server first and changes nothing when
-there is one; otherwise it does what ip= asks itself: links up, carrier, static addresses and
-routes, DHCPv4. pyroute2 (and with it asyncio) is imported only in that second case.
+there is one; otherwise it does what ip= asks itself: interface names, links up, carrier,
+static addresses and routes, DHCPv4, IPv6 autoconfiguration. pyroute2 (and with it asyncio)
+is imported only in that second case.
 """
 
 from __future__ import annotations

@@ -270,3 +270,13 @@ def test_a_route_that_cannot_be_added_is_named(lab: Lab) -> None:
     assert result.stderr.splitlines()[-1] == "kiwi-overlay: network bring-up, route 10.98.0.0/16 via 10.200.0.1: Network is unreachable"
     assert lab.addresses("ko-a") == []  # the address added before is removed again
     assert lab.routes() == []
+
+
+def test_ifname_renames_and_ip_sets_mtu_and_mac(lab: Lab) -> None:
+    lab.link("ko-a", 90, mac="02:00:00:00:00:0c")
+    result = lab.net_up("root=overlay:nbd=10.90.0.1:rootfs ifname=ko-boot:02:00:00:00:00:0C ip=ko-boot:dhcp:1400:02:00:00:00:00:0d")
+    assert result.returncode == 0, result.stderr
+    [link] = json.loads(ip("-n", lab.ns, "-j", "link", "show", "ko-boot"))
+    assert (link["mtu"], link["address"]) == (1400, "02:00:00:00:00:0d")
+    assert lab.addresses("ko-boot")[0].startswith("10.90.0.")
+    assert "ko-a renamed to ko-boot (ifname=)" in result.stderr
