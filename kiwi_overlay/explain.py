@@ -63,7 +63,7 @@ def _network_lines(net: Network) -> list[str]:
     ]
     if net.nameservers:
         lines.append(f"name servers: {', '.join(net.nameservers)}")
-    lines.append("nothing is changed when the root server is already reachable (the initrd's own network is up)")
+    lines.append("nothing is changed when the network is already up (a route to the root server exists)")
     return lines
 
 
