@@ -7,6 +7,7 @@ own (10.7N.0.1/24), optionally with dnsmasq serving DHCP there.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,9 +33,20 @@ class Lab:
         self.servers: list[subprocess.Popen[bytes]] = []
         self.lease_dir = tmp_path / "run"
         self.resolv_conf = tmp_path / "resolv.conf"
+        self.etc: Path | None = None
         ip("netns", "add", self.ns)
 
-    def link(self, name: str, subnet: int, *, dhcp: bool = True, carrier: bool = True, mac: str | None = None, ra: bool = False) -> Path:
+    def link(
+        self,
+        name: str,
+        subnet: int,
+        *,
+        dhcp: bool = True,
+        carrier: bool = True,
+        mac: str | None = None,
+        ra: bool = False,
+        dns_name: str | None = None,
+    ) -> Path:
         """Veth NAME to a peer namespace at 10.SUBNET.0.1/24 and fd00:SUBNET::1/64, with dnsmasq serving
         DHCP (and router advertisements for fd00:SUBNET::/64 with RA); returns dnsmasq's log."""
         peer = f"{self.ns}-{name}"
@@ -49,17 +61,26 @@ class Lab:
         if dhcp:
             self.servers.append(
                 subprocess.Popen(
-                    ["ip", "netns", "exec", peer, "dnsmasq", "--no-daemon", "--no-ping", "--port=0", "--conf-file=/dev/null",
+                    ["ip", "netns", "exec", peer, "dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null",
+                     *([f"--host-record={dns_name},10.{subnet}.0.1"] if dns_name else ["--port=0"]),
                      "--log-facility=-", "--log-dhcp", "--interface=ko-p", "--bind-interfaces",
                      f"--dhcp-range=10.{subnet}.0.50,10.{subnet}.0.99,255.255.255.0,1h",
-                     f"--dhcp-option=option:router,10.{subnet}.0.1", f"--dhcp-option=option:dns-server,10.{subnet}.0.53",
+                     f"--dhcp-option=option:router,10.{subnet}.0.1",
+                     f"--dhcp-option=option:dns-server,10.{subnet}.0.{1 if dns_name else 53}",
                      f"--dhcp-leasefile={self.tmp / f'leases-{name}'}", f"--pid-file={self.tmp / f'dnsmasq-{name}.pid'}",
-                     *([ "--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else [])],
+                     *(["--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else [])],
                     stdout=log.open("wb"),
                     stderr=subprocess.STDOUT,
                 )
             )  # fmt: skip
         return log
+
+    def own_resolv_conf(self) -> None:
+        """`ip netns exec` bind-mounts /etc/netns/NS/resolv.conf on /etc/resolv.conf: the namespace's own, for name lookups."""
+        self.etc = Path("/etc/netns") / self.ns
+        self.etc.mkdir(parents=True)
+        self.resolv_conf = self.etc / "resolv.conf"
+        self.resolv_conf.write_text("")
 
     def net_up(self, cmdline: str, *options: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, *python, "-m", "kiwi_overlay", "net", "up", "--cmdline", cmdline, *options]
@@ -81,6 +102,8 @@ class Lab:
             server.wait(timeout=10)
         for name in self.namespaces:
             subprocess.run(["ip", "netns", "del", name], check=False)
+        if self.etc:
+            shutil.rmtree(self.etc)
 
 
 @pytest.fixture
@@ -280,3 +303,12 @@ def test_ifname_renames_and_ip_sets_mtu_and_mac(lab: Lab) -> None:
     assert (link["mtu"], link["address"]) == (1400, "02:00:00:00:00:0d")
     assert lab.addresses("ko-boot")[0].startswith("10.90.0.")
     assert "ko-a renamed to ko-boot (ifname=)" in result.stderr
+
+
+def test_a_root_server_name_resolves_through_the_dhcp_name_server(lab: Lab) -> None:
+    lab.link("ko-a", 91, dns_name="nbd.ko-net.test")
+    lab.own_resolv_conf()
+    result = lab.net_up("root=overlay:nbd=nbd.ko-net.test:rootfs ip=ko-a:dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.resolv_conf.read_text() == "nameserver 10.91.0.1\n"
+    assert "network up in " in result.stderr
