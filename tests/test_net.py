@@ -1,7 +1,7 @@
 """`kiwi-overlay net up` against dnsmasq, in network namespaces and veth pairs that each test creates and removes.
 
 The client namespace has veths ko-a, ko-b, ...; each one's peer `ko-p` sits in a namespace of its
-own (10.7N.0.1/24), optionally with dnsmasq serving DHCP there.
+own (10.N.0.1/24, fd00:N::1/64), optionally with dnsmasq serving DHCP (and DNS, router advertisements) there.
 """
 
 from __future__ import annotations
