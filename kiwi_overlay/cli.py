@@ -64,6 +64,21 @@ def cmd_aoe_discover(args: argparse.Namespace) -> int:
     return 0 if targets else 1
 
 
+def cmd_net_up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kiwi_overlay.net import LEASE_DIR, RESOLV_CONF, bring_up
+
+    plan = load_plan(args)
+    bring_up(
+        plan,
+        timeout=args.timeout or plan.timeout,
+        lease_dir=Path(args.lease_dir) if args.lease_dir else LEASE_DIR,
+        resolv_conf=Path(args.resolv_conf) if args.resolv_conf else RESOLV_CONF,
+    )
+    return 0
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -85,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     aoe_discover.add_argument("--timeout", type=float, default=2.0, metavar="S", help="collect answers for S seconds (default 2)")
     aoe_discover.add_argument("--json", action="store_true", help="JSON list with every field")
     aoe_discover.set_defaults(func=cmd_aoe_discover)
+    net = commands.add_parser("net", help="network bring-up").add_subparsers(dest="net_command", required=True, metavar="ACTION")
+    net_up = net.add_parser("up", help="configure the network as ip= says, unless the root server is already reachable")
+    _add_cmdline_option(net_up)
+    net_up.add_argument("--timeout", type=float, metavar="S", help="seconds (default: rd.root.overlay.timeout)")
+    net_up.add_argument("--lease-dir", metavar="DIR", help="where lease-IFACE.json goes (default /run/kiwi-overlay)")
+    net_up.add_argument("--resolv-conf", metavar="FILE", help="the resolv.conf to write name servers to (default /etc/resolv.conf)")
+    net_up.set_defaults(func=cmd_net_up)
     return parser
 
 

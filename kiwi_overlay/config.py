@@ -13,6 +13,16 @@ from typing import Literal
 
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.errors import OptionError
+from kiwi_overlay.netconfig import (
+    InterfaceName,
+    IpConfig,
+    StaticRoute,
+    parse_bootif_option,
+    parse_ifname,
+    parse_ip_configs,
+    parse_nameserver,
+    parse_route,
+)
 
 NBD_DEFAULT_PORT = 10809
 DEFAULT_TIMEOUT = 120.0
@@ -109,6 +119,11 @@ class Network:
     needs_ip: bool  # ... and carry an IP configuration
     ip: tuple[str, ...]  # every ip= as given; ("dhcp",) implied for nbd without one
     implied_dhcp: bool
+    configs: tuple[IpConfig, ...]  # ip (implied dhcp included), parsed
+    interface_names: tuple[InterfaceName, ...]  # ifname=
+    bootif: str | None  # BOOTIF= MAC: the NIC that PXE booted from
+    nameservers: tuple[str, ...]  # nameserver=
+    routes: tuple[StaticRoute, ...]  # rd.route=
 
 
 @dataclass(frozen=True)
@@ -355,12 +370,24 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     ip = cmdline.getargs("ip")
     neednet = cmdline.getargbool("rd.neednet")
     if isinstance(root, NbdRoot):
-        implied = not ip
-        return Network(needed=True, needs_ip=True, ip=ip or ("dhcp",), implied_dhcp=implied)
-    if isinstance(root, AoeRoot):
+        needed, needs_ip, implied = True, True, not ip
+        ip = ip or ("dhcp",)
+    elif isinstance(root, AoeRoot):
         # AoE is layer 2: links up, no addresses; a DHCP wait would hang on a segment without a server.
-        return Network(needed=True, needs_ip=bool(ip) or neednet, ip=ip, implied_dhcp=False)
-    return Network(needed=neednet, needs_ip=neednet, ip=ip, implied_dhcp=False)
+        needed, needs_ip, implied = True, bool(ip) or neednet, False
+    else:
+        needed, needs_ip, implied = neednet, neednet, False
+    return Network(
+        needed=needed,
+        needs_ip=needs_ip,
+        ip=ip,
+        implied_dhcp=implied,
+        configs=parse_ip_configs(ip),
+        interface_names=tuple(map(parse_ifname, cmdline.getargs("ifname"))),
+        bootif=parse_bootif_option(cmdline),
+        nameservers=tuple(map(parse_nameserver, cmdline.getargs("nameserver"))),
+        routes=tuple(map(parse_route, cmdline.getargs("rd.route"))),
+    )
 
 
 def is_overlay_root(cmdline: KernelCmdline) -> bool:

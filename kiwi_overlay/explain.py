@@ -6,8 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kiwi_overlay.config import AoeRoot, NbdRoot, Plan, Root
+from kiwi_overlay.config import AoeRoot, NbdRoot, Network, Plan, Root
 from kiwi_overlay.layout import mounts
+from kiwi_overlay.netconfig import IpConfig
 
 
 def _read_source(root: Root) -> str:
@@ -27,6 +28,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def _ip_line(config: IpConfig, bootif: str | None) -> str:
+    if config.interface:
+        where = config.interface
+    elif bootif:
+        where = f"the interface with MAC {bootif} (BOOTIF)"
+    else:
+        where = "the first Ethernet interface that gets a lease"
+    if config.method == "off":
+        return f"{where}: left alone (ip={config.text})"
+    if config.method == "static":
+        what = f"{config.address}/{config.prefix}" + (f" via {config.gateway}" if config.gateway else "")
+    else:
+        what = {
+            "dhcp": "DHCP",
+            "auto6": "IPv6 autoconfiguration (router advertisements)",
+            "dhcp6": "DHCPv6, only when the initrd's own network stack does it (kiwi-overlay has no DHCPv6 client)",
+        }[config.method]
+    extras = [f"MTU {config.mtu}"] * bool(config.mtu) + [f"MAC {config.mac}"] * bool(config.mac)
+    extras += [f"DNS {', '.join(config.dns)}"] * bool(config.dns) + [f"host name {config.hostname}"] * bool(config.hostname)
+    return f"{where}: {what}" + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def _network_lines(net: Network) -> list[str]:
+    lines = [_ip_line(config, net.bootif) for config in net.configs]
+    lines += [f"interface {rule.name} is the one with MAC {rule.mac} (ifname=)" for rule in net.interface_names]
+    lines += [
+        f"route {route.destination}"
+        + (f" via {route.gateway}" if route.gateway else "")
+        + (f" dev {route.interface}" if route.interface else "")
+        for route in net.routes
+    ]
+    if net.nameservers:
+        lines.append(f"name servers: {', '.join(net.nameservers)}")
+    lines.append("nothing is changed when the network is already up (a route to the root server exists)")
+    return lines
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
@@ -90,6 +128,7 @@ def describe(plan: Plan) -> str:
         lines.append("network:     links up, no IP configuration (AoE is layer 2)")
     else:
         lines.append(f"network:     {' '.join('ip=' + ip for ip in net.ip)}" + (" (implied)" if net.implied_dhcp else ""))
+        lines.extend("             " + line for line in _network_lines(net))
     lines.append("mounts:")
     for step in mounts(plan, _read_source(root)):
         options = ",".join(step.options) or "defaults"

@@ -50,11 +50,11 @@ def ethernet_links() -> tuple[Link, ...]:
         return tuple(link for link in map(_link, ipr.get_links()) if link.ethernet)
 
 
-def links_up(names: Sequence[str] | None, *, timeout: float) -> tuple[str, ...]:
+def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None = None) -> tuple[str, ...]:
     """Set NAMES (None: every Ethernet link) up and wait up to TIMEOUT seconds for carrier.
 
-    Returns the links that have carrier, in the order asked for; waits until all have it or
-    the time is up. A name that does not exist is an error; no carrier at all is not (the
+    Returns the links that have carrier, in the order asked for; waits until all (or ENOUGH)
+    have it or the time is up. A name that does not exist is an error; no carrier at all is not (the
     caller knows whether one link is enough).
     """
     from pyroute2 import IPRoute
@@ -80,9 +80,9 @@ def links_up(names: Sequence[str] | None, *, timeout: float) -> tuple[str, ...]:
             state = {link.name: link for link in map(_link, ipr.get_links())}
             ready = tuple(name for name in wanted if state[name].carrier)
             remaining = started + timeout - time.monotonic()
-            if len(ready) == len(wanted) or remaining <= 0:
+            if len(ready) >= min(enough or len(wanted), len(wanted)) or remaining <= 0:
                 waiting = [name for name in wanted if name not in ready]
-                if waiting:
+                if waiting and remaining <= 0:
                     log.info(f"no carrier on {', '.join(waiting)} after {timeout:g} s")
                 log.debug(f"links with carrier: {', '.join(ready) or 'none'} ({time.monotonic() - started:.2f} s)")
                 return ready

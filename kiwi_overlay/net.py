@@ -1,0 +1,512 @@
+"""IP configuration for the root: use the network when it is up, configure it with pyroute2 when not.
+
+Whatever network stack dracut put into the initrd (network-legacy, systemd-networkd,
+NetworkManager, none) may or may not have configured the interface by the time the root is
+attached. kiwi-overlay checks for a route to the root server first and changes nothing when
+there is one; otherwise it does what ip= asks itself: interface names, links up, carrier,
+static addresses and routes, DHCPv4, IPv6 autoconfiguration. pyroute2 (and with it asyncio)
+is imported only in that second case.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiwi_overlay import log
+from kiwi_overlay.config import NbdRoot, Network, Plan
+from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.netconfig import IpConfig
+
+LEASE_DIR = Path("/run/kiwi-overlay")
+RESOLV_CONF = Path("/etc/resolv.conf")
+# A host name is looked up for the "already up" check only briefly: without a network the
+# resolver fails at once, with a dead name server it would wait for its own timeouts.
+RESOLVE_TIMEOUT = 2.0
+# DHCP retransmissions for a boot: quick at first (RFC 2131's 4 s start is for busy networks).
+DHCP_RETRY = (0.5, 1.0, 1.0, 2.0)
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+
+
+@dataclass(frozen=True)
+class DhcpLease:
+    """What kiwi-overlay applies from a DHCPv4 lease."""
+
+    interface: str
+    address: str
+    prefix: int
+    routers: tuple[str, ...]
+    nameservers: tuple[str, ...]
+    domain: str | None
+    mtu: int | None
+    server: str | None
+    record: dict[str, Any]  # pyroute2's lease as JSON, loadable by its JSONFileLease
+
+
+def _addresses(host: str, *, timeout: float) -> list[tuple[int, str]]:
+    """(family, address) for HOST: an IP literal as is, a name resolved within TIMEOUT (else none)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        found: list[Any] = []
+        # getaddrinfo cannot be interrupted: it runs in a daemon thread we stop waiting for.
+        lookup = threading.Thread(target=lambda: found.extend(_resolve(host)), daemon=True)
+        lookup.start()
+        lookup.join(timeout)
+        infos = list(found)
+    return [(family, str(address[0])) for family, _, _, _, address in infos]
+
+
+def _resolve(host: str) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+
+
+def has_route(host: str, *, timeout: float = RESOLVE_TIMEOUT) -> bool:
+    """Whether the kernel has a route to HOST (a name must resolve within TIMEOUT)."""
+    return _routable(_addresses(host, timeout=timeout))
+
+
+def _routable(addresses: list[tuple[int, str]]) -> bool:
+    # connect() on a UDP socket is a route lookup (ENETUNREACH without one) and sends nothing.
+    for family, address in addresses:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((address, 9))
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def _check_server(server: str) -> None:
+    """After the bring-up: the root server must be reachable, or the NBD attach would only time out."""
+    addresses = _addresses(server, timeout=RESOLVE_TIMEOUT)
+    if not addresses:
+        raise KiwiOverlayError(
+            f"network configured, but the root server name {server} does not resolve (no name server from DHCP or nameserver=?)"
+        )
+    if not _routable(addresses):
+        raise KiwiOverlayError(f"network configured, but there is no route to the root server {server} (check the gateway or rd.route=)")
+
+
+def _routed_interfaces(proc: Path = Path("/proc/net")) -> set[str]:
+    """Interfaces with a route of their own (IPv6 link-local and multicast routes do not count)."""
+    names = set()
+    for line in (proc / "route").read_text().splitlines()[1:]:
+        names.add(line.split()[0])
+    ipv6 = proc / "ipv6_route"
+    if ipv6.exists():
+        for line in ipv6.read_text().splitlines():
+            fields = line.split()
+            if not fields[0].startswith(("fe80", "ff")):
+                names.add(fields[-1])
+    return names - {"lo"}
+
+
+def already_up(network: Network, server: str | None) -> bool:
+    """A route to SERVER exists; without a server: every interface ip= names (or any) has routes."""
+    if server is not None:
+        return has_route(server)
+    routed = _routed_interfaces()
+    named = {config.interface for config in network.configs if config.interface and config.method != "off"}
+    return named <= routed if named else bool(routed)
+
+
+def bring_up(
+    plan: Plan,
+    *,
+    timeout: float,
+    lease_dir: Path = LEASE_DIR,
+    resolv_conf: Path = RESOLV_CONF,
+) -> None:
+    """Make the root server reachable as ip= says, within TIMEOUT seconds; raise KiwiOverlayError if not.
+
+    Does nothing when the plan needs no IP configuration or the network is already up.
+    """
+    network = plan.network
+    if not network.needs_ip:
+        return
+    started = time.monotonic()
+    server = plan.root.host if isinstance(plan.root, NbdRoot) else None
+    if already_up(network, server):
+        log.info(f"network already up ({f'route to {server}' if server else 'interfaces configured'}): nothing to change")
+        return
+    configs = [config for config in network.configs if config.method != "off"]
+    if not configs:
+        raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
+    for config in configs:
+        if config.method == "dhcp6":
+            raise KiwiOverlayError(
+                f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
+                "(it works when the initrd's network stack configures the interface first); use dhcp, auto6 or a static address"
+            )
+    _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
+    if server is not None:
+        _check_server(server)
+    log.info(f"network up in {time.monotonic() - started:.3f} s")
+
+
+class _Bringup:
+    """One bring-up: the deadline, where leases and resolv.conf go, and what was applied."""
+
+    def __init__(self, network: Network, started: float, timeout: float, lease_dir: Path, resolv_conf: Path) -> None:
+        self.network = network
+        self.started = started
+        self.timeout = timeout  # for messages: the whole budget, as the user gave it
+        self.deadline = started + timeout
+        self.lease_dir = lease_dir
+        self.resolv_conf = resolv_conf
+        self.applied: list[tuple[str, dict[str, Any]]] = []  # ("addr" | "route", netlink arguments), to undo
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def elapsed(self) -> str:
+        return f"{time.monotonic() - self.started:.3f} s"
+
+    def run(self, configs: Sequence[IpConfig]) -> None:
+        from pyroute2 import IPRoute
+
+        with _netlink("preparing the links"), IPRoute() as ipr:
+            _rename_links(ipr, self.network)
+            jobs = [(config, (config.interface,) if config.interface else self._candidates()) for config in configs]
+            for config, names in jobs:
+                for name in names:
+                    _prepare_link(ipr, name, config)
+        nameservers = list(self.network.nameservers)
+        leases = self._carrier_and_leases(jobs)
+        # Addresses and routes only once every lease is in: a failure before leaves none behind,
+        # a failure while applying removes what was applied.
+        try:
+            with _netlink("applying addresses and routes"), IPRoute() as ipr:
+                for config, _ in jobs:
+                    if config.method == "static":
+                        assert config.interface and config.address and config.prefix
+                        gateways = (config.gateway,) if config.gateway else ()
+                        self._apply_address(ipr, config.interface, config.address, config.prefix, gateways)
+                        nameservers += config.dns
+                for lease in leases:
+                    self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
+                    if lease.mtu:
+                        ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
+                    nameservers += lease.nameservers
+                for route in self.network.routes:
+                    spec = {
+                        "dst": route.destination,
+                        "gateway": route.gateway,
+                        "oif": _index(ipr, route.interface) if route.interface else None,
+                    }
+                    spec = {key: value for key, value in spec.items() if value is not None}
+                    with _netlink(f"route {route.destination} via {route.gateway or route.interface}"):
+                        ipr.route("replace", **spec)
+                    self.applied.append(("route", spec))
+                    log.info(f"route {route.destination} via {route.gateway or 'link'} ({self.elapsed()})")
+        except KiwiOverlayError:
+            self._undo()
+            raise
+        for lease in leases:
+            self._write_lease(lease)
+        domain = next((lease.domain for lease in leases if lease.domain), None)
+        if nameservers:
+            _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
+
+    def _candidates(self) -> tuple[str, ...]:
+        """The interfaces ip= without a name may use: the BOOTIF one, else every Ethernet link not named elsewhere."""
+        from kiwi_overlay.links import ethernet_links
+
+        links = ethernet_links()
+        if self.network.bootif:
+            chosen = [link.name for link in links if link.mac.lower() == self.network.bootif]
+            if chosen:
+                log.info(f"BOOTIF {self.network.bootif} is {chosen[0]}")
+                return (chosen[0],)
+            log.info(f"no interface has the BOOTIF address {self.network.bootif}: trying every Ethernet interface")
+        named = {config.interface for config in self.network.configs}
+        candidates = tuple(link.name for link in links if link.name not in named)
+        if not candidates:
+            raise KiwiOverlayError("no Ethernet interface for ip=dhcp (is the network driver in the initrd?)")
+        return candidates
+
+    def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
+        """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
+        from kiwi_overlay.links import links_up
+
+        for config, names in jobs:
+            log.info(f"{', '.join(names)}: link up, waiting for carrier")
+            ready = links_up(names, timeout=self.remaining(), enough=None if config.interface else 1)
+            if not ready:
+                raise KiwiOverlayError(
+                    f"ip={config.text}: no carrier on {', '.join(names)} after {self.timeout:g} s"
+                    " (cable, switch port, or the wrong interface?)"
+                )
+            log.info(f"carrier on {', '.join(ready)} ({self.elapsed()})")
+        dhcp = [(config, names) for config, names in jobs if config.method == "dhcp"]
+        leases: list[DhcpLease] = []
+        if dhcp:
+            import asyncio
+
+            _forward_pyroute2_logging()
+            leases = asyncio.run(self._leases(dhcp))
+        for config, names in jobs:
+            if config.method == "auto6":
+                self._wait_for_autoconf(config, names)
+        return leases
+
+    def _wait_for_autoconf(self, config: IpConfig, names: tuple[str, ...]) -> None:
+        """ip=auto6: the kernel configures addresses and routes from router advertisements; wait for a usable one."""
+        from pyroute2 import IPRoute
+
+        log.info(f"{', '.join(names)}: waiting for an IPv6 address from router advertisements")
+        with IPRoute() as events, IPRoute() as ipr:
+            # Subscribe before looking, so no address event can slip between.
+            events.bind(groups=RTMGRP_IPV6_IFADDR)
+            indexes = {_index(ipr, name): name for name in names}
+            while True:
+                for message in ipr.get_addr(family=socket.AF_INET6):
+                    flags = message.get("IFA_FLAGS") or message["flags"]
+                    if message["index"] in indexes and message["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                        address = f"{message.get('IFA_ADDRESS')}/{message['prefixlen']}"
+                        log.info(f"{indexes[message['index']]}: address {address} from router advertisements ({self.elapsed()})")
+                        return
+                remaining = self.remaining()
+                if remaining <= 0:
+                    raise KiwiOverlayError(
+                        f"ip={config.text}: no IPv6 address from router advertisements on {', '.join(names)} within {self.timeout:g} s"
+                    )
+                readable, _, _ = select.select([events.fileno()], [], [], min(remaining, 0.5))
+                if readable:
+                    events.get()
+
+    async def _leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
+        import asyncio
+
+        # Every candidate of every job at once; late carrier is caught by the retransmissions.
+        return list(await asyncio.gather(*(self._first_lease(config, names) for config, names in jobs)))
+
+    async def _first_lease(self, config: IpConfig, names: tuple[str, ...]) -> DhcpLease:
+        import asyncio
+
+        log.info(f"DHCP on {', '.join(names)}")
+        tasks = {asyncio.create_task(_dhcp(name, config.hostname)): name for name in names}
+        pending: set[asyncio.Task[DhcpLease]] = set(tasks)
+        problems = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        lease = task.result()
+                        log.info(
+                            f"{lease.interface}: DHCP lease {lease.address}/{lease.prefix} from {lease.server or 'unknown server'}"
+                            + (f", router {lease.routers[0]}" if lease.routers else "")
+                            + f" ({self.elapsed()})"
+                        )
+                        return lease
+                    problems.append(f"{tasks[task]}: {error}")
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise KiwiOverlayError(f"ip={config.text}: no DHCP answer on {', '.join(names)} within {self.timeout:g} s{detail}")
+
+    def _apply_address(self, ipr: Any, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
+        import ipaddress
+
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        index = _index(ipr, name)
+        interface = ipaddress.ip_interface(f"{address}/{prefix}")
+        extra: dict[str, Any] = {}
+        if interface.version == 4 and prefix < 31:
+            extra["broadcast"] = str(interface.network.broadcast_address)
+        elif interface.version == 6:
+            # A tentative address cannot be a source: the root would wait for duplicate detection.
+            extra["flags"] = IFA_F_NODAD
+        with _netlink(f"{name}: address {address}/{prefix}"):
+            ipr.addr("replace", index=index, address=address, prefixlen=prefix, **extra)
+        self.applied.append(("addr", {"index": index, "address": address, "prefixlen": prefix}))
+        log.info(f"{name}: address {address}/{prefix} ({self.elapsed()})")
+        if routers:
+            default = "0.0.0.0/0" if interface.version == 4 else "::/0"
+            with _netlink(f"{name}: default route via {routers[0]}"):
+                try:
+                    ipr.route("add", dst=default, gateway=routers[0], oif=index)
+                    self.applied.append(("route", {"dst": default, "gateway": routers[0], "oif": index}))
+                    log.info(f"{name}: default route via {routers[0]}")
+                except NetlinkError as error:
+                    if error.code != errno.EEXIST:
+                        raise
+                    log.info(f"{name}: a default route exists already, {routers[0]} is not added")
+
+    def _undo(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ipr:
+            for kind, spec in reversed(self.applied):
+                with suppress(NetlinkError):  # gone already (an address's routes go with it)
+                    getattr(ipr, kind)("del", **spec)
+        if self.applied:
+            log.info("the addresses and routes added so far are removed again")
+
+    def _write_lease(self, lease: DhcpLease) -> None:
+        """The lease where the booted system (its DHCP client) can take it over."""
+        self.lease_dir.mkdir(parents=True, exist_ok=True)
+        path = self.lease_dir / f"lease-{lease.interface}.json"
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(lease.record, indent=2, default=str) + "\n")
+        partial.replace(path)
+
+
+@contextmanager
+def _netlink(step: str) -> Iterator[None]:
+    """A netlink failure as one line that names the step."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as error:
+        raise KiwiOverlayError(f"network bring-up, {step}: {os.strerror(error.code)}") from None
+    except OSError as error:
+        raise KiwiOverlayError(f"network bring-up, {step}: {error.strerror or error}") from None
+
+
+def _index(ipr: Any, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise KiwiOverlayError(f"network interface {name} not found")
+    return int(found[0])
+
+
+def _rename_links(ipr: Any, network: Network) -> None:
+    """ifname=NAME:MAC: give the interface with MAC its name (when udev has not already)."""
+    from kiwi_overlay.links import ethernet_links
+
+    links = ethernet_links()
+    for rule in network.interface_names:
+        match = [link for link in links if link.mac.lower() == rule.mac]
+        if not match:
+            log.info(f"ifname={rule.name}:{rule.mac}: no interface has that MAC address")
+            continue
+        link = match[0]
+        if link.name == rule.name:
+            continue
+        if any(other.name == rule.name for other in links):
+            raise KiwiOverlayError(f"ifname={rule.name}:{rule.mac}: the name {rule.name} belongs to another interface")
+        ipr.link("set", index=link.index, state="down")
+        ipr.link("set", index=link.index, ifname=rule.name)
+        log.info(f"{link.name} renamed to {rule.name} (ifname=)")
+
+
+def _prepare_link(ipr: Any, name: str, config: IpConfig) -> None:
+    """MAC address (of a named interface) and MTU from ip=, set while the link is still down where needed."""
+    index = _index(ipr, name)
+    if config.mac and config.interface:
+        ipr.link("set", index=index, state="down")
+        ipr.link("set", index=index, address=config.mac)
+        log.info(f"{name}: MAC address {config.mac}")
+    if config.mtu:
+        ipr.link("set", index=index, mtu=config.mtu)
+        log.info(f"{name}: MTU {config.mtu}")
+
+
+def _forward_pyroute2_logging() -> None:
+    """pyroute2's DHCP client logs every step: into kiwi-overlay's debug log, never raw onto the console."""
+    import logging
+
+    class ToDebugLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug(f"pyroute2: {record.getMessage()}")
+
+    logger = logging.getLogger("pyroute2")
+    logger.handlers[:] = [ToDebugLog()]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
+    # The DHCP client's own steps (DISCOVER, OFFER, REQUEST, ACK), not every netlink message.
+    logging.getLogger("pyroute2.dhcp").setLevel(logging.INFO if log.debugging() else logging.CRITICAL)
+
+
+def _retransmission() -> Iterator[float]:
+    yield from DHCP_RETRY
+    while True:
+        yield DHCP_RETRY[-1]
+
+
+async def _dhcp(name: str, hostname: str | None) -> DhcpLease:
+    """A DHCPv4 lease on NAME, configured for a boot: no release on exit, no files, no signal handlers."""
+    from dataclasses import asdict
+
+    from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
+    from pyroute2.dhcp.fsm import State
+    from pyroute2.dhcp.leases import Lease, MissingOptionError
+
+    class BootLease(Lease):  # type: ignore[misc]
+        """Kept in memory: kiwi-overlay writes the lease file itself once the address is applied."""
+
+        def dump(self) -> None:
+            pass
+
+        @classmethod
+        def load(cls, interface: str) -> None:
+            return None
+
+    config = ClientConfig(
+        interface=name,
+        lease_type=BootLease,
+        release=False,
+        write_pidfile=False,
+        handle_signals=False,
+        retransmission=_retransmission,
+        vendor_id=None,
+        host_name=hostname,
+    )
+    async with AsyncDHCPClient(config) as client:
+        await client.bootstrap()
+        await client.wait_for_state(State.BOUND)
+        lease = client.lease
+
+    def option(name: str) -> Any:
+        try:
+            return getattr(lease, name)
+        except MissingOptionError:
+            return None
+
+    return DhcpLease(
+        interface=name,
+        address=lease.ip,
+        prefix=lease.prefixlen if option("subnet_mask") else 32,
+        routers=tuple(option("routers") or ()),
+        nameservers=tuple(option("name_servers") or ()),
+        domain=option("domain_name"),
+        mtu=option("mtu"),
+        server=option("server_id"),
+        record=asdict(lease),
+    )
+
+
+def _write_resolv_conf(path: Path, nameservers: list[str], domain: str | None) -> None:
+    lines = [f"search {domain}"] if domain else []
+    lines += [f"nameserver {server}" for server in nameservers]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    log.info(f"name servers {', '.join(nameservers)} in {path}")

@@ -1,0 +1,314 @@
+"""`kiwi-overlay net up` against dnsmasq, in network namespaces and veth pairs that each test creates and removes.
+
+The client namespace has veths ko-a, ko-b, ...; each one's peer `ko-p` sits in a namespace of its
+own (10.N.0.1/24, fd00:N::1/64), optionally with dnsmasq serving DHCP (and DNS, router advertisements) there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+class Lab:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.ns = f"ko-net-{uuid.uuid4().hex[:6]}"
+        self.namespaces = [self.ns]
+        self.servers: list[subprocess.Popen[bytes]] = []
+        self.lease_dir = tmp_path / "run"
+        self.resolv_conf = tmp_path / "resolv.conf"
+        self.etc: Path | None = None
+        ip("netns", "add", self.ns)
+
+    def link(
+        self,
+        name: str,
+        subnet: int,
+        *,
+        dhcp: bool = True,
+        carrier: bool = True,
+        mac: str | None = None,
+        ra: bool = False,
+        dns_name: str | None = None,
+    ) -> Path:
+        """Veth NAME to a peer namespace at 10.SUBNET.0.1/24 and fd00:SUBNET::1/64, with dnsmasq serving
+        DHCP (and router advertisements for fd00:SUBNET::/64 with RA); returns dnsmasq's log."""
+        peer = f"{self.ns}-{name}"
+        ip("netns", "add", peer)
+        self.namespaces.append(peer)
+        ip("-n", self.ns, "link", "add", name, *(["address", mac] if mac else []), "type", "veth", "peer", "name", "ko-p", "netns", peer)
+        ip("-n", peer, "addr", "add", f"10.{subnet}.0.1/24", "dev", "ko-p")
+        ip("-n", peer, "addr", "add", f"fd00:{subnet}::1/64", "dev", "ko-p", "nodad")
+        if carrier:
+            ip("-n", peer, "link", "set", "ko-p", "up")
+        log = self.tmp / f"dnsmasq-{name}.log"
+        if dhcp:
+            self.servers.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", peer, "dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null",
+                     *([f"--host-record={dns_name},10.{subnet}.0.1"] if dns_name else ["--port=0"]),
+                     "--log-facility=-", "--log-dhcp", "--interface=ko-p", "--bind-interfaces",
+                     f"--dhcp-range=10.{subnet}.0.50,10.{subnet}.0.99,255.255.255.0,1h",
+                     f"--dhcp-option=option:router,10.{subnet}.0.1",
+                     f"--dhcp-option=option:dns-server,10.{subnet}.0.{1 if dns_name else 53}",
+                     f"--dhcp-leasefile={self.tmp / f'leases-{name}'}", f"--pid-file={self.tmp / f'dnsmasq-{name}.pid'}",
+                     *(["--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else [])],
+                    stdout=log.open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+        return log
+
+    def own_resolv_conf(self) -> None:
+        """`ip netns exec` bind-mounts /etc/netns/NS/resolv.conf on /etc/resolv.conf: the namespace's own, for name lookups."""
+        self.etc = Path("/etc/netns") / self.ns
+        self.etc.mkdir(parents=True)
+        self.resolv_conf = self.etc / "resolv.conf"
+        self.resolv_conf.write_text("")
+
+    def net_up(self, cmdline: str, *options: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, *python, "-m", "kiwi_overlay", "net", "up", "--cmdline", cmdline, *options]
+        argv += ["--lease-dir", str(self.lease_dir), "--resolv-conf", str(self.resolv_conf)]
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=120)
+
+    def addresses(self, name: str) -> list[str]:
+        info = json.loads(ip("-n", self.ns, "-j", "-4", "addr", "show", "dev", name))
+        return [f"{a['local']}/{a['prefixlen']}" for link in info for a in link["addr_info"]]
+
+    def routes(self) -> list[dict[str, Any]]:
+        routes: list[dict[str, Any]] = json.loads(ip("-n", self.ns, "-j", "-4", "route", "show"))
+        return routes
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.send_signal(signal.SIGTERM)
+        for server in self.servers:
+            server.wait(timeout=10)
+        for name in self.namespaces:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+        if self.etc:
+            shutil.rmtree(self.etc)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def lease_address(lab: Lab, name: str) -> str:
+    record = json.loads((lab.lease_dir / f"lease-{name}.json").read_text())
+    address: str = record["ack"]["yiaddr"]
+    return address
+
+
+def test_dhcp_on_a_named_interface(lab: Lab) -> None:
+    lab.link("ko-a", 71)
+    result = lab.net_up("root=overlay:nbd=10.71.0.1:rootfs ip=ko-a:dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    [address] = lab.addresses("ko-a")
+    assert address.startswith("10.71.0.") and address.endswith("/24")
+    assert {"dst": "default", "gateway": "10.71.0.1", "dev": "ko-a"}.items() <= lab.routes()[0].items()
+    assert lease_address(lab, "ko-a") == address.split("/")[0]
+    assert lab.resolv_conf.read_text() == "nameserver 10.71.0.53\n"
+    assert "ko-a: DHCP lease 10.71.0." in result.stderr
+
+
+def test_dhcp_on_the_candidate_that_has_a_server(lab: Lab) -> None:
+    lab.link("ko-a", 72, dhcp=False)
+    lab.link("ko-b", 73)
+    # No ip=: NBD implies ip=dhcp on whichever interface gets a lease.
+    result = lab.net_up("root=overlay:nbd=10.73.0.1:rootfs", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a") == []
+    assert lab.addresses("ko-b")[0].startswith("10.73.0.")
+    assert "DHCP on ko-a, ko-b" in result.stderr
+    assert not (lab.lease_dir / "lease-ko-a.json").exists()
+
+
+def test_a_candidate_without_carrier_does_not_hold_up_the_others(lab: Lab) -> None:
+    lab.link("ko-a", 86, carrier=False)
+    lab.link("ko-b", 87)
+    result = lab.net_up("root=overlay:nbd=10.87.0.1:rootfs ip=dhcp", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert "carrier on ko-b (" in result.stderr
+    assert "no carrier" not in result.stderr  # links_up returned with the first carrier, not after the timeout
+    assert lab.addresses("ko-b")[0].startswith("10.87.0.")
+
+
+def test_static_address_gateway_route_and_dns(lab: Lab) -> None:
+    lab.link("ko-a", 74, dhcp=False)
+    result = lab.net_up(
+        "root=overlay:nbd=10.99.0.1:rootfs ip=10.74.0.2::10.74.0.1:255.255.255.0:client:ko-a:none:10.74.0.53 "
+        "rd.route=10.98.0.0/16:10.74.0.254:ko-a nameserver=10.74.0.54",
+        "--timeout",
+        "30",
+    )
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a") == ["10.74.0.2/24"]
+    routes = {route["dst"]: route for route in lab.routes()}
+    assert routes["default"]["gateway"] == "10.74.0.1"
+    assert routes["10.98.0.0/16"]["gateway"] == "10.74.0.254"
+    assert lab.resolv_conf.read_text() == "nameserver 10.74.0.54\nnameserver 10.74.0.53\n"
+    assert not lab.lease_dir.exists()
+
+
+def test_bootif_picks_the_interface_pxe_booted_from(lab: Lab) -> None:
+    other = lab.link("ko-a", 75, mac="02:00:00:00:00:0a")
+    lab.link("ko-b", 76, mac="02:00:00:00:00:0b")
+    result = lab.net_up("root=overlay:nbd=10.76.0.1:rootfs BOOTIF=01-02-00-00-00-00-0B", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-b")[0].startswith("10.76.0.")
+    assert lab.addresses("ko-a") == []
+    assert "BOOTIF 02:00:00:00:00:0b is ko-b" in result.stderr
+    # ko-a's server has a DHCP server too, but never heard from us.
+    assert "DHCPDISCOVER" not in other.read_text()
+
+
+def test_no_carrier_is_a_clear_timeout(lab: Lab) -> None:
+    lab.link("ko-a", 77, carrier=False)
+    result = lab.net_up("root=overlay:nbd=10.77.0.1:rootfs ip=ko-a:dhcp", "--timeout", "1.5")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kiwi-overlay: ip=ko-a:dhcp: no carrier on ko-a after 1.5 s (cable, switch port, or the wrong interface?)"
+    )
+    assert lab.addresses("ko-a") == []
+
+
+def test_no_dhcp_answer_is_a_clear_timeout(lab: Lab) -> None:
+    lab.link("ko-a", 78, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.78.0.1:rootfs ip=ko-a:dhcp", "--timeout", "2")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("kiwi-overlay: ip=ko-a:dhcp: no DHCP answer on ko-a within ")
+    assert lab.addresses("ko-a") == []
+
+
+def test_already_configured_changes_nothing(lab: Lab) -> None:
+    server = lab.link("ko-a", 79)
+    ip("-n", lab.ns, "addr", "add", "10.79.0.5/24", "dev", "ko-a")
+    ip("-n", lab.ns, "link", "set", "ko-a", "up")
+    before = (lab.addresses("ko-a"), lab.routes())
+    result = lab.net_up("root=overlay:nbd=10.79.0.1:rootfs ip=ko-a:dhcp", "--timeout", "30", python=("-X", "importtime"))
+    assert result.returncode == 0, result.stderr
+    assert "network already up (route to 10.79.0.1): nothing to change" in result.stderr
+    assert "pyroute2" not in result.stderr and "asyncio" not in result.stderr  # the boot does not pay for them here
+    assert (lab.addresses("ko-a"), lab.routes()) == before
+    assert not lab.lease_dir.exists()
+    assert not lab.resolv_conf.exists()
+    assert "DHCPDISCOVER" not in server.read_text()
+
+
+def test_dhcp6_is_refused_clearly_when_the_network_is_not_up(lab: Lab) -> None:
+    lab.link("ko-a", 80, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:dhcp6", "--timeout", "5")
+    assert result.returncode == 2
+    assert "ip=ko-a:dhcp6: dhcp6 is not supported by kiwi-overlay's own network bring-up" in result.stderr
+    assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]  # refused before touching anything
+
+
+def test_auto6_waits_for_the_address_from_router_advertisements(lab: Lab) -> None:
+    lab.link("ko-a", 88, ra=True)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:auto6", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(ip("-n", lab.ns, "-j", "-6", "addr", "show", "dev", "ko-a"))
+    [address] = [address for address in info[0]["addr_info"] if address["scope"] == "global"]
+    assert address["local"].startswith("fd00:88::") and "tentative" not in address
+    assert f"ko-a: address {address['local']}/64 from router advertisements" in result.stderr
+    assert json.loads(ip("-n", lab.ns, "-j", "-6", "route", "show", "default"))[0]["protocol"] == "ra"
+
+
+def test_auto6_without_router_advertisements_times_out(lab: Lab) -> None:
+    lab.link("ko-a", 89)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:auto6", "--timeout", "2")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("kiwi-overlay: ip=ko-a:auto6: no IPv6 address from router advertisements on ko-a within 2 s")
+
+
+def test_not_needed_does_nothing(lab: Lab) -> None:
+    # A local root without rd.neednet: no network, not even a link touched.
+    lab.link("ko-a", 81, dhcp=False)
+    result = lab.net_up("root=overlay:LABEL=root ip=ko-a:dhcp")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_static_ipv6_is_usable_at_once(lab: Lab) -> None:
+    lab.link("ko-a", 82, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=[fd00:82::2]::[fd00:82::1]:64::ko-a:none", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(ip("-n", lab.ns, "-j", "-6", "addr", "show", "dev", "ko-a"))
+    [address] = [address for address in info[0]["addr_info"] if address["scope"] == "global"]
+    assert (address["local"], address["prefixlen"], address.get("tentative")) == ("fd00:82::2", 64, None)
+    routes = json.loads(ip("-n", lab.ns, "-j", "-6", "route", "show", "default"))
+    assert routes[0]["gateway"] == "fd00:82::1"
+
+
+def test_configured_but_the_server_is_unreachable(lab: Lab) -> None:
+    lab.link("ko-a", 83, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.99.0.1:rootfs ip=10.83.0.2:::24::ko-a:none", "--timeout", "30")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kiwi-overlay: network configured, but there is no route to the root server 10.99.0.1 (check the gateway or rd.route=)"
+    )
+
+
+def test_rd_neednet_without_a_server_configures_once(lab: Lab) -> None:
+    lab.link("ko-a", 84)
+    cmdline = "root=overlay:LABEL=root rd.neednet=1 ip=ko-a:dhcp"
+    first = lab.net_up(cmdline, "--timeout", "30")
+    assert first.returncode == 0, first.stderr
+    [address] = lab.addresses("ko-a")
+    assert address.startswith("10.84.0.")
+    second = lab.net_up(cmdline, "--timeout", "30")
+    assert second.returncode == 0, second.stderr
+    assert "network already up (interfaces configured): nothing to change" in second.stderr
+    assert lab.addresses("ko-a") == [address]
+
+
+def test_a_route_that_cannot_be_added_is_named(lab: Lab) -> None:
+    lab.link("ko-a", 85, dhcp=False)
+    result = lab.net_up(
+        "root=overlay:nbd=10.85.0.1:rootfs ip=10.85.0.2:::24::ko-a:none rd.route=10.98.0.0/16:10.200.0.1", "--timeout", "30"
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "kiwi-overlay: network bring-up, route 10.98.0.0/16 via 10.200.0.1: Network is unreachable"
+    assert lab.addresses("ko-a") == []  # the address added before is removed again
+    assert lab.routes() == []
+
+
+def test_ifname_renames_and_ip_sets_mtu_and_mac(lab: Lab) -> None:
+    lab.link("ko-a", 90, mac="02:00:00:00:00:0c")
+    result = lab.net_up("root=overlay:nbd=10.90.0.1:rootfs ifname=ko-boot:02:00:00:00:00:0C ip=ko-boot:dhcp:1400:02:00:00:00:00:0d")
+    assert result.returncode == 0, result.stderr
+    [link] = json.loads(ip("-n", lab.ns, "-j", "link", "show", "ko-boot"))
+    assert (link["mtu"], link["address"]) == (1400, "02:00:00:00:00:0d")
+    assert lab.addresses("ko-boot")[0].startswith("10.90.0.")
+    assert "ko-a renamed to ko-boot (ifname=)" in result.stderr
+
+
+def test_a_root_server_name_resolves_through_the_dhcp_name_server(lab: Lab) -> None:
+    lab.link("ko-a", 91, dns_name="nbd.ko-net.test")
+    lab.own_resolv_conf()
+    result = lab.net_up("root=overlay:nbd=nbd.ko-net.test:rootfs ip=ko-a:dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.resolv_conf.read_text() == "nameserver 10.91.0.1\n"
+    assert "network up in " in result.stderr
