@@ -26,18 +26,25 @@ PREPARE_MARGIN = 60
 DRACUT_RETRY_DEFAULT = 180.0
 
 _VALID_UNIT_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:_.")
+_PATH_MAX, _NAME_MAX = 4096, 255
 _EXEC_SAFE = re.compile(r"[A-Za-z0-9/._+-]+")
 
 
 def escape_path(path: str) -> str:
-    """The unit name stem for PATH, exactly as `systemd-escape --path` prints it; ValueError where it refuses."""
+    """The unit name stem for absolute PATH, exactly as `systemd-escape --path` prints it; ValueError where it refuses."""
     parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts or any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in parts) or not path:
-        raise ValueError(f"{path!r} is not a normalized path")
+    simplified = ("/" + "/".join(parts)).encode("utf-8", "surrogateescape")
+    if (
+        not path.startswith("/")
+        or ".." in parts
+        or len(simplified) >= _PATH_MAX
+        or any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in parts)
+    ):
+        raise ValueError(f"{path!r} is not a normalized absolute path")
     if not parts:
         return "-"
     escaped = []
-    for index, byte in enumerate("/".join(parts).encode("utf-8", "surrogateescape")):
+    for index, byte in enumerate(simplified[1:]):
         if byte == ord("/"):
             escaped.append("-")
         elif byte in _VALID_UNIT_CHARS and not (index == 0 and byte == ord(".")):
@@ -48,7 +55,10 @@ def escape_path(path: str) -> str:
 
 
 def mount_unit_name(where: Path) -> str:
-    return escape_path(str(where)) + ".mount"
+    try:
+        return escape_path(str(where)) + ".mount"
+    except ValueError as error:
+        raise KiwiOverlayError(f"no mount unit can be named for {where}: {error}") from None
 
 
 def _setting(value: str, *, what: str) -> str:
