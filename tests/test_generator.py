@@ -107,7 +107,8 @@ def test_overlay_units(unit_root: Path) -> None:
         "What": "overlay",
         "Where": "/sysroot",
         "Type": "overlay",
-        "Options": "lowerdir=/run/overlay/rootfsbase,upperdir=/run/overlay/overlayfs/rw,workdir=/run/overlay/overlayfs/work,redirect_dir=on",
+        "Options": "lowerdir=/run/overlay/rootfsbase,upperdir=/run/overlay/overlayfs/rw,workdir=/run/overlay/overlayfs/work"
+        ",redirect_dir=on",
     }
     unit = settings_of(written["sysroot.mount"], "Unit")
     assert (unit["Requires"], unit["After"], unit["Before"]) == ("kiwi-overlay.service", "kiwi-overlay.service", "initrd-root-fs.target")
