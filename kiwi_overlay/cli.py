@@ -42,8 +42,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    import signal
+
     from kiwi_overlay.boot import prepare_root
 
+    # systemd's TimeoutStartSec ends the service with SIGTERM: unwind, so the undo unmounts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     plan = load_plan(args)
     prepare_root(plan, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute(), mount_root=args.command == "mount")
     return 0

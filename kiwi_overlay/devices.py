@@ -35,7 +35,10 @@ KNOWN_FILESYSTEMS = tuple(name for name, _, _ in _MAGICS)
 
 def filesystem_type(device: Path) -> str | None:
     """The filesystem on DEVICE (one of KNOWN_FILESYSTEMS), or None when none of them is there."""
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot read {device}: {error.strerror}") from None
     try:
         for name, offset, magic in _MAGICS:
             if os.pread(fd, len(magic), offset) == magic:

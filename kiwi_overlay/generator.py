@@ -170,5 +170,6 @@ def generate(
     for name, text in units.items():
         (normal_dir / name).write_text(text)
         written.append(normal_dir / name)
+    (requires / wanted).unlink(missing_ok=True)  # generators may run again (daemon-reload)
     (requires / wanted).symlink_to(f"../{wanted}")
     return (*written, requires / wanted)

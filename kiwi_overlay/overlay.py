@@ -68,7 +68,8 @@ def _kernel_messages(fd: int | None, fstype: str | None) -> list[str]:
 
 def _mount(step: Mount, fstype: str | None, source: str | None = None) -> None:
     """Mount STEP (SOURCE instead of step.source when given) with mount(8); MountError says why not."""
-    argv = ["mount"]
+    # --rw: a write-protected device fails instead of being mounted read-only behind our back.
+    argv = ["mount", "--rw"] if "rw" in step.options else ["mount"]
     if fstype:
         argv += ["-t", fstype]
     if step.options:
@@ -127,44 +128,52 @@ def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
     return True
 
 
+def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout, *, mount_root: bool) -> tuple[str, bool]:
+    """The mounts of `assemble`, each registered with UNDO; (read layer type, whether the write layer is on its device)."""
+    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    _make_dir(undo, where.run_dir)
+    _mount_undoably(undo, tmpfs, "tmpfs")
+    where.rootfsbase.mkdir()
+    read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
+    _mount_undoably(undo, read, read_type)
+    where.overlayfs.mkdir()
+    on_device = bool(write) and _mount_write_device(undo, plan, write[0])
+    if on_device and plan.write.reset:
+        log.info(f"rd.root.overlay.reset: emptying the write layer on {write[0].source}")
+        for directory in (where.upper, where.work):
+            if directory.exists():
+                shutil.rmtree(directory)
+    if plan.write.kind != "none":
+        where.upper.mkdir(exist_ok=True)
+        where.work.mkdir(exist_ok=True)
+    if mount_root:
+        _make_dir(undo, where.sysroot)
+        try:
+            _mount_undoably(undo, root, root.fstype)
+        except MountError as error:
+            if not error.stale:
+                raise
+            raise KiwiOverlayError(
+                f"the write layer on {plan.write.device} was made for a different read image "
+                f"(overlayfs: {_STALE_UPPER}); boot once with rd.root.overlay.reset to empty it"
+            ) from None
+    return read_type, on_device
+
+
 def assemble(plan: Plan, read_device: Path, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
     """Mount the tmpfs, the read layer on READ_DEVICE, the write layer and (MOUNT_ROOT) the root at SYSROOT.
 
     Raises KiwiOverlayError (one line) after unmounting whatever it had mounted.
     """
-    where = Layout(run_dir, sysroot)
     busy = [path for path in ((run_dir, sysroot) if mount_root else (run_dir,)) if path.exists() and is_mounted(path)]
     if busy:
         raise KiwiOverlayError(f"{busy[0]} is already a mount point: the root was assembled before (or unmount it first)")
-    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=run_dir, sysroot=sysroot)
-    with ExitStack() as undo:
-        _make_dir(undo, run_dir)
-        _mount_undoably(undo, tmpfs, "tmpfs")
-        where.rootfsbase.mkdir()
-        read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
-        _mount_undoably(undo, read, read_type)
-        where.overlayfs.mkdir()
-        on_device = bool(write) and _mount_write_device(undo, plan, write[0])
-        if on_device and plan.write.reset:
-            log.info(f"rd.root.overlay.reset: emptying the write layer on {write[0].source}")
-            for directory in (where.upper, where.work):
-                if directory.exists():
-                    shutil.rmtree(directory)
-        if plan.write.kind != "none":
-            where.upper.mkdir(exist_ok=True)
-            where.work.mkdir(exist_ok=True)
-        if mount_root:
-            _make_dir(undo, sysroot)
-            try:
-                _mount_undoably(undo, root, root.fstype)
-            except MountError as error:
-                if not error.stale:
-                    raise
-                raise KiwiOverlayError(
-                    f"the write layer on {plan.write.device} was made for a different read image "
-                    f"(overlayfs: {_STALE_UPPER}); boot once with rd.root.overlay.reset to empty it"
-                ) from None
-        undo.pop_all()
+    try:
+        with ExitStack() as undo:
+            read_type, on_device = _mount_layers(undo, plan, read_device, Layout(run_dir, sysroot), mount_root=mount_root)
+            undo.pop_all()
+    except OSError as error:  # a directory of the layout that cannot be made or emptied
+        raise KiwiOverlayError(f"{error.filename}: {error.strerror}") from None
     if plan.write.kind == "none":
         layers = "no write layer (rd.root.overlay.readonly)"
     else:

@@ -296,3 +296,37 @@ def test_cli_refuses_roots_it_cannot_attach_yet(machine: Machine) -> None:
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1
     assert "aoe" in result.stderr
+
+
+def test_write_protected_write_device_is_not_used_read_only(machine: Machine, tmp_path: Path, squashfs_root: Path) -> None:
+    image = make_image("ext4", tmp_path / "cow.ext4")
+    with loop_device(image, read_only=True) as device, pytest.raises(KiwiOverlayError) as error:
+        machine.boot(f"{local(squashfs_root)} rd.root.overlay.write={device}")
+    message = str(error.value)
+    assert message.startswith(f"rd.root.overlay.write={device}: cannot mount the write layer at ")
+    assert "write-protected" in message
+    assert message.endswith("; add rd.root.overlay.write.fallback=tmpfs to boot with writes in RAM")
+    assert machine.mounted() == []
+
+
+def test_sigterm_undoes_the_mounts(machine: Machine, squashfs_root: Path) -> None:
+    """systemd's start timeout sends SIGTERM: whatever was mounted is unmounted."""
+    label = unique_label()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiwi_overlay", "prepare", "--run-dir", str(machine.run_dir), "--cmdline"]
+        + [f"{local(squashfs_root)} rd.root.overlay.write=LABEL={label} rd.root.overlay.timeout=600"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()
+        assert line == f"kiwi-overlay: waiting up to 600 s for /dev/disk/by-label/{label}\n"
+        assert len(machine.mounted()) == 2  # tmpfs and read layer, while waiting for the write device
+        process.terminate()
+        assert process.wait(timeout=30) == 143
+    finally:
+        process.kill()
+        process.wait()
+    assert machine.mounted() == []
+    assert not machine.run_dir.exists()
