@@ -312,9 +312,9 @@ def test_write_protected_write_device_is_not_used_read_only(machine: Machine, tm
 def test_sigterm_undoes_the_mounts(machine: Machine, squashfs_root: Path) -> None:
     """systemd's start timeout sends SIGTERM: whatever was mounted is unmounted."""
     label = unique_label()
+    cmdline = f"{local(squashfs_root)} rd.root.overlay.write=LABEL={label} rd.root.overlay.timeout=600"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kiwi_overlay", "prepare", "--run-dir", str(machine.run_dir), "--cmdline"]
-        + [f"{local(squashfs_root)} rd.root.overlay.write=LABEL={label} rd.root.overlay.timeout=600"],
+        [sys.executable, "-m", "kiwi_overlay", "prepare", "--run-dir", str(machine.run_dir), "--cmdline", cmdline],
         stderr=subprocess.PIPE,
         text=True,
     )
