@@ -144,7 +144,12 @@ def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout,
             if directory.exists():
                 shutil.rmtree(directory)
     if plan.write.kind != "none":
-        where.upper.mkdir(exist_ok=True)
+        if not where.upper.exists():
+            # overlayfs shows the upper directory as /: give a new one the read layer's owner and mode
+            base = where.rootfsbase.stat()
+            where.upper.mkdir()
+            os.chown(where.upper, base.st_uid, base.st_gid)
+            where.upper.chmod(base.st_mode & 0o7777)
         where.work.mkdir(exist_ok=True)
     if mount_root:
         _make_dir(undo, where.sysroot)

@@ -24,6 +24,7 @@ def make_tree(root: Path, *, marker: str = "image A") -> Path:
     (root / "etc/marker").write_text(marker + "\n")
     (root / "usr/lib").mkdir(parents=True)
     (root / "usr/lib/data").write_bytes(bytes(range(256)) * 64)
+    root.chmod(0o555)  # as on Fedora and SUSE: / is not writable by its mode
     return root
 
 

@@ -93,6 +93,10 @@ def test_read_layer_of_each_filesystem(machine: Machine, tmp_path: Path, fstype:
         assert machine.fstype(machine.run_dir) == "tmpfs"
         assert machine.fstype(machine.sysroot) == "overlay"
         assert (machine.sysroot / "etc/marker").read_text() == "image A\n"
+        # / looks like the read layer's /, although it is the write layer's directory
+        base = (machine.run_dir / "rootfsbase").stat()
+        assert (machine.sysroot.stat().st_mode, machine.sysroot.stat().st_uid) == (base.st_mode, base.st_uid)
+        assert base.st_mode == (0o40755 if fstype == "ext4" else 0o40555)  # mkfs.ext4 -d keeps its own / mode
         (machine.sysroot / "etc/marker").write_text("changed\n")
         (machine.sysroot / "usr/lib/data").unlink()
         # the change lives in the write layer; the read layer is untouched and read-only
