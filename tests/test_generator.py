@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,18 +70,24 @@ def settings_of(text: str, section: str) -> dict[str, str]:
 
 @pytest.fixture
 def unit_root(tmp_path: Path) -> Path:
-    """A root for `systemd-analyze verify --root`: the kiwi-overlay executable, and the unit directory."""
+    """A root for `systemd-analyze verify --root`: this machine's systemd and dracut units, the kiwi-overlay
+    executable, and etc/systemd/system for the generated units (no stubs: ordering cycles with the real
+    initrd units show up)."""
     root = tmp_path / "root"
-    (root / "usr/bin").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    assert (root / "usr/lib/systemd/system/dracut-pre-mount.service").exists()
     executable = root / str(EXECUTABLE).lstrip("/")
+    executable.parent.mkdir(parents=True)
     executable.write_text("#!/bin/sh\n")
     executable.chmod(0o755)
-    (root / "usr/lib/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
     return root
 
 
 def verify(root: Path, *names: str) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *names], capture_output=True, text=True)
+    """No error and no warning, for NAMES and for the start jobs of the initrd's targets with them in."""
+    targets = ("initrd.target", "initrd-switch-root.target")
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *names, *targets], capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (0, "")
 
 
@@ -96,7 +103,7 @@ def test_not_an_overlay_root_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_overlay_units(unit_root: Path) -> None:
-    directory = unit_root / "usr/lib/systemd/system"
+    directory = unit_root / "etc/systemd/system"
     cmdline = KernelCmdline("root=overlay:nbd=10.0.0.1:rootfs rootflags=redirect_dir=on rd.root.overlay.timeout=30 rd.retry=20")
     generate(cmdline, directory)
     written = units(directory)
@@ -122,7 +129,7 @@ def test_overlay_units(unit_root: Path) -> None:
 
 
 def test_readonly_units(unit_root: Path) -> None:
-    directory = unit_root / "usr/lib/systemd/system"
+    directory = unit_root / "etc/systemd/system"
     generate(KernelCmdline("root=overlay:LABEL=root rd.root.overlay.readonly"), directory)
     mount = settings_of((directory / "sysroot.mount").read_text(), "Mount")
     assert mount == {"What": "/run/overlay/rootfsbase", "Where": "/sysroot", "Options": "bind,ro"}
@@ -131,7 +138,7 @@ def test_readonly_units(unit_root: Path) -> None:
 
 def test_values_are_escaped(unit_root: Path) -> None:
     """An escaped mount point name and specifier characters in rootflags survive systemd's parser."""
-    directory = unit_root / "usr/lib/systemd/system"
+    directory = unit_root / "etc/systemd/system"
     sysroot = Path("/run/ko-ovl-test/sys-root")
     generate(KernelCmdline(r"root=overlay:LABEL=r rootflags=index=on,a%b\c%%d"), directory, sysroot=sysroot, run_dir=Path("/run/ko-ovl-x"))
     name = "run-ko\\x2dovl\\x2dtest-sys\\x2droot.mount"
@@ -146,7 +153,7 @@ def test_values_are_escaped(unit_root: Path) -> None:
 
 def test_invalid_command_line_leaves_the_error_to_the_service(unit_root: Path) -> None:
     """No sysroot.mount for a plan that does not parse: the service runs `mount`, which fails with the one-line error."""
-    directory = unit_root / "usr/lib/systemd/system"
+    directory = unit_root / "etc/systemd/system"
     generate(KernelCmdline("root=overlay:LABEL=r rd.root.overlay.size=lots"), directory)
     assert sorted(units(directory)) == ["initrd-root-fs.target.requires/kiwi-overlay.service", "kiwi-overlay.service"]
     assert settings_of((directory / "kiwi-overlay.service").read_text(), "Service")["ExecStart"] == "/usr/bin/kiwi-overlay mount"
