@@ -81,6 +81,11 @@ def _exec_argument(value: str) -> str:
     return value
 
 
+def prepare_timeout(timeout: float) -> float:
+    """How long `kiwi-overlay prepare` may take: it waits up to TIMEOUT for the read device, then for the write device."""
+    return 2 * timeout + PREPARE_MARGIN
+
+
 def _seconds(value: float) -> str:
     return f"{math.ceil(value)}s"
 
@@ -114,7 +119,7 @@ OnFailureJobMode=replace-irreversibly
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={" ".join(_exec_argument(argument) for argument in arguments)}
-TimeoutStartSec={_seconds(timeout + PREPARE_MARGIN)}
+TimeoutStartSec={_seconds(prepare_timeout(timeout))}
 StandardOutput=journal+console
 StandardError=journal+console
 """
@@ -130,7 +135,7 @@ def mount_unit(plan: Plan, cmdline: KernelCmdline, *, run_dir: Path, sysroot: Pa
         f"Requires={SERVICE}",
         f"After={SERVICE}",
         "Before=initrd-root-fs.target",
-        f"JobTimeoutSec={_seconds(_retry_limit(cmdline) + plan.timeout + PREPARE_MARGIN)}",
+        f"JobTimeoutSec={_seconds(_retry_limit(cmdline) + prepare_timeout(plan.timeout))}",
         "",
         "[Mount]",
         f"What={_setting(root.source, what='the root source')}",
@@ -165,11 +170,13 @@ def generate(
     units[SERVICE] = service_unit(command=command, timeout=timeout, sysroot=sysroot, run_dir=run_dir, executable=executable)
     wanted = mount_unit_name(sysroot) if command == "prepare" else SERVICE
     requires = normal_dir / "initrd-root-fs.target.requires"
-    requires.mkdir(exist_ok=True)
-    written = []
-    for name, text in units.items():
-        (normal_dir / name).write_text(text)
-        written.append(normal_dir / name)
-    (requires / wanted).unlink(missing_ok=True)  # generators may run again (daemon-reload)
-    (requires / wanted).symlink_to(f"../{wanted}")
+    written = [normal_dir / name for name in units]
+    try:
+        requires.mkdir(parents=True, exist_ok=True)
+        for path in written:
+            path.write_text(units[path.name])
+        (requires / wanted).unlink(missing_ok=True)  # generators may run again (daemon-reload)
+        (requires / wanted).symlink_to(f"../{wanted}")
+    except OSError as error:
+        raise KiwiOverlayError(f"{error.filename}: {error.strerror}") from None
     return (*written, requires / wanted)

@@ -119,10 +119,10 @@ def test_overlay_units(unit_root: Path) -> None:
     }
     unit = settings_of(written["sysroot.mount"], "Unit")
     assert (unit["Requires"], unit["After"], unit["Before"]) == ("kiwi-overlay.service", "kiwi-overlay.service", "initrd-root-fs.target")
-    assert unit["JobTimeoutSec"] == "110s"  # rd.retry + rd.root.overlay.timeout + margin
+    assert unit["JobTimeoutSec"] == "140s"  # rd.retry + the service's timeout
     service = settings_of(written["kiwi-overlay.service"], "Service")
     assert service["ExecStart"] == "/usr/bin/kiwi-overlay prepare"
-    assert service["TimeoutStartSec"] == "90s"
+    assert service["TimeoutStartSec"] == "120s"  # read device and write device waits + margin
     assert (service["Type"], service["RemainAfterExit"]) == ("oneshot", "yes")
     assert settings_of(written["kiwi-overlay.service"], "Unit")["OnFailure"] == "emergency.target"
     verify(unit_root, "sysroot.mount", "kiwi-overlay.service")
