@@ -295,11 +295,13 @@ def test_cli_failure_is_one_line(machine: Machine) -> None:
     assert machine.mounted() == []
 
 
-def test_cli_refuses_roots_it_cannot_attach_yet(machine: Machine) -> None:
-    result = run_cli("prepare", "--cmdline", "root=overlay:aoe=e0.1", "--run-dir", str(machine.run_dir))
+def test_cli_refuses_a_root_that_is_not_overlay(machine: Machine) -> None:
+    result = run_cli("mount", "--cmdline", "root=/dev/sda1 ro", "--sysroot", str(machine.sysroot), "--run-dir", str(machine.run_dir))
     assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1
-    assert "aoe" in result.stderr
+    assert result.stderr.splitlines() == [
+        "kiwi-overlay: root= does not start with overlay: (not an overlay root); e.g. root=overlay:LABEL=root"
+    ]
+    assert not machine.run_dir.exists()
 
 
 def test_write_protected_write_device_is_not_used_read_only(machine: Machine, tmp_path: Path, squashfs_root: Path) -> None:
