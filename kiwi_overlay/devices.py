@@ -11,6 +11,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError
@@ -20,6 +21,8 @@ from kiwi_overlay.run import run
 _BY_TAG = {"by-label": "LABEL", "by-uuid": "UUID", "by-partlabel": "PARTLABEL", "by-partuuid": "PARTUUID"}
 # Links udevd makes after the kernel event (by-*, mapper) are looked for again this often.
 _RECHECK_INTERVAL = 1.0
+# Without uevents (no libudev for pyudev): probe this often.
+_POLL_INTERVAL = 0.5
 
 # Superblock magics: (offset, bytes). Reading them costs one small read and no process,
 # and an unknown filesystem gets a clear error instead of mount's "wrong fs type".
@@ -71,22 +74,36 @@ def _find(path: Path, *, probe: bool) -> Path | None:
     return _probe_tag(path) if probe else None
 
 
+def _kernel_uevents() -> Any:
+    """pyudev's monitor of the kernel's own uevents, started; None when pyudev cannot load libudev."""
+    import pyudev
+
+    try:
+        # ctypes.util.find_library looks for libudev with ldconfig (or gcc): an initrd may have neither.
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+    except ImportError as error:
+        log.info(f"pyudev: {error} (is ldconfig in the initrd?): looking every {_POLL_INTERVAL:g} s instead of listening for uevents")
+        return None
+    monitor.start()
+    return monitor
+
+
 def wait_for_device(path: Path, *, timeout: float) -> Path:
     """The device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
     found = _find(path, probe=True)
     if found is not None:
         return found
-    import pyudev
-
     deadline = time.monotonic() + timeout
-    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
-    monitor.start()
+    monitor = _kernel_uevents()
     log.info(f"waiting up to {timeout:g} s for {path}")
     probe = True  # look again now that the monitor runs: a device that came in between is not missed
     while (found := _find(path, probe=probe)) is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise KiwiOverlayError(f"{path} did not appear within {timeout:g} s (rd.root.overlay.timeout={timeout:g})")
+        if monitor is None:
+            time.sleep(min(remaining, _POLL_INTERVAL))
+            continue
         event = monitor.poll(timeout=min(remaining, _RECHECK_INTERVAL))
         # blkid runs only for block events; links from udevd are checked on the interval.
         probe = event is not None and event.subsystem == "block"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,37 @@ def test_timeout_names_the_option(path: str) -> None:
     with pytest.raises(KiwiOverlayError) as error:
         wait_for_device(missing, timeout=0.3)
     assert str(error.value) == f"{missing} did not appear within 0.3 s (rd.root.overlay.timeout=0.3)"
+
+
+def test_waits_without_libudev(tmp_path: Path) -> None:
+    """As in an initrd without ldconfig: pyudev cannot find libudev, so the wait looks on an interval."""
+    label = unique_label()
+    image = make_image("ext4", tmp_path / "late.ext4", label=label)
+    blocker = tmp_path / "no-ldconfig"
+    blocker.write_text("")
+    # A private mount namespace hides ldconfig; PATH keeps blkid but not gcc or ld (find_library's other ways).
+    script = f'mount --bind {blocker} /sbin/ldconfig && PATH=/usr/sbin exec {sys.executable} -c "$0"'
+    code = (
+        "from pathlib import Path; from kiwi_overlay.devices import wait_for_device; "
+        f"print(wait_for_device(Path('/dev/disk/by-label/{label}'), timeout=30))"
+    )
+    child = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stderr is not None
+    attached = None
+    try:
+        first = child.stderr.readline()
+        assert "pyudev: No library named udev" in first and "looking every 0.5 s" in first
+        attached = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True).stdout.strip()
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0
+        assert out.strip() == attached
+    finally:
+        child.kill()
+        child.wait()
+        if attached:
+            subprocess.run(["losetup", "-d", attached], check=False)
