@@ -63,7 +63,11 @@ def _probe_tag(path: Path) -> Path | None:
         return None
     tag = f"{_BY_TAG[path.parent.name]}={_unescape_udev(path.name)}"
     # -c /dev/null: probe the devices themselves, no cache file (stale, or written into the initrd).
-    result = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", tag], check=False, capture=True)
+    try:
+        result = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", tag], check=False, capture=True)
+    except KiwiOverlayError as error:  # no blkid: only udevd's link will do
+        log.debug(str(error))
+        return None
     found = result.stdout.split()
     return Path(found[0]) if result.returncode == 0 and found else None
 
