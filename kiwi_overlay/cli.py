@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiwi_overlay.errors import KiwiOverlayError
@@ -79,6 +80,35 @@ def cmd_net_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import signal
+
+    from kiwi_overlay.boot import prepare_root
+
+    # systemd's TimeoutStartSec ends the service with SIGTERM: unwind, so the undo unmounts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    plan = load_plan(args)
+    prepare_root(plan, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute(), mount_root=args.command == "mount")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from kiwi_overlay.cmdline import KernelCmdline
+    from kiwi_overlay.generator import generate
+
+    cmdline = KernelCmdline(args.cmdline) if args.cmdline is not None else KernelCmdline.from_system()
+    generate(cmdline, args.normal_dir, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute())
+    return 0
+
+
+def _add_layout_options(parser: argparse.ArgumentParser) -> None:
+    from kiwi_overlay.config import RUN_DIR, SYSROOT
+
+    _add_cmdline_option(parser)
+    parser.add_argument("--sysroot", type=Path, default=SYSROOT, metavar="DIR", help=f"where the root goes (default {SYSROOT})")
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers go (default {RUN_DIR})")
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -107,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     net_up.add_argument("--lease-dir", metavar="DIR", help="where lease-IFACE.json goes (default /run/kiwi-overlay)")
     net_up.add_argument("--resolv-conf", metavar="FILE", help="the resolv.conf to write name servers to (default /etc/resolv.conf)")
     net_up.set_defaults(func=cmd_net_up)
+    for name, text in (("prepare", "attach the read device and mount the layers, not the root"), ("mount", "prepare, then mount the root")):
+        command = commands.add_parser(name, help=text)
+        _add_layout_options(command)
+        command.set_defaults(func=cmd_prepare)
+    generator = commands.add_parser("generate", help="systemd generator: units that mount an overlay root")
+    generator.add_argument("normal_dir", type=Path, metavar="NORMAL_DIR")
+    generator.add_argument("early_dir", nargs="?", help=argparse.SUPPRESS)
+    generator.add_argument("late_dir", nargs="?", help=argparse.SUPPRESS)
+    _add_layout_options(generator)
+    generator.set_defaults(func=cmd_generate)
     return parser
 
 

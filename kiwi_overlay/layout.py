@@ -56,7 +56,7 @@ def mounts(plan: Plan, read_device: str, *, run_dir: Path = RUN_DIR, sysroot: Pa
         Mount(read_device, where.rootfsbase, plan.rootfstype, ("ro",), "read layer"),
     ]
     if plan.write.kind == "device" and plan.write.device is not None:
-        steps.append(Mount(str(plan.write.device), where.overlayfs, None, (), "write layer"))
+        steps.append(Mount(str(plan.write.device), where.overlayfs, None, ("rw",), "write layer"))
     if plan.write.kind == "none":
         steps.append(Mount(str(where.rootfsbase), where.sysroot, None, ("bind", "ro"), "root (read-only)"))
     else:

@@ -140,7 +140,7 @@ def test_write_device_and_flags() -> None:
         "source": "/dev/disk/by-label/cow",
         "target": "/run/overlay/overlayfs",
         "fstype": None,
-        "options": [],
+        "options": ["rw"],
         "purpose": "write layer",
     }
     assert plan["mounts"][3]["options"][-1] == "redirect_dir=on"

@@ -1,0 +1,32 @@
+"""The boot path: attach the read device for a plan, then assemble the root on it.
+
+`kiwi-overlay prepare` (systemd: kiwi-overlay.service, before sysroot.mount) and
+`kiwi-overlay mount` (dracut's mount hook without systemd) both run `prepare_root`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiwi_overlay.config import LocalRoot, Plan
+from kiwi_overlay.errors import KiwiOverlayError
+
+
+def attach_read_device(plan: Plan, *, timeout: float) -> Path:
+    """The block device of the read layer, attached (network transports) or waited for (local devices)."""
+    root = plan.root
+    if root is None:
+        raise KiwiOverlayError("root= does not start with overlay: (not an overlay root); e.g. root=overlay:LABEL=root")
+    if isinstance(root, LocalRoot):
+        from kiwi_overlay.devices import wait_for_device
+
+        return wait_for_device(root.device, timeout=timeout)
+    raise KiwiOverlayError(f"root=overlay:{root.transport}...: this kiwi-overlay cannot attach {root.transport} roots yet")
+
+
+def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
+    """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT."""
+    device = attach_read_device(plan, timeout=plan.timeout)
+    from kiwi_overlay.overlay import assemble
+
+    assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)

@@ -1,0 +1,115 @@
+"""Block devices: wait for one to appear, and tell which filesystem it holds.
+
+Waiting listens to the kernel's own uevents (pyudev, netlink source "kernel"), so it works
+with or without udevd. The /dev/disk/by-* links are udevd's work: where no udevd runs (a host,
+a minimal initrd) the device behind such a link is found by probing with blkid instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from kiwi_overlay import log
+from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.run import run
+
+# /dev/disk/by-* directory -> the blkid tag it names.
+_BY_TAG = {"by-label": "LABEL", "by-uuid": "UUID", "by-partlabel": "PARTLABEL", "by-partuuid": "PARTUUID"}
+# Links udevd makes after the kernel event (by-*, mapper) are looked for again this often.
+_RECHECK_INTERVAL = 1.0
+# Without uevents (no libudev for pyudev): probe this often.
+_POLL_INTERVAL = 0.5
+
+# Superblock magics: (offset, bytes). Reading them costs one small read and no process,
+# and an unknown filesystem gets a clear error instead of mount's "wrong fs type".
+_MAGICS: tuple[tuple[str, int, bytes], ...] = (
+    ("squashfs", 0, b"hsqs"),
+    ("erofs", 1024, (0xE0F5E1E2).to_bytes(4, "little")),
+    ("ext4", 1080, (0xEF53).to_bytes(2, "little")),  # ext2 and ext3 too: the ext4 driver mounts them
+    ("xfs", 0, b"XFSB"),
+    ("btrfs", 0x10040, b"_BHRfS_M"),
+)
+KNOWN_FILESYSTEMS = tuple(name for name, _, _ in _MAGICS)
+
+
+def filesystem_type(device: Path) -> str | None:
+    """The filesystem on DEVICE (one of KNOWN_FILESYSTEMS), or None when none of them is there."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot read {device}: {error.strerror}") from None
+    try:
+        for name, offset, magic in _MAGICS:
+            if os.pread(fd, len(magic), offset) == magic:
+                return name
+    finally:
+        os.close(fd)
+    return None
+
+
+def _unescape_udev(name: str) -> str:
+    """A /dev/disk/by-label name back to the label: udev writes '/' and ' ' as \\x2f, \\x20."""
+    data = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), name.encode("utf-8", "surrogateescape"))
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _probe_tag(path: Path) -> Path | None:
+    """The device a /dev/disk/by-TAG/VALUE link would point to, found by blkid; None for other paths."""
+    if path.parent.parent != Path("/dev/disk") or path.parent.name not in _BY_TAG:
+        return None
+    tag = f"{_BY_TAG[path.parent.name]}={_unescape_udev(path.name)}"
+    # -c /dev/null: probe the devices themselves, no cache file (stale, or written into the initrd).
+    try:
+        result = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", tag], check=False, capture=True)
+    except KiwiOverlayError as error:  # no blkid: only udevd's link will do
+        log.debug(str(error))
+        return None
+    found = result.stdout.split()
+    return Path(found[0]) if result.returncode == 0 and found else None
+
+
+def _find(path: Path, *, probe: bool) -> Path | None:
+    if path.exists():
+        return path.resolve()
+    return _probe_tag(path) if probe else None
+
+
+def _kernel_uevents() -> Any:
+    """pyudev's monitor of the kernel's own uevents, started; None when pyudev cannot load libudev."""
+    import pyudev
+
+    try:
+        # ctypes.util.find_library looks for libudev with ldconfig (or gcc): an initrd may have neither.
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+    except ImportError as error:
+        log.info(f"pyudev: {error} (is ldconfig in the initrd?): looking every {_POLL_INTERVAL:g} s instead of listening for uevents")
+        return None
+    monitor.start()
+    return monitor
+
+
+def wait_for_device(path: Path, *, timeout: float) -> Path:
+    """The device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
+    found = _find(path, probe=True)
+    if found is not None:
+        return found
+    deadline = time.monotonic() + timeout
+    monitor = _kernel_uevents()
+    log.info(f"waiting up to {timeout:g} s for {path}")
+    probe = True  # look again now that the monitor runs: a device that came in between is not missed
+    while (found := _find(path, probe=probe)) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KiwiOverlayError(f"{path} did not appear within {timeout:g} s (rd.root.overlay.timeout={timeout:g})")
+        if monitor is None:
+            time.sleep(min(remaining, _POLL_INTERVAL))
+            continue
+        event = monitor.poll(timeout=min(remaining, _RECHECK_INTERVAL))
+        # blkid runs only for block events; links from udevd are checked on the interval.
+        probe = event is not None and event.subsystem == "block"
+    log.debug(f"{path} is {found}")
+    return found

@@ -1,0 +1,186 @@
+"""Assemble the root from an attached read device: the mounts of kiwi_overlay.layout, made.
+
+Mounts go through util-linux mount(8), the program systemd's sysroot.mount runs too, so
+rootflags mean the same on both paths. Every failure unmounts what was mounted, in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+
+from kiwi_overlay import log
+from kiwi_overlay.config import Plan
+from kiwi_overlay.devices import KNOWN_FILESYSTEMS, filesystem_type, wait_for_device
+from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.layout import Layout, Mount, mounts
+from kiwi_overlay.run import run
+
+_STALE_UPPER = "failed to verify upper root origin"
+
+
+class MountError(KiwiOverlayError):
+    def __init__(self, message: str, *, stale: bool) -> None:
+        super().__init__(message)
+        self.stale = stale  # overlayfs ESTALE: the upper layer was made over another lower layer
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted at PATH (read from the mount table with psutil)."""
+    import psutil
+
+    wanted = str(path.resolve())
+    return any(partition.mountpoint == wanted for partition in psutil.disk_partitions(all=True))
+
+
+def _kernel_log_mark() -> int | None:
+    """A /dev/kmsg reader positioned at the end: what it reads next is what the kernel says from now on."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def _kernel_messages(fd: int | None, fstype: str | None) -> list[str]:
+    """The kernel's messages about FSTYPE since the mark FD (closed here): why a mount failed."""
+    if fd is None:
+        return []
+    found = []
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten while we read: skip to the next
+                continue
+            message = record.decode("utf-8", "replace").partition(";")[2].partition("\n")[0]
+            if fstype and fstype.lower() in message.lower():
+                found.append(message)
+    finally:
+        os.close(fd)
+    return found
+
+
+def _mount(step: Mount, fstype: str | None, source: str | None = None) -> None:
+    """Mount STEP (SOURCE instead of step.source when given) with mount(8); MountError says why not."""
+    # --rw: a write-protected device fails instead of being mounted read-only behind our back.
+    argv = ["mount", "--rw"] if "rw" in step.options else ["mount"]
+    if fstype:
+        argv += ["-t", fstype]
+    if step.options:
+        argv += ["-o", ",".join(step.options)]
+    argv += [source or step.source, str(step.target)]
+    mark = _kernel_log_mark()
+    result = run(argv, check=False, capture=True)
+    kernel = _kernel_messages(mark, fstype)
+    if result.returncode == 0:
+        log.debug(f"mounted {step.purpose}: {' '.join(argv[1:])}")
+        return
+    said = [line.strip() for line in result.stderr.splitlines() if line.strip() and not line.strip().startswith("dmesg(")]
+    reason = " ".join(said) or f"exit status {result.returncode}"
+    stale = "Stale file handle" in reason or any(_STALE_UPPER in message for message in kernel)
+    detail = f" (kernel: {'; '.join(kernel)})" if kernel else ""
+    raise MountError(f"cannot mount the {step.purpose} at {step.target}: {reason}{detail}", stale=stale)
+
+
+def _mount_undoably(undo: ExitStack, step: Mount, fstype: str | None, source: str | None = None) -> None:
+    _mount(step, fstype, source)
+    undo.callback(_unmount, step.target)
+
+
+def _unmount(target: Path) -> None:
+    result = run(["umount", str(target)], check=False, capture=True)
+    if result.returncode != 0:
+        log.info(f"could not unmount {target}: {result.stderr.strip()}")
+
+
+def _make_dir(undo: ExitStack, path: Path) -> None:
+    """mkdir -p PATH; the undo removes the directories it created."""
+    missing = [parent for parent in (path, *path.parents) if not parent.exists()]
+    for directory in reversed(missing):
+        directory.mkdir()
+        undo.callback(directory.rmdir)
+
+
+def _detected(device: str, *, what: str) -> str:
+    fstype = filesystem_type(Path(device))
+    if fstype is None:
+        raise KiwiOverlayError(f"{device} holds no {', '.join(KNOWN_FILESYSTEMS)} filesystem ({what})")
+    return fstype
+
+
+def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
+    """Mount the write device; False when it failed and rd.root.overlay.write.fallback=tmpfs allows RAM instead."""
+    spec = f"rd.root.overlay.write={plan.write.device}"
+    try:
+        device = str(wait_for_device(Path(step.source), timeout=plan.timeout))
+        _mount_undoably(undo, step, _detected(device, what="the write layer needs one to persist"), device)
+    except KiwiOverlayError as error:
+        if not plan.write.fallback_tmpfs:
+            raise KiwiOverlayError(f"{spec}: {error}; add rd.root.overlay.write.fallback=tmpfs to boot with writes in RAM") from None
+        log.info(f"{spec}: {error}; using tmpfs instead (rd.root.overlay.write.fallback=tmpfs): writes are lost at reboot")
+        return False
+    return True
+
+
+def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout, *, mount_root: bool) -> tuple[str, bool]:
+    """The mounts of `assemble`, each registered with UNDO; (read layer type, whether the write layer is on its device)."""
+    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    _make_dir(undo, where.run_dir)
+    _mount_undoably(undo, tmpfs, "tmpfs")
+    where.rootfsbase.mkdir()
+    read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
+    _mount_undoably(undo, read, read_type)
+    where.overlayfs.mkdir()
+    on_device = bool(write) and _mount_write_device(undo, plan, write[0])
+    if on_device and plan.write.reset:
+        log.info(f"rd.root.overlay.reset: emptying the write layer on {write[0].source}")
+        for directory in (where.upper, where.work):
+            if directory.exists():
+                shutil.rmtree(directory)
+    if plan.write.kind != "none":
+        if not where.upper.exists():
+            # overlayfs shows the upper directory as /: give a new one the read layer's owner and mode
+            base = where.rootfsbase.stat()
+            where.upper.mkdir()
+            os.chown(where.upper, base.st_uid, base.st_gid)
+            where.upper.chmod(base.st_mode & 0o7777)
+        where.work.mkdir(exist_ok=True)
+    if mount_root:
+        _make_dir(undo, where.sysroot)
+        try:
+            _mount_undoably(undo, root, root.fstype)
+        except MountError as error:
+            if not error.stale:
+                raise
+            raise KiwiOverlayError(
+                f"the write layer on {plan.write.device} was made for a different read image "
+                f"(overlayfs: {_STALE_UPPER}); boot once with rd.root.overlay.reset to empty it"
+            ) from None
+    return read_type, on_device
+
+
+def assemble(plan: Plan, read_device: Path, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
+    """Mount the tmpfs, the read layer on READ_DEVICE, the write layer and (MOUNT_ROOT) the root at SYSROOT.
+
+    Raises KiwiOverlayError (one line) after unmounting whatever it had mounted.
+    """
+    busy = [path for path in ((run_dir, sysroot) if mount_root else (run_dir,)) if path.exists() and is_mounted(path)]
+    if busy:
+        raise KiwiOverlayError(f"{busy[0]} is already a mount point: the root was assembled before (or unmount it first)")
+    try:
+        with ExitStack() as undo:
+            read_type, on_device = _mount_layers(undo, plan, read_device, Layout(run_dir, sysroot), mount_root=mount_root)
+            undo.pop_all()
+    except OSError as error:  # a directory of the layout that cannot be made or emptied
+        raise KiwiOverlayError(f"{error.filename}: {error.strerror}") from None
+    if plan.write.kind == "none":
+        layers = "no write layer (rd.root.overlay.readonly)"
+    else:
+        layers = f"write layer on {plan.write.device}" if on_device else f"write layer in a tmpfs of {plan.write.size}"
+    log.info(f"read layer {read_device} ({read_type}), {layers}" + (f", root at {sysroot}" if mount_root else ""))
