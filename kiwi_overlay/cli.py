@@ -97,7 +97,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from kiwi_overlay.generator import generate
 
     cmdline = KernelCmdline(args.cmdline) if args.cmdline is not None else KernelCmdline.from_system()
-    generate(cmdline, args.normal_dir, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute())
+    # systemd-fstab-generator writes its own sysroot.mount for root=overlay:... into the normal
+    # directory; the early directory takes precedence over it (as KIWI's generator does).
+    unit_dir = args.early_dir or args.normal_dir
+    generate(cmdline, unit_dir, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute())
     return 0
 
 
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=cmd_prepare)
     generator = commands.add_parser("generate", help="systemd generator: units that mount an overlay root")
     generator.add_argument("normal_dir", type=Path, metavar="NORMAL_DIR")
-    generator.add_argument("early_dir", nargs="?", help=argparse.SUPPRESS)
+    generator.add_argument("early_dir", type=Path, nargs="?", help=argparse.SUPPRESS)
     generator.add_argument("late_dir", nargs="?", help=argparse.SUPPRESS)
     _add_layout_options(generator)
     generator.set_defaults(func=cmd_generate)

@@ -1,6 +1,7 @@
 """`kiwi-overlay generate`: the systemd generator that mounts an overlay root the systemd way.
 
-For root=overlay:... it writes, into the generator's normal directory:
+For root=overlay:... it writes, into the generator's early directory (ahead of the sysroot.mount
+that systemd-fstab-generator makes of root=overlay:... in the normal one):
   kiwi-overlay.service   oneshot `kiwi-overlay prepare`: read device, tmpfs, read and write layers
   sysroot.mount          the overlay (or the read-only bind) that layout.py describes
   initrd-root-fs.target.requires/sysroot.mount

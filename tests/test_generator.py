@@ -102,6 +102,17 @@ def test_not_an_overlay_root_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_units_go_to_the_early_directory(tmp_path: Path) -> None:
+    """systemd-fstab-generator writes a sysroot.mount of root=overlay:... into the normal directory."""
+    normal, early, late = (tmp_path / name for name in ("normal", "early", "late"))
+    subprocess.run(
+        [sys.executable, "-m", "kiwi_overlay", "generate", str(normal), str(early), str(late), "--cmdline", "root=overlay:LABEL=r"],
+        check=True,
+    )
+    assert not normal.exists() and not late.exists()
+    assert sorted(path.name for path in early.iterdir()) == ["initrd-root-fs.target.requires", "kiwi-overlay.service", "sysroot.mount"]
+
+
 def test_overlay_units(unit_root: Path) -> None:
     directory = unit_root / "etc/systemd/system"
     cmdline = KernelCmdline("root=overlay:nbd=10.0.0.1:rootfs rootflags=redirect_dir=on rd.root.overlay.timeout=30 rd.retry=20")
