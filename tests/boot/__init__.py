@@ -1,0 +1,1 @@
+"""The QEMU boot harness: guest kernel, root images, initrds, servers, guests."""
