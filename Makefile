@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all venv test lint format install clean
+.PHONY: all venv test lint format install clean demo
 
 all: venv
 
@@ -21,6 +21,12 @@ venv: $(VENV)/.installed
 # pytest exits 5 when a marker selection (PYTEST_ARGS="-m ...") matches no test: not a failure.
 test: venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Installs the Debian packages (root), builds the guest initrd and root, boots scenario 1 in QEMU.
+demo:
+	bash .ci/install-deps
+	$(MAKE) venv
+	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
 lint: venv
 	$(PY) -m ruff check kiwi_overlay tests

@@ -90,7 +90,7 @@ def build_initrd(
             f"--tmpdir={dracut_tmp}",
             f"--kmoddir=/usr/lib/modules/{kernel.version}",
             f"--modules={' '.join(dracut_modules)}",
-            f"--add-drivers={' '.join(drivers)}",
+            f"--drivers={' '.join(drivers)}",
             f"--compress={compress}",
             *extra_args,
             str(output),

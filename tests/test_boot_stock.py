@@ -1,0 +1,102 @@
+"""The boot harness proven on dracut's stock NBD root + overlay (the benchmarks' baseline).
+
+Host-side tests check the servers the harness starts; the boot test builds one initrd and boots it once.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.boot.initrd import stock_nbd_initrd
+from tests.boot.qemu import Guest, boot
+from tests.boot.rootfs import FSTYPES, LABEL, root_image
+from tests.boot.servers import AoeTarget, NbdServer, QemuNbd
+
+AOE_ETHERTYPE = 0x88A2
+
+
+def list_exports(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nbd-client", "-l", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=10, check=False)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_root_images_carry_the_test_init(fstype: str, tmp_path: Path) -> None:
+    image = root_image(fstype)
+    subprocess.run(["mount", "-o", "loop,ro", "-t", fstype, image, tmp_path], check=True)
+    try:
+        assert "KO-MARK" in (tmp_path / "sbin/init").read_text()
+        assert (tmp_path / "etc/os-release").read_text().startswith("NAME=")
+        assert (tmp_path / "bin/poweroff").resolve().name == "busybox"
+    finally:
+        subprocess.run(["umount", tmp_path], check=True)
+    if fstype == "ext4":
+        label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", image], capture_output=True, text=True, check=True)
+        assert label.stdout.strip() == LABEL
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("server_class", [NbdServer, QemuNbd])
+def test_nbd_server_serves_its_export_and_restarts_on_the_same_port(server_class: type[NbdServer | QemuNbd]) -> None:
+    with server_class(root_image("squashfs"), name="rootfs") as server:
+        assert "rootfs" in list_exports(server.port).stdout.split()
+        server.stop()
+        assert list_exports(server.port).returncode != 0
+        server.start()
+        assert "rootfs" in list_exports(server.port).stdout.split()
+        assert server.nbd_root("squashfs") == f"nbd:10.0.2.2:{server.port}:squashfs:ro:-name,rootfs"
+    assert list_exports(server.port).returncode != 0
+
+
+def aoe_query(interface: str, *, timeout: float) -> tuple[int, int]:
+    """Broadcast an AoE Query Config on INTERFACE; the (shelf, slot) of the first target that answers."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(AOE_ETHERTYPE)) as sock:
+        sock.bind((interface, AOE_ETHERTYPE))
+        own_mac = sock.getsockname()[4]
+        tag = 0x4B4F0001
+        header = struct.pack("!BBHBBI", 0x10, 0, 0xFFFF, 0xFF, 1, tag)  # v1, shelf/slot "any", config command
+        config = struct.pack("!HHBBH", 0, 0, 0, 0x10, 0)  # read the config string
+        frame = b"\xff" * 6 + own_mac + struct.pack("!H", AOE_ETHERTYPE) + header + config
+        sock.send(frame.ljust(60, b"\0"))
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            reply = sock.recv(2048)
+            flags, _error, shelf, slot, _command, reply_tag = struct.unpack("!BBHBBI", reply[14:24])
+            if flags & 0x08 and reply_tag == tag:
+                return shelf, slot
+    raise AssertionError(f"no AoE target answered on {interface} within {timeout:g} s")
+
+
+@pytest.mark.root
+def test_aoe_target_answers_through_the_bridge_and_is_removed() -> None:
+    with AoeTarget(root_image("squashfs"), shelf=3, slot=7) as target:
+        assert target.target == "e3.7"
+        assert aoe_query(target.bridge, timeout=5) == (3, 7)
+        names = target.names
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(name in links for name in (names.bridge, names.tap, names.veth_host))
+    assert names.namespace not in namespaces
+
+
+@pytest.fixture(scope="session")
+def stock_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stock_nbd_initrd(output=tmp_path_factory.mktemp("initrd") / "stock-nbd.img")
+
+
+@pytest.mark.boot
+def test_stock_dracut_nbd_root_with_rootovl(stock_initrd: Path) -> None:
+    with NbdServer(root_image("squashfs")) as server:
+        cmdline = f"root={server.nbd_root('squashfs')} rootovl ip=dhcp ko.test=write-16M,read-all"
+        result = boot(Guest(initrd=stock_initrd, cmdline=cmdline), name="stock-nbd-rootovl")
+    result.expect(root_fstype="overlay", write="ok", write_16M="ok")
+    assert (result.value("read-all") or "").startswith("ok device=/dev/nbd0"), result.describe()
+    assert any(" /live/image squashfs " in line and line.startswith("/dev/nbd0 ") for line in result.mounts), result.describe()
+    assert result.value("poweroff") is not None and result.returncode == 0, result.describe()
