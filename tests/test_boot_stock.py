@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot.initrd import stock_nbd_initrd
-from tests.boot.qemu import Guest, boot
+from tests.boot.qemu import Disk, Guest, boot
 from tests.boot.rootfs import FSTYPES, LABEL, root_image
 from tests.boot.servers import AoeTarget, NbdServer, QemuNbd
 
@@ -100,3 +100,16 @@ def test_stock_dracut_nbd_root_with_rootovl(stock_initrd: Path) -> None:
     assert (result.value("read-all") or "").startswith("ok device=/dev/nbd0"), result.describe()
     assert any(" /live/image squashfs " in line and line.startswith("/dev/nbd0 ") for line in result.mounts), result.describe()
     assert result.value("poweroff") is not None and result.returncode == 0, result.describe()
+
+
+@pytest.mark.boot
+def test_stock_local_label_root_and_aoe_seen_by_the_guest(stock_initrd: Path) -> None:
+    """A read-only virtio disk found by LABEL=, and the guest's aoe driver finding vblade through the tap."""
+    root_disk = Disk(root_image("ext4"), serial="koroot", readonly=True)
+    with AoeTarget(root_image("squashfs"), shelf=3, slot=7) as target:
+        cmdline = f"root=LABEL={LABEL} rd.skipfsck rootovl rd.driver.pre=aoe ko.test=aoe-discover"
+        result = boot(
+            Guest(initrd=stock_initrd, cmdline=cmdline, disks=(root_disk,), user_net=False, taps=(target.tap,)), name="stock-label-aoe"
+        )
+    result.expect(root_fstype="overlay", write="ok", aoe_discover="e3.7")
+    assert any(line.startswith("/dev/vda ") and " ext4 ro" in line for line in result.mounts), result.describe()

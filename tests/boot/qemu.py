@@ -9,7 +9,7 @@ kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
     write=ok|failed                 a small file written and synced on /
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
-                                    hold=SECONDS
+                                    aoe-discover=eS.S|none, hold=SECONDS
     poweroff uptime=S               powering off now
 A boot that never prints `init` failed before the root; its console log says why.
 """

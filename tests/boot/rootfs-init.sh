@@ -74,6 +74,21 @@ action() {
                 mark "marker-file=created"
             fi
             ;;
+        aoe-discover)
+            # Needs the aoe driver loaded by the initrd (rd.driver.pre=aoe): every link up, one
+            # discover broadcast, then the first target that appears within 10 s.
+            set +f
+            for link in /sys/class/net/*; do ip link set "${link##*/}" up; done
+            echo > /dev/etherd/discover
+            i=0
+            while [ $i -lt 100 ] && ! ls /dev/etherd/e*.* > /dev/null 2>&1; do
+                sleep 0.1
+                i=$((i + 1))
+            done
+            targets=$(cd /dev/etherd 2> /dev/null && ls -d e*.*)
+            set -f
+            mark "aoe-discover=${targets:-none}"
+            ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
             mark "hold=${1#hold-}"
