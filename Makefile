@@ -33,6 +33,7 @@ lint: venv
 	$(PY) -m ruff format --check kiwi_overlay tests
 	$(PY) -m mypy kiwi_overlay
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
+	shellcheck tests/boot/*.sh
 
 format: venv
 	$(PY) -m ruff format kiwi_overlay tests

@@ -40,19 +40,20 @@ SCENARIOS = {
 
 
 def summary(result: BootResult, *, initrd: Path, initrd_seconds: float) -> str:
-    options = dict(re.findall(r"(lowerdir|upperdir|workdir)=([^,]+)", result.value("root-options") or ""))
-    layer_mounts = {line.split()[1]: line.split()[0] + " (" + line.split()[2] + ")" for line in result.mounts}
-    lower = options.get("lowerdir", "")
-    device = layer_mounts.get(lower, "?")
-    upper_fs = next(
-        (layer_mounts[path] for path in sorted(layer_mounts, key=len, reverse=True) if options.get("upperdir", "").startswith(path + "/")),
-        "?",
-    )
-    root = f"{result.value('root-fstype')} from {result.value('root-source')}"
+    """Device, layers and time to root, from the markers (the mount table as the root sees it)."""
+    options = dict(re.findall(r"(lowerdir|upperdir)=([^,]+)", result.value("root-options") or ""))
+    mounted = {fields[1]: f"{fields[0]} ({fields[2]})" for fields in (line.split() for line in result.mounts)}
+
+    def backing(path: str) -> str:
+        """The mount that holds PATH, when the root can still see it."""
+        holders = [point for point in mounted if path == point or path.startswith(point.rstrip("/") + "/")]
+        return mounted[max(holders, key=len)] if holders and max(holders, key=len) != "/" else "not visible from the root"
+
+    lower, upper = options.get("lowerdir", "?"), options.get("upperdir", "?")
     rows = [
-        ("root", root),
-        ("read layer", f"{device} at {lower or '?'}"),
-        ("write layer", f"{options.get('upperdir', '?')} on {upper_fs}"),
+        ("root", f"{result.value('root-fstype')} ({result.value('root-source')})"),
+        ("read layer", f"{lower} on {backing(lower)}"),
+        ("write layer", f"{upper} on {backing(upper)}"),
         ("write test", result.value("write") or "not run"),
         ("time to root", f"{result.time_to_root:.1f} s guest uptime" if result.time_to_root else "root not reached"),
         ("boot", f"{result.seconds:.1f} s wall clock, QEMU TCG"),
