@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.initrd import stock_nbd_initrd
+from tests.boot.initrd import build_initrd, stock_nbd_initrd
 from tests.boot.qemu import Disk, Guest, boot
 from tests.boot.rootfs import FSTYPES, LABEL, root_image
 from tests.boot.servers import AoeTarget, NbdServer, QemuNbd
@@ -39,6 +39,33 @@ def test_root_images_carry_the_test_init(fstype: str, tmp_path: Path) -> None:
     if fstype == "ext4":
         label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", image], capture_output=True, text=True, check=True)
         assert label.stdout.strip() == LABEL
+
+
+PROBE_MODULE = """#!/bin/bash
+check() { return 0; }
+depends() { return 0; }
+install() { echo "probe for $kernel" > "$initdir/etc/kobt-probe"; }
+"""
+
+
+@pytest.mark.root
+def test_initrd_takes_modules_from_a_directory_and_sees_the_guest_kernel_tree(tmp_path: Path) -> None:
+    """An uninstalled dracut module is included, and 90overlay-root's check() (host /lib/modules) passes."""
+    module_dir = tmp_path / "99kobt-probe"
+    module_dir.mkdir()
+    (module_dir / "module-setup.sh").write_text(PROBE_MODULE)
+    initrd = build_initrd(
+        output=tmp_path / "probe.img",
+        systemd=False,
+        modules=("kobt-probe", "overlay-root"),
+        module_dirs=(module_dir,),
+        extra_args=("--no-kernel",),
+    )
+    probe = subprocess.run(["lsinitrd", "-f", "etc/kobt-probe", initrd], capture_output=True, text=True, check=True).stdout
+    assert probe.startswith("probe for 6.1."), probe
+    listing = subprocess.run(["lsinitrd", initrd], capture_output=True, text=True, check=True).stdout
+    assert "hooks/pre-pivot/10-overlay-mount.sh" in listing
+    assert not Path("/usr/lib/dracut/modules.d/99kobt-probe").exists()
 
 
 @pytest.mark.root
