@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot.initrd import build_initrd, stock_nbd_initrd
-from tests.boot.qemu import Disk, Guest, boot
+from tests.boot.qemu import Disk, Guest, boot, initrd_disk
 from tests.boot.rootfs import FSTYPES, LABEL, root_image
 from tests.boot.servers import AoeTarget, NbdServer, QemuNbd
 
@@ -119,14 +119,16 @@ def stock_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.boot
-def test_stock_dracut_nbd_root_with_rootovl(stock_initrd: Path) -> None:
+def test_stock_dracut_nbd_root_with_rootovl_and_dracut_shutdown(stock_initrd: Path, tmp_path: Path) -> None:
+    """dracut's NBD root + rootovl; at the end the initrd is put back and dracut's /shutdown unmounts the root."""
+    initrd_contents = initrd_disk(stock_initrd, output=tmp_path / "initrd.squashfs")
     with NbdServer(root_image("squashfs")) as server:
-        cmdline = f"root={server.nbd_root('squashfs')} rootovl ip=dhcp ko.test=write-16M,read-all"
-        result = boot(Guest(initrd=stock_initrd, cmdline=cmdline), name="stock-nbd-rootovl")
-    result.expect(root_fstype="overlay", write="ok", write_16M="ok")
+        cmdline = f"root={server.nbd_root('squashfs')} rootovl ip=dhcp ko.test=write-16M,read-all,shutdown-initramfs"
+        result = boot(Guest(initrd=stock_initrd, cmdline=cmdline, disks=(initrd_contents,)), name="stock-nbd-rootovl")
+    result.expect(root_fstype="overlay", write="ok", write_16M="ok", shutdown_initramfs="pivot")
     assert (result.value("read-all") or "").startswith("ok device=/dev/nbd0"), result.describe()
     assert any(" /live/image squashfs " in line and line.startswith("/dev/nbd0 ") for line in result.mounts), result.describe()
-    assert result.value("poweroff") is not None and result.returncode == 0, result.describe()
+    assert "Unmounted /oldroot." in result.console() and result.returncode == 0, result.describe()
 
 
 @pytest.mark.boot

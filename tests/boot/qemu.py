@@ -9,7 +9,9 @@ kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
     write=ok|failed                 a small file written and synced on /
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
-                                    aoe-discover=eS.S|none, hold=SECONDS
+                                    aoe-discover=eS.S|none, hold=SECONDS,
+                                    shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
+                                    powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now
 A boot that never prints `init` failed before the root; its console log says why.
 """
@@ -22,6 +24,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from kiwi_overlay.run import run
 from tests.boot.guest_kernel import GuestKernel, guest_kernel
 
 RESULTS = Path(os.environ.get("KIWI_OVERLAY_BOOT_RESULTS", Path(__file__).resolve().parents[2] / "build/boot-results"))
@@ -83,6 +87,20 @@ class Guest:
         return argv
 
 
+def initrd_disk(initrd: Path, *, output: Path) -> Disk:
+    """INITRD's contents as the squashfs disk ko.test=shutdown-initramfs puts back at /run/initramfs.
+
+    Its stand-in for dracut-initramfs-restore. The root's kernel must have squashfs loaded (a
+    squashfs root does; else add rd.driver.pre=squashfs). Unpacking a cpio in the guest takes
+    over a minute under TCG; mounting this takes no time.
+    """
+    with tempfile.TemporaryDirectory(prefix="ko-bt-initrd-") as scratch:
+        subprocess.run(["lsinitrd", "--unpack", str(initrd)], cwd=scratch, check=True, capture_output=True)  # run() has no cwd
+        output.unlink(missing_ok=True)
+        run(["mksquashfs", scratch, output, "-comp", "lz4", "-noappend", "-quiet"], capture=True)
+    return Disk(output, serial="koinitrd", readonly=True)
+
+
 def mac(number: int) -> str:
     """The MAC of the guest's NUMBERth NIC (0 = the first)."""
     return USER_MAC[:-2] + f"{0x56 + number:02x}"
@@ -131,10 +149,13 @@ class BootResult:
     def mounts(self) -> list[str]:
         return self.values("mount")
 
+    def console(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def describe(self, tail: int = 40) -> str:
         """The failure report: how the boot ended, where the log is, and its last lines."""
         ended = "time limit hit" if self.timed_out else f"QEMU exit status {self.returncode}"
-        lines = self.log.read_text(errors="replace").splitlines()[-tail:]
+        lines = self.console().splitlines()[-tail:]
         return f"boot: {ended} after {self.seconds:.1f} s; console log {self.log}\n" + "\n".join(lines)
 
     def expect(self, **expected: str) -> None:

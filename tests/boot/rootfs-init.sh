@@ -89,6 +89,43 @@ action() {
             set -f
             mark "aoe-discover=${targets:-none}"
             ;;
+        shutdown-initramfs)
+            # What systemd-shutdown (with dracut-initramfs-restore) does at poweroff: the initrd
+            # back at /run/initramfs (here: its contents as squashfs on the virtio disk with serial
+            # "koinitrd", made writable by an overlay), pivot into it and let dracut's /shutdown
+            # unmount the old root, run the shutdown hooks and power off. Later actions do not run.
+            set +f
+            disk=
+            for block in /sys/block/*; do
+                [ "$(cat "$block/serial" 2> /dev/null)" = koinitrd ] && disk=/dev/${block##*/}
+            done
+            set -f
+            if [ -z "$disk" ]; then
+                mark "shutdown-initramfs=failed no disk with serial koinitrd"
+                return
+            fi
+            image=/run/ko-initrd/image rw=/run/ko-initrd/rw
+            mkdir -p /run/ko-initrd "$image" "$rw" /run/initramfs
+            if ! mount -t squashfs -o ro "$disk" "$image" || ! mount -t tmpfs -o mode=0755 tmpfs "$rw" ||
+                ! mkdir "$rw/upper" "$rw/work" ||
+                ! mount -t overlay -o "lowerdir=$image,upperdir=$rw/upper,workdir=$rw/work" ko-initrd /run/initramfs; then
+                mark "shutdown-initramfs=failed to mount $disk (squashfs) at /run/initramfs"
+                return
+            fi
+            # Keep the layers out of the old root, which /shutdown unmounts.
+            mkdir -p /run/initramfs/oldroot /run/initramfs/ko-initrd/image /run/initramfs/ko-initrd/rw
+            mount --move "$image" /run/initramfs/ko-initrd/image && mount --move "$rw" /run/initramfs/ko-initrd/rw
+            sync
+            mark "shutdown-initramfs=pivot"
+            if ! (cd /run/initramfs && mount --make-rprivate / && pivot_root . oldroot); then
+                mark "shutdown-initramfs=failed pivot_root"
+                return
+            fi
+            cd /
+            # /shutdown moves the old root's /proc, /sys, /dev, /run away and needs its own.
+            mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
+            exec /shutdown poweroff
+            ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
             mark "hold=${1#hold-}"
