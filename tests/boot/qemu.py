@@ -113,6 +113,14 @@ class Mark:
     time: float | None  # guest uptime from the kernel timestamp; None without printk.time
 
 
+def parse_mark(line: str) -> Mark | None:
+    """The marker on a console LINE, if any (see the protocol above)."""
+    found = _MARK.search(line)
+    if not found:
+        return None
+    return Mark(found["name"], found["value"] or "", float(found["time"]) if found["time"] else None)
+
+
 @dataclass(frozen=True)
 class BootResult:
     log: Path  # the whole console, kept
@@ -202,8 +210,7 @@ class RunningGuest:
 
     def _parse(self, line: str) -> None:
         stamp = _TIMESTAMP.match(line)
-        found = _MARK.search(line)
-        mark = Mark(found["name"], found["value"] or "", float(found["time"]) if found["time"] else None) if found else None
+        mark = parse_mark(line)
         with self._changed:
             if stamp:
                 self._last_timestamp = float(stamp[1])
