@@ -239,7 +239,7 @@ class AoeTarget:
         run(["ip", "link", "add", n.veth_host, "type", "veth", "peer", "name", n.veth_target, "netns", n.namespace])
         for link in (n.bridge, n.tap, n.veth_host):
             # No addresses and no IPv6 on the host side: the only traffic here is the guest's.
-            run(["sysctl", "-q", "-w", f"net.ipv6.conf.{link}.disable_ipv6=1"])
+            Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
         for port in (n.tap, n.veth_host):
             run(["ip", "link", "set", port, "master", n.bridge])
             run(["ip", "link", "set", port, "up"])
