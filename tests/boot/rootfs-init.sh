@@ -59,6 +59,8 @@ action() {
             ;;
         read-all)
             device=$(read_device)
+            sync
+            echo 3 > /proc/sys/vm/drop_caches # read from the transport, not the page cache
             if out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
                 mark "read-all=ok device=$device $(echo "$out" | tail -n 1)"
             else
