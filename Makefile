@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all venv test lint format install clean
+.PHONY: all venv test lint format install clean demo
 
 all: venv
 
@@ -22,11 +22,18 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# Installs the Debian packages (root), builds the guest initrd and root, boots scenario 1 in QEMU.
+demo:
+	bash .ci/install-deps
+	$(MAKE) venv
+	$(PY) -m tests.boot.demo $(DEMO_ARGS)
+
 lint: venv
 	$(PY) -m ruff check kiwi_overlay tests
 	$(PY) -m ruff format --check kiwi_overlay tests
 	$(PY) -m mypy kiwi_overlay
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
+	shellcheck tests/boot/*.sh
 
 format: venv
 	$(PY) -m ruff format kiwi_overlay tests

@@ -1,0 +1,17 @@
+"""The QEMU boot harness: guest kernel, root images, initrds, servers, guests.
+
+    guest_kernel.py  guest_kernel() -> GuestKernel(version, vmlinuz, moddir)   Debian 6.1, cached
+    rootfs.py        root_image(fstype) -> Path (squashfs|erofs|ext4, cached); blank_disk(); ext4_disk()
+    initrd.py        build_initrd(output=, systemd=, modules=, module_dirs=, ...) -> Path; stock_nbd_initrd()
+    servers.py       NbdServer / QemuNbd (127.0.0.1, free port, stop()/start()), AoeTarget (vblade, bridge, tap)
+    qemu.py          Guest(...), boot(guest, name=) -> BootResult; RunningGuest for acting mid-boot;
+                     Disk(image, serial, readonly); initrd_disk(); the KO-MARK marker protocol
+    demo.py          `make demo`
+
+A scenario is: an initrd (built once per session), a root image, the servers, a Guest with the
+command line (ko.test=... picks the root's actions), then assertions on the markers:
+
+    with NbdServer(root_image("squashfs")) as server:
+        result = boot(Guest(initrd=initrd, cmdline=f"root=overlay:{server.url()} ko.test=write-16M"), name="nbd-tmpfs")
+    result.expect(root_fstype="overlay", write="ok")
+"""

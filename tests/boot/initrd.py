@@ -1,0 +1,140 @@
+"""Initrds for the guest kernel, built with the host's dracut from a module list.
+
+dracut looks for the kernel tree at /lib/modules/VERSION in places --kmoddir does not reach
+(90overlay-root's check(), for one), and this host has no /lib/modules at all. So dracut runs in a
+private mount namespace in which /usr/lib carries an overlay: the guest kernel tree bind-mounted at
+modules/VERSION and MODULE_DIRS (dracut modules of this project, not installed) under
+dracut/modules.d. Nothing on the host changes. Host dracut configuration is ignored (--conf
+/dev/null), so an initrd depends only on the arguments.
+
+`python3 -m tests.boot.initrd OUTPUT [--systemd] MODULE...` builds one by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kiwi_overlay.run import run
+from tests.boot.guest_kernel import GuestKernel, guest_kernel
+
+# What every test guest needs from the kernel: QEMU's virtio devices, the root filesystems of
+# tests/boot/rootfs.py, the transports. Listed explicitly so no dracut module has to guess.
+GUEST_DRIVERS = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "af_packet",
+    "nbd",
+    "aoe",
+    "overlay",
+    "squashfs",
+    "erofs",
+    "ext4",
+)
+# The stock dracut modules every flavour gets; the systemd flavour adds SYSTEMD_MODULES.
+BASE_MODULES = ("base", "rootfs-block", "kernel-modules", "shutdown")
+SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
+# The network-root baseline the benchmarks compare against: dracut's own NBD root + overlay.
+STOCK_NBD_MODULES = ("nbd", "overlay-root", "network-legacy")
+
+# Runs inside `unshare --mount`: the values arrive as positional parameters, never as code.
+_NAMESPACE_SCRIPT = """
+upper=$1 work=$2 moddir=$3 kver=$4; shift 4
+mount -t overlay -o "lowerdir=/usr/lib,upperdir=$upper,workdir=$work" ko-bt-dracut /usr/lib
+mount --bind "$moddir" "/usr/lib/modules/$kver"
+exec "$@"
+"""
+
+
+def build_initrd(
+    *,
+    output: Path,
+    systemd: bool,
+    modules: Sequence[str],
+    extra_args: Sequence[str] = (),
+    module_dirs: Sequence[Path] = (),
+    drivers: Sequence[str] = GUEST_DRIVERS,
+    compress: str = "zstd",
+    kernel: GuestKernel | None = None,
+) -> Path:
+    """Build OUTPUT with dracut: BASE_MODULES (+ SYSTEMD_MODULES) + MODULES, nothing else.
+
+    MODULE_DIRS are dracut module directories named like dracut's own (NNname, e.g.
+    dracut/modules.d/90kiwi-overlay); name them in MODULES to include them. DRIVERS are kernel
+    modules added on top of what the dracut modules install. COMPRESS is dracut's compressor
+    name, or "cat" for none. The dracut log is kept next to OUTPUT (OUTPUT.log).
+    """
+    kernel = kernel or guest_kernel()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    dracut_modules = [*BASE_MODULES, *(SYSTEMD_MODULES if systemd else ()), *modules]
+    with tempfile.TemporaryDirectory(prefix="ko-bt-dracut-") as scratch:
+        upper, work, dracut_tmp = (Path(scratch) / name for name in ("upper", "work", "tmp"))
+        for directory in (upper / "modules" / kernel.version, work, dracut_tmp, Path(scratch) / "no-conf.d"):
+            directory.mkdir(parents=True)
+        for module_dir in module_dirs:
+            shutil.copytree(module_dir, upper / "dracut/modules.d" / module_dir.name, symlinks=True)
+        argv = [
+            "dracut",
+            "--conf=/dev/null",
+            f"--confdir={scratch}/no-conf.d",
+            "--force",
+            "--no-hostonly",
+            "--no-hostonly-cmdline",
+            "--no-early-microcode",
+            f"--tmpdir={dracut_tmp}",
+            f"--kmoddir=/usr/lib/modules/{kernel.version}",
+            f"--modules={' '.join(dracut_modules)}",
+            f"--drivers={' '.join(drivers)}",
+            f"--compress={compress}",
+            *extra_args,
+            str(output),
+            kernel.version,
+        ]
+        namespace: list[str | Path] = [
+            "unshare",
+            "--mount",
+            "--",
+            "sh",
+            "-ec",
+            _NAMESPACE_SCRIPT,
+            "sh",
+            upper,
+            work,
+            kernel.moddir,
+            kernel.version,
+        ]
+        result = run([*namespace, *argv], check=False, capture=True)
+    log = output.with_name(output.name + ".log")
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0 or not output.exists():
+        raise RuntimeError(f"dracut failed (exit {result.returncode}); log: {log}")
+    return output
+
+
+def stock_nbd_initrd(*, output: Path, systemd: bool = False) -> Path:
+    """dracut's own NBD root with `rootovl` (90overlay-root): the baseline of the benchmarks."""
+    return build_initrd(output=output, systemd=systemd, modules=STOCK_NBD_MODULES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("modules", nargs="*", default=list(STOCK_NBD_MODULES))
+    parser.add_argument("--systemd", action="store_true")
+    parser.add_argument("--module-dir", type=Path, action="append", default=[], dest="module_dirs")
+    parser.add_argument("--compress", default="zstd")
+    args = parser.parse_args()
+    started = time.monotonic()
+    build_initrd(output=args.output, systemd=args.systemd, modules=args.modules, module_dirs=args.module_dirs, compress=args.compress)
+    size = args.output.stat().st_size / 1e6
+    print(f"{args.output}: {size:.1f} MB in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

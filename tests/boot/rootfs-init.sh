@@ -1,0 +1,152 @@
+#!/bin/sh
+# /sbin/init of the tiny test root (busybox). It reports what the initrd built as
+# "KO-MARK name[=value]" lines on the kernel log (so each carries the kernel's timestamp and
+# reaches the serial console), runs the actions named by ko.test=A,B,... and powers off.
+# The marker protocol is documented in tests/boot/qemu.py.
+export PATH=/bin:/sbin
+set -f # command line words are split below, never globbed
+
+mark() {
+    # printk level 2 passes any console loglevel but "quiet"; stdout when /dev/kmsg is missing.
+    if [ -w /dev/kmsg ]; then echo "<2>KO-MARK $*" > /dev/kmsg; else echo "KO-MARK $*"; fi
+}
+
+# The initrd moves its /proc, /sys, /dev and /run here; mount what it did not.
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -e /sys/kernel ] || mount -t sysfs sysfs /sys
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
+grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755 tmpfs /run
+mark "init uptime=$(cut -d' ' -f1 /proc/uptime)"
+read -r cmdline < /proc/cmdline
+
+# The entry for / that is visible: the last one mounted there.
+root_line=$(awk '$2 == "/" { line = $0 } END { print line }' /proc/mounts)
+# shellcheck disable=SC2086 # split into the fields of the mount line
+set -- $root_line
+mark "root-source=$1"
+mark "root-fstype=$3"
+mark "root-options=$4"
+mark "mounts-begin"
+while read -r line; do mark "mount $line"; done < /proc/mounts
+mark "mounts-end"
+
+if echo "written by $(uname -r) at $(cut -d' ' -f1 /proc/uptime)" > /ko-write-test && sync && grep -q written /ko-write-test; then
+    mark "write=ok"
+else
+    mark "write=failed"
+fi
+
+# The device under the read-only layer: the first block device mounted anywhere, unless ko.dev= names one.
+read_device() {
+    for arg in $cmdline; do
+        case $arg in ko.dev=*) echo "${arg#ko.dev=}"; return ;; esac
+    done
+    awk '$1 ~ /^\/dev\// { print $1; exit }' /proc/mounts
+}
+
+action() {
+    case $1 in
+        write-*)
+            # ko.test=write-16M: fill the write layer; "enospc" when it is smaller than that.
+            count=${1#write-}
+            count=${count%M}
+            if out=$(dd if=/dev/zero of=/ko-fill bs=1M count="$count" conv=fsync 2>&1); then
+                mark "$1=ok"
+            else
+                case $out in *"No space left"*) mark "$1=enospc" ;; *) mark "$1=failed $(echo "$out" | head -n 1)" ;; esac
+            fi
+            rm -f /ko-fill
+            ;;
+        read-all)
+            device=$(read_device)
+            sync
+            echo 3 > /proc/sys/vm/drop_caches # read from the transport, not the page cache
+            if out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
+                mark "read-all=ok device=$device $(echo "$out" | tail -n 1)"
+            else
+                mark "read-all=failed device=$device $(echo "$out" | head -n 1)"
+            fi
+            ;;
+        marker-file)
+            # Persistence: the first boot creates /ko-persistent, later boots find it.
+            if [ -e /ko-persistent ]; then
+                mark "marker-file=found $(cat /ko-persistent)"
+            else
+                echo "boot-id=$(cat /proc/sys/kernel/random/boot_id)" > /ko-persistent && sync
+                mark "marker-file=created"
+            fi
+            ;;
+        aoe-discover)
+            # Needs the aoe driver loaded by the initrd (rd.driver.pre=aoe): every link up, one
+            # discover broadcast, then the first target that appears within 10 s.
+            set +f
+            for link in /sys/class/net/*; do ip link set "${link##*/}" up; done
+            echo > /dev/etherd/discover
+            i=0
+            while [ $i -lt 100 ] && ! ls /dev/etherd/e*.* > /dev/null 2>&1; do
+                sleep 0.1
+                i=$((i + 1))
+            done
+            targets=$(cd /dev/etherd 2> /dev/null && ls -d e*.*)
+            set -f
+            mark "aoe-discover=${targets:-none}"
+            ;;
+        shutdown-initramfs)
+            # What systemd-shutdown (with dracut-initramfs-restore) does at poweroff: the initrd
+            # back at /run/initramfs (here: its contents as squashfs on the virtio disk with serial
+            # "koinitrd", made writable by an overlay), pivot into it and let dracut's /shutdown
+            # unmount the old root, run the shutdown hooks and power off. Later actions do not run.
+            set +f
+            disk=
+            for block in /sys/block/*; do
+                [ "$(cat "$block/serial" 2> /dev/null)" = koinitrd ] && disk=/dev/${block##*/}
+            done
+            set -f
+            if [ -z "$disk" ]; then
+                mark "shutdown-initramfs=failed no disk with serial koinitrd"
+                return
+            fi
+            image=/run/ko-initrd/image rw=/run/ko-initrd/rw
+            mkdir -p /run/ko-initrd "$image" "$rw" /run/initramfs
+            if ! mount -t squashfs -o ro "$disk" "$image" || ! mount -t tmpfs -o mode=0755 tmpfs "$rw" ||
+                ! mkdir "$rw/upper" "$rw/work" ||
+                ! mount -t overlay -o "lowerdir=$image,upperdir=$rw/upper,workdir=$rw/work" ko-initrd /run/initramfs; then
+                mark "shutdown-initramfs=failed to mount $disk (squashfs) at /run/initramfs"
+                return
+            fi
+            # Keep the layers out of the old root, which /shutdown unmounts.
+            mkdir -p /run/initramfs/oldroot /run/initramfs/ko-initrd/image /run/initramfs/ko-initrd/rw
+            mount --move "$image" /run/initramfs/ko-initrd/image && mount --move "$rw" /run/initramfs/ko-initrd/rw
+            sync
+            mark "shutdown-initramfs=pivot"
+            if ! (cd /run/initramfs && mount --make-rprivate / && pivot_root . oldroot); then
+                mark "shutdown-initramfs=failed pivot_root"
+                return
+            fi
+            cd /
+            # /shutdown moves the old root's /proc, /sys, /dev, /run away and needs its own.
+            mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
+            exec /shutdown poweroff
+            ;;
+        hold-*)
+            # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
+            mark "hold=${1#hold-}"
+            sleep "${1#hold-}"
+            ;;
+        *) mark "unknown-action=$1" ;;
+    esac
+}
+
+for arg in $cmdline; do
+    case $arg in
+        ko.test=*)
+            for name in $(echo "${arg#ko.test=}" | tr ',' ' '); do action "$name"; done
+            ;;
+    esac
+done
+
+sync
+mark "poweroff uptime=$(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
+# Not reached unless poweroff failed.
+echo o > /proc/sysrq-trigger
