@@ -6,21 +6,35 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from kiwi_overlay.config import LocalRoot, Plan
+from kiwi_overlay.config import AoeRoot, LocalRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 
 
 def attach_read_device(plan: Plan, *, timeout: float) -> Path:
-    """The block device of the read layer, attached (network transports) or waited for (local devices)."""
+    """The block device of the read layer, attached (network transports) or waited for (local devices).
+
+    TIMEOUT covers every step: the network, the transport and the device.
+    """
     root = plan.root
     if root is None:
         raise KiwiOverlayError("root= does not start with overlay: (not an overlay root); e.g. root=overlay:LABEL=root")
+    deadline = time.monotonic() + timeout
+    if plan.network.needs_ip:
+        from kiwi_overlay.net import bring_up
+
+        bring_up(plan, timeout=timeout)
+    remaining = max(deadline - time.monotonic(), 1.0)
     if isinstance(root, LocalRoot):
         from kiwi_overlay.devices import wait_for_device
 
-        return wait_for_device(root.device, timeout=timeout)
+        return wait_for_device(root.device, timeout=remaining)
+    if isinstance(root, AoeRoot):
+        from kiwi_overlay import aoe
+
+        return aoe.attach_root(root, timeout=remaining)
     raise KiwiOverlayError(f"root=overlay:{root.transport}...: this kiwi-overlay cannot attach {root.transport} roots yet")
 
 
