@@ -26,15 +26,15 @@ def attach_read_device(plan: Plan, *, timeout: float) -> Path:
         from kiwi_overlay.net import bring_up
 
         bring_up(plan, timeout=timeout)
-    remaining = max(deadline - time.monotonic(), 1.0)
+        timeout = max(deadline - time.monotonic(), 0.0)
     if isinstance(root, LocalRoot):
         from kiwi_overlay.devices import wait_for_device
 
-        return wait_for_device(root.device, timeout=remaining)
+        return wait_for_device(root.device, timeout=timeout)
     if isinstance(root, AoeRoot):
         from kiwi_overlay import aoe
 
-        return aoe.attach_root(root, timeout=remaining)
+        return aoe.attach_root(root, timeout=timeout)
     raise KiwiOverlayError(f"root=overlay:{root.transport}...: this kiwi-overlay cannot attach {root.transport} roots yet")
 
 
