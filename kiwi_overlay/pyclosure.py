@@ -37,6 +37,9 @@ ALSO_IMPORTED = ("psutil", "pyroute2", "pyudev", "ssl", "_strptime", "encodings.
 INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
 LAUNCHER = Path("/usr/bin/kiwi-overlay")
 _SKIPPED_DIRS = frozenset({"__pycache__", "tests", "test"})
+# kiwi_overlay modules that run when an initrd is built, never in it: their imports stay out of
+# the closure (__main__ would run the command).
+BUILD_TIME = frozenset({"kiwi_overlay.__main__", "kiwi_overlay.dracut_module", "kiwi_overlay.pyclosure"})
 
 # Runs in the child: argv = [package search dirs..., "--", modules to import...]. Prints the
 # loaded modules, "-" before each one found in the search dirs (not the standard library).
@@ -112,12 +115,14 @@ def _version(python: Path) -> str:
     return run([python, *INTERPRETER_FLAGS, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture=True).stdout.strip()
 
 
-def _source_imports(package_dir: Path, package: str) -> set[str]:
-    """Every module an import statement in PACKAGE names, at any depth (function-level imports too)."""
+def _source_imports(package_dir: Path) -> set[str]:
+    """Every module an import statement in the package names, at any depth (function-level imports too)."""
     names: set[str] = set()
-    for path in package_dir.rglob("*.py"):
+    for path in sorted(package_dir.rglob("*.py")):
         parts = path.relative_to(package_dir.parent).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module in BUILD_TIME:
+            continue
         for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
@@ -129,7 +134,7 @@ def _source_imports(package_dir: Path, package: str) -> set[str]:
                 names.add(base)
                 names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
         names.add(module)
-    return {name for name in names if name and name != f"{package}.__main__"}
+    return {name for name in names if name} - BUILD_TIME
 
 
 def _package_roots() -> dict[str, Path]:
@@ -164,7 +169,7 @@ def trace(*, python: Path) -> Closure:
     running = "{}.{}".format(*sys.version_info[:2])
     if version != running:
         raise KiwiOverlayError(f"--python {python} is Python {version}, but kiwi-overlay is installed for Python {running}")
-    imports = sorted(_source_imports(roots["kiwi_overlay"], "kiwi_overlay")) + list(ALSO_IMPORTED)
+    imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
     search = sorted({str(root.parent) for root in roots.values()})
     loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
     foreign = sorted({name[1:].split(".")[0] for name in loaded if name.startswith("-")} - set(PACKAGES))
