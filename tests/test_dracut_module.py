@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,31 @@ def test_closure_lists_names_only_and_no_test_or_site_modules() -> None:
     assert {"ssl", "socket", "json", "argparse", "ctypes.util", "asyncio", "encodings.utf_8"} <= set(modules)
     assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test"} & set(modules)
     assert [line.split()[1] for line in lines if line.startswith("package ")] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
+
+
+def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tmp_path: Path) -> None:
+    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path), "--closure", str(MODULE_DIR / "python-closure.txt"))
+    assert result.returncode == 0, result.stderr
+    elf_files = result.stdout.splitlines()
+    interpreter = os.path.realpath(sys.executable)
+    assert elf_files[0] == interpreter
+    assert any(path.endswith("/libssl.so.3") for path in elf_files)
+    assert any(path.endswith("/libsqlite3.so.0") for path in elf_files), "pyroute2 imports sqlite3"
+    launcher = (tmp_path / "usr/bin/kiwi-overlay").read_text()
+    assert launcher.startswith(f"#!{interpreter} -ISBXutf8\n")
+    stdlib = tmp_path / Path(sysconfig.get_path("stdlib")).relative_to("/")
+    assert (stdlib / "os.pyc").is_file() and not (stdlib / "os.py").exists()
+    assert (stdlib / "kiwi_overlay/cli.pyc").is_file()
+    assert not list(stdlib.rglob("*.py"))
+
+
+def test_dracut_python_refuses_a_module_emitted_for_another_python(tmp_path: Path) -> None:
+    closure = tmp_path / "python-closure.txt"
+    closure.write_text((MODULE_DIR / "python-closure.txt").read_text().replace("\npython 3.", "\npython 2."))
+    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path / "initrd"), "--closure", str(closure))
+    assert result.returncode == 2
+    assert result.stderr.startswith("kiwi-overlay: the dracut module was emitted for Python 2.")
+    assert not (tmp_path / "initrd").exists()
 
 
 @pytest.mark.parametrize("path", sorted(MODULE_DIR.glob("*.sh")), ids=lambda path: path.name)

@@ -41,7 +41,7 @@ def _dracut_base(module_dir: Path, scratch: Path) -> Path:
     for module in (DRACUT_BASE / "modules.d").iterdir():
         if module.name.removeprefix(module.name[:2]) != "kiwi-overlay":
             (base / "modules.d" / module.name).symlink_to(module)
-    (base / "modules.d" / module_dir.name).symlink_to(module_dir)
+    (base / "modules.d/55kiwi-overlay").symlink_to(module_dir)
     return base
 
 

@@ -9,6 +9,12 @@ _kiwi_overlay() {
     command -v "${KIWI_OVERLAY:-kiwi-overlay}"
 }
 
+# dracut ignores what install() returns: stop the build rather than write an initrd without kiwi-overlay.
+_kiwi_overlay_fail() {
+    dfatal "kiwi-overlay: $*"
+    exit 1
+}
+
 # called by dracut
 check() {
     require_binaries "${KIWI_OVERLAY:-kiwi-overlay}" || return 1
@@ -36,15 +42,13 @@ installkernel() {
 install() {
     local _kiwi_overlay _output
     local -a _elf_files
-    _kiwi_overlay=$(_kiwi_overlay) || return 1
+    _kiwi_overlay=$(_kiwi_overlay) || _kiwi_overlay_fail "command ${KIWI_OVERLAY:-kiwi-overlay} not found"
     # The interpreter's closure goes in as bytecode; the interpreter and the libraries of the
     # extension modules come back, for dracut to install with their own libraries.
-    _output=$("$_kiwi_overlay" dracut-python --initdir "$initdir" --closure "$moddir/python-closure.txt") || {
-        dfatal "kiwi-overlay: could not install its Python into the initrd"
-        return 1
-    }
+    _output=$("$_kiwi_overlay" dracut-python --initdir "$initdir" --closure "$moddir/python-closure.txt") \
+        || _kiwi_overlay_fail "could not put its Python into the initrd"
     mapfile -t _elf_files <<< "$_output"
-    inst_multiple "${_elf_files[@]}" || return 1
+    inst_multiple "${_elf_files[@]}" || _kiwi_overlay_fail "could not install the Python interpreter and its libraries"
     # pyudev loads libudev through ctypes.util.find_library, which asks /sbin/ldconfig -p
     # (dracut writes the initrd's ld.so.cache).
     inst_libdir_file libudev.so.1
