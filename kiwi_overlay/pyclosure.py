@@ -128,9 +128,9 @@ def _source_imports(package_dir: Path) -> set[str]:
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:
-                    anchor = module.split(".")[: len(module.split(".")) - node.level + (path.name == "__init__.py")]
-                    base = ".".join([*anchor, base] if base else anchor)
+                if node.level:  # relative: from the module's package, one level up per extra dot
+                    package = (module if path.name == "__init__.py" else module.rpartition(".")[0]).split(".")
+                    base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
                 names.add(base)
                 names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
         names.add(module)

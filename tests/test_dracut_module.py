@@ -50,6 +50,18 @@ def test_closure_lists_names_only_and_no_test_or_site_modules() -> None:
     assert [line.split()[1] for line in lines if line.startswith("package ")] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
 
 
+def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
+    from kiwi_overlay.pyclosure import _source_imports
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from . import a\n")
+    (package / "a.py").write_text("def f():\n    import ssl\n    from .sub import b\n")
+    (package / "sub/__init__.py").write_text("from .. import a\nfrom .b import x\n")
+    (package / "sub/b.py").write_text("")
+    assert _source_imports(package) == {"pkg", "pkg.a", "ssl", "pkg.sub", "pkg.sub.b", "pkg.sub.b.x"}
+
+
 def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tmp_path: Path) -> None:
     result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path), "--closure", str(MODULE_DIR / "python-closure.txt"))
     assert result.returncode == 0, result.stderr
