@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot.initrd import MODULE_DIR, session_initrd
+from tests.boot.qemu import boot_until
 
 PACKAGE_COPY = Path(__file__).resolve().parents[1] / "kiwi_overlay/dracut"
 NBD = "root=overlay:nbd=192.0.2.1:rootfs"
@@ -258,3 +259,23 @@ def test_make_install_puts_the_module_under_buildroot(tmp_path: Path) -> None:
     assert sorted(path.name for path in installed.iterdir()) == names
     assert filecmp.cmpfiles(installed, MODULE_DIR, names, shallow=False)[0] == names
     assert os.access(installed / "module-setup.sh", os.X_OK)
+
+
+# ---- booting guests -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.boot
+@FLAVOURS
+def test_a_booting_guest_claims_an_nbd_root_and_asks_for_the_network(systemd: bool) -> None:
+    console = boot_until(
+        session_initrd(systemd=systemd), NBD + " rd.kiwi.debug", until=r"kiwi-overlay: dracut cmdline: overlay root over nbd"
+    )
+    assert "wrote 'rd.neednet=1 ip=dhcp' to /etc/cmdline.d/kiwi-overlay-net.conf" in console
+
+
+@pytest.mark.boot
+@FLAVOURS
+def test_a_booting_guest_stops_on_an_invalid_root_with_one_clear_line(systemd: bool) -> None:
+    console = boot_until(session_initrd(systemd=systemd), "root=overlay:nbd=192.0.2.1 rd.shell=0", until=r"Refusing to continue")
+    assert "kiwi-overlay: root=overlay:nbd=192.0.2.1: needs HOST:EXPORT (the export name is missing)" in console
+    assert "FATAL: kiwi-overlay: invalid kernel command line" in console
