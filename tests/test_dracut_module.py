@@ -155,13 +155,17 @@ def initrd(request: pytest.FixtureRequest) -> tuple[bool, Path]:
     return request.param, session_initrd(systemd=request.param)
 
 
-@pytest.fixture
-def chroot_dir(initrd: tuple[bool, Path], tmp_path: Path) -> Path:
-    """The unpacked initrd with the /dev/null that devtmpfs gives it at boot (subprocess needs it)."""
-    root = unpack(initrd[1], tmp_path / "initrd")
+def unpacked_initrd(*, systemd: bool, target: Path) -> Path:
+    """The session's initrd unpacked, with the /dev/null that devtmpfs gives it at boot (subprocess needs it)."""
+    root = unpack(session_initrd(systemd=systemd), target)
     (root / "dev").mkdir(exist_ok=True)
     os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     return root
+
+
+@pytest.fixture
+def chroot_dir(initrd: tuple[bool, Path], tmp_path: Path) -> Path:
+    return unpacked_initrd(systemd=initrd[0], target=tmp_path / "initrd")
 
 
 def in_chroot(root: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -259,6 +263,56 @@ def test_make_install_puts_the_module_under_buildroot(tmp_path: Path) -> None:
     assert sorted(path.name for path in installed.iterdir()) == names
     assert filecmp.cmpfiles(installed, MODULE_DIR, names, shallow=False)[0] == names
     assert os.access(installed / "module-setup.sh", os.X_OK)
+
+
+STUB = '#!/bin/sh\necho "$*" >> /kiwi-overlay.calls\nexit "$(cat /kiwi-overlay.status 2>/dev/null || echo 0)"\n'
+
+
+def stub_kiwi_overlay(root: Path, *, status: int) -> Path:
+    """Replace the initrd's kiwi-overlay with a stub that records its arguments and exits STATUS."""
+    (root / "usr/bin/kiwi-overlay").write_text(STUB)
+    (root / "kiwi-overlay.status").write_text(f"{status}\n")
+    return root / "kiwi-overlay.calls"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("dracut_root", "status", "calls", "exit_status"),
+    [
+        ("kiwi-overlay", 0, "mount --sysroot /sysroot\n", 0),
+        ("kiwi-overlay", 2, "mount --sysroot /sysroot\n", 1),
+        ("block:/dev/vda1", 0, None, 0),
+    ],
+)
+def test_mount_hook_assembles_only_the_claimed_root_and_dies_on_failure(
+    tmp_path: Path, dracut_root: str, status: int, calls: str | None, exit_status: int
+) -> None:
+    chroot_dir = unpacked_initrd(systemd=False, target=tmp_path / "initrd")  # with systemd, the generator's units mount
+    record = stub_kiwi_overlay(chroot_dir, status=status)
+    script = f"root='{dracut_root}' NEWROOT=/sysroot; . /lib/dracut-lib.sh; . /usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", script)
+    assert result.returncode == exit_status, result.stderr
+    assert (record.read_text() if record.exists() else None) == calls
+    if exit_status:
+        assert 'FATAL: "kiwi-overlay: no overlay root' in (chroot_dir / "usr/lib/dracut/hooks/emergency/01-die.sh").read_text()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("status", [0, 2])
+def test_shutdown_hook_detaches_every_nbd_device_and_reports_failure_for_a_retry(chroot_dir: Path, status: int) -> None:
+    record = stub_kiwi_overlay(chroot_dir, status=status)
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", ". /lib/dracut-lib.sh; . /usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh")
+    assert result.returncode == status
+    assert record.read_text() == "nbd detach --all\n"
+
+
+@pytest.mark.root
+def test_generator_hands_systemds_directories_to_kiwi_overlay(tmp_path: Path) -> None:
+    chroot_dir = unpacked_initrd(systemd=True, target=tmp_path / "initrd")
+    record = stub_kiwi_overlay(chroot_dir, status=0)
+    result = in_chroot(chroot_dir, "/usr/lib/systemd/system-generators/kiwi-overlay-generator", "/run/n", "/run/e", "/run/l")
+    assert result.returncode == 0, result.stderr
+    assert record.read_text() == "generate /run/n /run/e /run/l\n"
 
 
 # ---- booting guests -----------------------------------------------------------------------------------------------
