@@ -50,7 +50,7 @@ def cmd_dracut_cmdline(args: argparse.Namespace) -> int:
 def cmd_dracut_module(args: argparse.Namespace) -> int:
     from kiwi_overlay.dracut_module import emit
 
-    emit(args.output, python=args.python or Path(sys.executable).resolve())
+    emit(args.output, python=args.python or Path(sys.executable))
     return 0
 
 
@@ -70,7 +70,7 @@ def _add_dracut_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     hook.set_defaults(func=cmd_dracut_cmdline)
     module = commands.add_parser("dracut-module", help="write the dracut module directory")
     module.add_argument("--output", type=Path, default=Path("55kiwi-overlay"), metavar="DIR", help="the module directory (55kiwi-overlay)")
-    module.add_argument("--python", type=Path, metavar="PATH", help="the interpreter to trace (default: this one)")
+    module.add_argument("--python", type=Path, metavar="PATH", help="the Python for the initrd (default: this one)")
     module.set_defaults(func=cmd_dracut_module)
     python = commands.add_parser("dracut-python", help="dracut install(): put Python into an initrd, print the ELF files to install")
     python.add_argument("--initdir", type=Path, required=True, metavar="DIR", help="the initrd tree dracut builds")

@@ -109,10 +109,25 @@ class Closure:
         return cls(python=python, packages=tuple(packages), stdlib=tuple(stdlib))
 
 
-def _version(python: Path) -> str:
+# Runs in the child, with its site: the version, then each package's directory, or "-" for a missing one.
+_LOCATE = """
+import sys, importlib.util
+print("%d.%d" % sys.version_info[:2])
+for name in sys.argv[1:]:
+    spec = importlib.util.find_spec(name)
+    print(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-")
+"""
+
+
+def _locate(python: Path) -> tuple[str, dict[str, Path]]:
+    """PYTHON's version ("3.11") and the directory of each package it has installed."""
     from kiwi_overlay.run import run
 
-    return run([python, *INTERPRETER_FLAGS, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture=True).stdout.strip()
+    version, *dirs = run([python, "-I", "-c", _LOCATE, *PACKAGES], capture=True).stdout.splitlines()
+    missing = [name for name, found in zip(PACKAGES, dirs, strict=True) if found == "-"]
+    if missing:
+        raise KiwiOverlayError(f"{python} has no {', '.join(missing)}: install kiwi-overlay for the Python that goes into the initrd")
+    return version, {name: Path(found) for name, found in zip(PACKAGES, dirs, strict=True)}
 
 
 def _source_imports(package_dir: Path) -> set[str]:
@@ -137,19 +152,6 @@ def _source_imports(package_dir: Path) -> set[str]:
     return {name for name in names if name} - BUILD_TIME
 
 
-def _package_roots() -> dict[str, Path]:
-    """Each shipped package's directory in the running interpreter."""
-    import importlib.util
-
-    roots = {}
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise KiwiOverlayError(f"the Python package {name} is not installed for {sys.executable}")
-        roots[name] = Path(next(iter(spec.submodule_search_locations)))
-    return roots
-
-
 def _stdlib_dirs() -> tuple[Path, ...]:
     """The running interpreter's standard-library directories (the zip, Lib, lib-dynload), site dirs excluded."""
     bases = {Path(sys.base_prefix), Path(sys.base_exec_prefix)}
@@ -161,14 +163,10 @@ def _stdlib_dirs() -> tuple[Path, ...]:
 
 
 def trace(*, python: Path) -> Closure:
-    """The closure of kiwi-overlay's imports under PYTHON (which must be the interpreter these packages are installed for)."""
+    """The closure of kiwi-overlay's imports under PYTHON, with the packages installed for it."""
     from kiwi_overlay.run import run
 
-    roots = _package_roots()
-    version = _version(python)
-    running = "{}.{}".format(*sys.version_info[:2])
-    if version != running:
-        raise KiwiOverlayError(f"--python {python} is Python {version}, but kiwi-overlay is installed for Python {running}")
+    version, roots = _locate(python)
     imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
     search = sorted({str(root.parent) for root in roots.values()})
     loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
@@ -259,7 +257,7 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
         source = _stdlib_file(name, dirs, found)
         if source is not None:
             _place(source, source, initdir, extensions, optimize=2)
-    for name, root in _package_roots().items():
+    for name, root in _locate(Path(sys.executable))[1].items():
         if name not in closure.packages:
             continue
         for source in sorted(root.rglob("*")):

@@ -41,6 +41,16 @@ def test_committed_module_is_what_the_package_emits(tmp_path: Path) -> None:
         assert (emitted / name).stat().st_mode == (MODULE_DIR / name).stat().st_mode, name
 
 
+def test_dracut_module_refuses_a_python_without_the_packages(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    result = kiwi_overlay("dracut-module", "--python", str(tmp_path / "bare/bin/python"), "--output", str(tmp_path / "module"))
+    assert result.returncode == 2
+    assert result.stderr == f"kiwi-overlay: {tmp_path}/bare/bin/python has no kiwi_overlay, psutil, pyroute2, pyudev: " + (
+        "install kiwi-overlay for the Python that goes into the initrd\n"
+    )
+    assert not (tmp_path / "module").exists()
+
+
 def test_closure_lists_names_only_and_no_test_or_site_modules() -> None:
     lines = (MODULE_DIR / "python-closure.txt").read_text().splitlines()
     modules = [line.split()[1] for line in lines if line.startswith("module ")]
