@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all venv test lint format install clean demo
+.PHONY: all venv test lint format install dracut-module clean demo
 
 all: venv
 
@@ -29,15 +29,26 @@ demo:
 	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
 lint: venv
-	$(PY) -m ruff check kiwi_overlay tests
-	$(PY) -m ruff format --check kiwi_overlay tests
+	$(PY) -m ruff check kiwi_overlay tests benchmarks
+	$(PY) -m ruff format --check kiwi_overlay tests benchmarks
 	$(PY) -m mypy kiwi_overlay
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
 	shellcheck tests/boot/*.sh
 
 format: venv
-	$(PY) -m ruff format kiwi_overlay tests
-	$(PY) -m ruff check --fix kiwi_overlay tests
+	$(PY) -m ruff format kiwi_overlay tests benchmarks
+	$(PY) -m ruff check --fix kiwi_overlay tests benchmarks
+
+# The dracut module, as KIWI installs its own: into $(buildroot)$(dracutdir), e.g. make install buildroot=/tmp/root
+MODULE := dracut/modules.d/55kiwi-overlay
+install:
+	install -d -m 755 $(buildroot)$(dracutdir)/55kiwi-overlay
+	install -m 755 $(MODULE)/*.sh $(buildroot)$(dracutdir)/55kiwi-overlay/
+	install -m 644 $(MODULE)/python-closure.txt $(buildroot)$(dracutdir)/55kiwi-overlay/
+
+# Regenerate the committed module after changing kiwi_overlay/dracut/ or what kiwi_overlay imports.
+dracut-module: venv
+	$(VENV)/bin/kiwi-overlay dracut-module --output $(MODULE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -112,6 +112,43 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers go (default {RUN_DIR})")
 
 
+def cmd_dracut_cmdline(args: argparse.Namespace) -> int:
+    from kiwi_overlay.dracut_cmdline import prepare
+
+    return 0 if prepare(load_plan(args), root=args.root) else 1
+
+
+def cmd_dracut_module(args: argparse.Namespace) -> int:
+    from kiwi_overlay.dracut_module import emit
+
+    emit(args.output, python=args.python or Path(sys.executable))
+    return 0
+
+
+def cmd_dracut_python(args: argparse.Namespace) -> int:
+    from kiwi_overlay.pyclosure import Closure, install_tree
+
+    closure = Closure.parse(args.closure.read_text(), source=args.closure)
+    for path in install_tree(closure, initdir=args.initdir):
+        print(path)
+    return 0
+
+
+def _add_dracut_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hook = commands.add_parser("dracut-cmdline", help="dracut cmdline hook: exit 0 for an overlay root, 1 for another root, 2 if invalid")
+    _add_cmdline_option(hook)
+    hook.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="write etc/cmdline.d and run/initramfs under DIR")
+    hook.set_defaults(func=cmd_dracut_cmdline)
+    module = commands.add_parser("dracut-module", help="write the dracut module directory")
+    module.add_argument("--output", type=Path, default=Path("55kiwi-overlay"), metavar="DIR", help="the module directory (55kiwi-overlay)")
+    module.add_argument("--python", type=Path, metavar="PATH", help="the Python for the initrd (default: this one)")
+    module.set_defaults(func=cmd_dracut_module)
+    python = commands.add_parser("dracut-python", help="dracut install(): put Python into an initrd, print the ELF files to install")
+    python.add_argument("--initdir", type=Path, required=True, metavar="DIR", help="the initrd tree dracut builds")
+    python.add_argument("--closure", type=Path, required=True, metavar="FILE", help="the module's python-closure.txt")
+    python.set_defaults(func=cmd_dracut_python)
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -150,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     generator.add_argument("late_dir", nargs="?", help=argparse.SUPPRESS)
     _add_layout_options(generator)
     generator.set_defaults(func=cmd_generate)
+    _add_dracut_commands(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ dracut/modules.d. Nothing on the host changes. Host dracut configuration is igno
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -42,6 +43,9 @@ BASE_MODULES = ("base", "rootfs-block", "kernel-modules", "shutdown")
 SYSTEMD_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 # The network-root baseline the benchmarks compare against: dracut's own NBD root + overlay.
 STOCK_NBD_MODULES = ("nbd", "overlay-root", "network-legacy")
+# This project's module (committed copy) and what a kiwi-overlay initrd carries besides it.
+MODULE_DIR = Path(__file__).resolve().parents[2] / "dracut/modules.d/55kiwi-overlay"
+KIWI_OVERLAY_MODULES = ("kiwi-overlay", "bash", "udev-rules")
 
 # Runs inside `unshare --mount`: the values arrive as positional parameters, never as code.
 _NAMESPACE_SCRIPT = """
@@ -62,13 +66,15 @@ def build_initrd(
     drivers: Sequence[str] = GUEST_DRIVERS,
     compress: str = "zstd",
     kernel: GuestKernel | None = None,
+    kiwi_overlay: Path | None = None,
 ) -> Path:
     """Build OUTPUT with dracut: BASE_MODULES (+ SYSTEMD_MODULES) + MODULES, nothing else.
 
     MODULE_DIRS are dracut module directories named like dracut's own (NNname, e.g.
     dracut/modules.d/90kiwi-overlay); name them in MODULES to include them. DRIVERS are kernel
     modules added on top of what the dracut modules install. COMPRESS is dracut's compressor
-    name, or "cat" for none. The dracut log is kept next to OUTPUT (OUTPUT.log).
+    name, or "cat" for none. KIWI_OVERLAY is the kiwi-overlay command whose Python the
+    kiwi-overlay module installs. The dracut log is kept next to OUTPUT (OUTPUT.log).
     """
     kernel = kernel or guest_kernel()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +86,7 @@ def build_initrd(
         for module_dir in module_dirs:
             shutil.copytree(module_dir, upper / "dracut/modules.d" / module_dir.name, symlinks=True)
         argv = [
+            *(["env", f"KIWI_OVERLAY={kiwi_overlay}"] if kiwi_overlay else []),
             "dracut",
             "--conf=/dev/null",
             f"--confdir={scratch}/no-conf.d",
@@ -120,6 +127,31 @@ def build_initrd(
 def stock_nbd_initrd(*, output: Path, systemd: bool = False) -> Path:
     """dracut's own NBD root with `rootovl` (90overlay-root): the baseline of the benchmarks."""
     return build_initrd(output=output, systemd=systemd, modules=STOCK_NBD_MODULES)
+
+
+def kiwi_overlay_initrd(*, output: Path, systemd: bool, extra_modules: Sequence[str] = (), compress: str = "zstd") -> Path:
+    """An initrd with this project's module, run by this virtual environment's kiwi-overlay."""
+    return build_initrd(
+        output=output,
+        systemd=systemd,
+        modules=(*KIWI_OVERLAY_MODULES, *extra_modules),
+        module_dirs=(MODULE_DIR,),
+        compress=compress,
+        kiwi_overlay=Path(sys.executable).parent / "kiwi-overlay",
+    )
+
+
+_session_dir: tempfile.TemporaryDirectory[str] | None = None
+
+
+@functools.cache
+def session_initrd(*, systemd: bool) -> Path:
+    """The kiwi-overlay initrd of one flavour, built once per test session and shared by every suite."""
+    global _session_dir
+    if _session_dir is None:
+        _session_dir = tempfile.TemporaryDirectory(prefix="ko-bt-session-")
+    flavour = "systemd" if systemd else "no-systemd"
+    return kiwi_overlay_initrd(output=Path(_session_dir.name) / f"kiwi-overlay-{flavour}.img", systemd=systemd)
 
 
 def main() -> None:

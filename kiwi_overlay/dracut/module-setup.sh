@@ -1,0 +1,64 @@
+#!/bin/bash
+# shellcheck disable=SC2154 # initdir, moddir, systemdutildir: set by dracut
+# dracut module kiwi-overlay: the root file system from NBD, AoE or a local device, with an overlay on top.
+# Emitted by `kiwi-overlay dracut-module`. The hooks only call kiwi-overlay, which reads the kernel
+# command line itself: no command line value is ever expanded by a shell.
+
+# The kiwi-overlay command whose Python goes into the initrd: $KIWI_OVERLAY, or the one on PATH.
+_kiwi_overlay() {
+    command -v "${KIWI_OVERLAY:-kiwi-overlay}"
+}
+
+# dracut ignores what install() returns: stop the build rather than write an initrd without kiwi-overlay.
+_kiwi_overlay_fail() {
+    dfatal "kiwi-overlay: $*"
+    exit 1
+}
+
+# called by dracut
+check() {
+    require_binaries "${KIWI_OVERLAY:-kiwi-overlay}" || return 1
+    # A network root cannot be detected on the build host: include the module only when asked for.
+    return 255
+}
+
+# called by dracut
+depends() {
+    # The hooks use dracut-lib (base); NBD is detached from the shutdown initramfs (shutdown).
+    # No network module: kiwi-overlay brings links and addresses up itself, whatever the flavour.
+    echo base shutdown
+}
+
+# called by dracut
+installkernel() {
+    # Transports and file systems, whatever the build host has loaded.
+    hostonly='' instmods nbd aoe overlay squashfs erofs loop af_packet
+    # The usual NICs of virtual machines and PCs (a hostonly initrd keeps the host's own); other
+    # drivers come with add_drivers+=, or all of them with the kernel-network-modules module.
+    instmods virtio_net e1000 e1000e igb r8169 vmxnet3
+}
+
+# called by dracut
+install() {
+    local _kiwi_overlay _output
+    local -a _elf_files
+    _kiwi_overlay=$(_kiwi_overlay) || _kiwi_overlay_fail "command ${KIWI_OVERLAY:-kiwi-overlay} not found"
+    # The interpreter's closure goes in as bytecode; the interpreter and the libraries of the
+    # extension modules come back, for dracut to install with their own libraries.
+    _output=$("$_kiwi_overlay" dracut-python --initdir "$initdir" --closure "$moddir/python-closure.txt") \
+        || _kiwi_overlay_fail "could not put its Python into the initrd"
+    mapfile -t _elf_files <<< "$_output"
+    inst_multiple "${_elf_files[@]}" || _kiwi_overlay_fail "could not install the Python interpreter and its libraries"
+    # pyudev loads libudev through ctypes.util.find_library, which asks /sbin/ldconfig -p
+    # (dracut writes the initrd's ld.so.cache).
+    inst_libdir_file libudev.so.1
+    inst_multiple ldconfig
+
+    inst_hook cmdline 20 "$moddir/kiwi-overlay-cmdline.sh"
+    if dracut_module_included systemd; then
+        inst_script "$moddir/kiwi-overlay-generator.sh" "$systemdutildir/system-generators/kiwi-overlay-generator"
+    else
+        inst_hook mount 10 "$moddir/kiwi-overlay-mount.sh"
+    fi
+    inst_hook shutdown 45 "$moddir/kiwi-overlay-shutdown.sh"
+}

@@ -1,0 +1,33 @@
+"""`kiwi-overlay dracut-cmdline`: what dracut's cmdline hook needs to know, and prepares, for an overlay root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiwi_overlay import log
+from kiwi_overlay.config import NbdRoot, Plan
+
+# dracut reads /etc/cmdline.d/*.conf before the kernel's own command line, which thus wins.
+NET_CONF = Path("etc/cmdline.d/kiwi-overlay-net.conf")
+# dracut-lib's need_shutdown: the initramfs comes back at shutdown and runs the shutdown hooks.
+NEED_SHUTDOWN = Path("run/initramfs/.need_shutdown")
+
+
+def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
+    """True when PLAN boots an overlay root; for NBD, ask dracut for the network and the shutdown initramfs.
+
+    NBD needs an address: rd.neednet=1, and ip=dhcp unless ip= is given (as KIWI does), so
+    dracut's own network (where the flavour does it) helps. AoE is layer 2: no IP at all.
+    """
+    if plan.root is None:
+        log.debug("dracut cmdline: root= is not an overlay root, nothing to do")
+        return False
+    if isinstance(plan.root, NbdRoot):
+        conf = "rd.neednet=1" + (" ip=dhcp" if plan.network.implied_dhcp else "")
+        (root / NET_CONF).parent.mkdir(parents=True, exist_ok=True)
+        (root / NET_CONF).write_text(conf + "\n")
+        (root / NEED_SHUTDOWN).parent.mkdir(parents=True, exist_ok=True)
+        (root / NEED_SHUTDOWN).touch()
+        log.debug(f"dracut cmdline: wrote {conf!r} to /{NET_CONF}; need_shutdown for the NBD detach")
+    log.debug(f"dracut cmdline: overlay root over {plan.root.transport}")
+    return True

@@ -1,0 +1,275 @@
+"""The Python that kiwi-overlay needs in an initrd: traced when the dracut module is emitted, installed when an initrd is built.
+
+Emit time (`trace`): a child interpreter, started the way the initrd starts kiwi-overlay (-I -S -X utf8),
+imports every kiwi_overlay module and every module any kiwi_overlay function imports, runs the
+command line parser's help and `explain`, and creates a pyudev Context; the standard-library
+modules it then holds are the closure. A trace, not modulefinder: pyroute2 imports far less than
+its sources name (no Windows or test modules), and lazy imports inside the standard library
+(argparse's shutil, ctypes.util's subprocess) only show when the code runs. The result is a list of
+module NAMES (`Closure.text()`), the same on every machine with the same Python and packages.
+
+Build time (`install_tree`): the names are resolved against the running interpreter, and the
+modules and packages are written into the initrd as sourceless bytecode (no compiling at boot,
+no source needed: users see one-line errors, never tracebacks). The interpreter and the shared
+libraries the extension modules need are returned for dracut to install, which resolves the
+interpreter's own libraries.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiwi_overlay.errors import KiwiOverlayError
+
+# The third-party packages kiwi-overlay ships with itself (pyproject.toml's dependencies).
+PACKAGES = ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
+# Imported by the trace besides kiwi_overlay's own imports: the packages as a whole (they ship
+# whole), ssl for nbds://, and what the standard library loads lazily where no import statement
+# names it (time.strptime, codec lookups by name).
+ALSO_IMPORTED = ("psutil", "pyroute2", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1")
+# How the initrd runs Python: isolated from PYTHON* variables and the user site, no site
+# import (all modules live in the standard-library directory), UTF-8 whatever the locale.
+INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
+LAUNCHER = Path("/usr/bin/kiwi-overlay")
+_SKIPPED_DIRS = frozenset({"__pycache__", "tests", "test"})
+# kiwi_overlay modules that run when an initrd is built, never in it: their imports stay out of
+# the closure (__main__ would run the command).
+BUILD_TIME = frozenset({"kiwi_overlay.__main__", "kiwi_overlay.dracut_module", "kiwi_overlay.pyclosure"})
+
+# Runs in the child: argv = [package search dirs..., "--", modules to import...]. Prints the
+# loaded modules, "-" before each one found in the search dirs (not the standard library).
+_TRACE = """
+import sys, os
+args = sys.argv[1:]
+split = args.index("--")
+search = tuple(path + os.sep for path in args[:split])
+sys.path[:0] = args[:split]
+sys.stdout = open(os.devnull, "w")
+for name in args[split + 1:]:
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+import argparse, runpy
+from kiwi_overlay import cli
+parser = cli.build_parser()
+parser.format_help()
+for action in parser._actions:
+    if isinstance(action, argparse._SubParsersAction):
+        for subparser in action.choices.values():
+            subparser.format_help()
+cli.main(["explain", "--cmdline", "root=overlay:nbd=192.0.2.1:root"])
+cli.main(["explain", "--json", "--cmdline", "root=overlay:aoe=e0.1 rd.root.overlay.write=LABEL=cow"])
+import pyudev
+pyudev.Context()
+sys.stdout = sys.__stdout__
+for name, module in sorted(sys.modules.items()):
+    if type(module) is not type(sys) or module.__name__ != name or name == "__main__":
+        continue  # an alias (os.path) or a pseudo-module (typing.io)
+    print(("-" if (getattr(module, "__file__", None) or "").startswith(search) else "") + name)
+"""
+
+
+@dataclass(frozen=True)
+class Closure:
+    python: str  # "3.11": the interpreter version the names were traced with
+    packages: tuple[str, ...]  # shipped whole (their own data and lazy imports included)
+    stdlib: tuple[str, ...]  # standard-library modules, by name
+
+    HEADER = "# The Python closure of kiwi-overlay in the initrd; written by `kiwi-overlay dracut-module`, do not edit.\n"
+
+    def text(self) -> str:
+        lines = [f"python {self.python}"]
+        lines += [f"package {name}" for name in self.packages]
+        lines += [f"module {name}" for name in self.stdlib]
+        return self.HEADER + "".join(line + "\n" for line in lines)
+
+    @classmethod
+    def parse(cls, text: str, *, source: Path) -> Closure:
+        python, packages, stdlib = "", [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            kind, _, name = line.partition(" ")
+            if not line or line.startswith("#"):
+                continue
+            if kind == "python":
+                python = name
+            elif kind == "package":
+                packages.append(name)
+            elif kind == "module":
+                stdlib.append(name)
+            else:
+                raise KiwiOverlayError(f"{source}:{number}: unknown line {line!r}")
+        if not python:
+            raise KiwiOverlayError(f"{source}: no python line; regenerate it with kiwi-overlay dracut-module")
+        return cls(python=python, packages=tuple(packages), stdlib=tuple(stdlib))
+
+
+# Runs in the child, with its site: the version, then each package's directory, or "-" for a missing one.
+_LOCATE = """
+import sys, importlib.util
+print("%d.%d" % sys.version_info[:2])
+for name in sys.argv[1:]:
+    spec = importlib.util.find_spec(name)
+    print(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-")
+"""
+
+
+def _locate(python: Path) -> tuple[str, dict[str, Path]]:
+    """PYTHON's version ("3.11") and the directory of each package it has installed."""
+    from kiwi_overlay.run import run
+
+    version, *dirs = run([python, "-I", "-c", _LOCATE, *PACKAGES], capture=True).stdout.splitlines()
+    missing = [name for name, found in zip(PACKAGES, dirs, strict=True) if found == "-"]
+    if missing:
+        raise KiwiOverlayError(f"{python} has no {', '.join(missing)}: install kiwi-overlay for the Python that goes into the initrd")
+    return version, {name: Path(found) for name, found in zip(PACKAGES, dirs, strict=True)}
+
+
+def _source_imports(package_dir: Path) -> set[str]:
+    """Every module an import statement in the package names, at any depth (function-level imports too)."""
+    names: set[str] = set()
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module in BUILD_TIME:
+            continue
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's package, one level up per extra dot
+                    package = (module if path.name == "__init__.py" else module.rpartition(".")[0]).split(".")
+                    base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+                names.add(base)
+                names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        names.add(module)
+    return {name for name in names if name} - BUILD_TIME
+
+
+def _stdlib_dirs() -> tuple[Path, ...]:
+    """The running interpreter's standard-library directories (the zip, Lib, lib-dynload), site dirs excluded."""
+    bases = {Path(sys.base_prefix), Path(sys.base_exec_prefix)}
+    return tuple(
+        Path(entry)
+        for entry in sys.path
+        if entry and any(Path(entry).is_relative_to(base) for base in bases) and not re.search(r"[-/](site|dist)-packages\b", entry)
+    )
+
+
+def trace(*, python: Path) -> Closure:
+    """The closure of kiwi-overlay's imports under PYTHON, with the packages installed for it."""
+    from kiwi_overlay.run import run
+
+    version, roots = _locate(python)
+    imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
+    search = sorted({str(root.parent) for root in roots.values()})
+    loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
+    foreign = sorted({name[1:].split(".")[0] for name in loaded if name.startswith("-")} - set(PACKAGES))
+    if foreign:
+        raise KiwiOverlayError(f"kiwi-overlay imports {', '.join(foreign)}, which is not one of its packages ({', '.join(PACKAGES)})")
+    return Closure(python=version, packages=PACKAGES, stdlib=tuple(name for name in loaded if not name.startswith("-")))
+
+
+def _stdlib_file(name: str, dirs: tuple[Path, ...], found: dict[str, Path | None]) -> Path | None:
+    """The file of standard-library module NAME (a package's __init__), None for a frozen-only one."""
+    from importlib.machinery import FrozenImporter, PathFinder
+
+    if name in found:
+        return found[name]
+    parent, _, _ = name.rpartition(".")
+    if parent:
+        _stdlib_file(parent, dirs, found)
+        locations = [str(found[parent] or "").removesuffix("/__init__.py")] if found.get(parent) else []
+    else:
+        locations = [str(path) for path in dirs]
+    spec = PathFinder.find_spec(name, locations)
+    if spec is None or spec.origin is None:
+        if FrozenImporter.find_spec(name) is not None:
+            found[name] = None  # in the interpreter binary (_frozen_importlib and the like)
+            return None
+        raise KiwiOverlayError(
+            f"{name} is not in the standard library of {sys.executable}; regenerate the module with kiwi-overlay dracut-module"
+        )
+    found[name] = Path(spec.origin)
+    return found[name]
+
+
+def _place(source: Path, target: Path, initdir: Path, extensions: list[Path], *, optimize: int = 0) -> None:
+    """SOURCE at TARGET (an absolute path in the initrd): .py as sourceless bytecode, extension modules as they are.
+
+    Unchecked-hash bytecode is reproducible and never recompiled. OPTIMIZE 2 drops docstrings and
+    asserts, as `python -OO` would: used for the standard library only, which supports it.
+    """
+    import py_compile
+
+    destination = initdir / target.relative_to("/")
+    if source.suffix == ".py":
+        mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+        cfile = str(destination.with_suffix(".pyc"))
+        py_compile.compile(str(source), cfile=cfile, dfile=str(target), doraise=True, optimize=optimize, invalidation_mode=mode)
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, destination)
+    if source.suffix == ".so":
+        extensions.append(source)
+
+
+def _libraries(elf_files: list[Path]) -> set[Path]:
+    """The shared libraries ELF_FILES load, transitively (ldd: dracut skips non-executable .so files)."""
+    from kiwi_overlay.run import run
+
+    libraries: set[Path] = set()
+    for elf in elf_files:
+        for line in run(["ldd", elf], capture=True).stdout.splitlines():
+            if "not found" in line:
+                raise KiwiOverlayError(f"{elf}: needs {line.split()[0]}, which is not installed")
+            path = next((word for word in line.split() if word.startswith("/")), None)
+            if path:
+                libraries.add(Path(path))
+    return libraries
+
+
+def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
+    """Write CLOSURE and the kiwi-overlay launcher into INITDIR; return the ELF files dracut must install.
+
+    Standard-library modules keep their paths; the packages go into the standard-library
+    directory too, so `python3 -m kiwi_overlay` works with or without site, like the launcher.
+    """
+    import sysconfig
+
+    running = "{}.{}".format(*sys.version_info[:2])
+    if closure.python != running:
+        raise KiwiOverlayError(f"the dracut module was emitted for Python {closure.python}, kiwi-overlay runs on {running}: re-emit it")
+    interpreter = Path(sys.executable).resolve()
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    dirs = _stdlib_dirs()
+    extensions: list[Path] = []
+    found: dict[str, Path | None] = {}
+    for name in closure.stdlib:
+        if name in sys.builtin_module_names:
+            continue
+        source = _stdlib_file(name, dirs, found)
+        if source is not None:
+            _place(source, source, initdir, extensions, optimize=2)
+    for name, root in _locate(Path(sys.executable))[1].items():
+        if name not in closure.packages:
+            continue
+        for source in sorted(root.rglob("*")):
+            relative = source.relative_to(root.parent)
+            if source.is_file() and not _SKIPPED_DIRS.intersection(relative.parts) and source.suffix not in (".pyc", ".pyi"):
+                _place(source, stdlib / relative, initdir, extensions)
+    launcher = initdir / LAUNCHER.relative_to("/")
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    flags = "".join(flag.lstrip("-") for flag in INTERPRETER_FLAGS)  # one shebang argument: -ISBXutf8
+    launcher.write_text(f"#!{interpreter} -{flags}\nfrom kiwi_overlay.cli import main\n\nraise SystemExit(main())\n")
+    launcher.chmod(0o755)
+    python3 = initdir / interpreter.parent.relative_to("/") / "python3"
+    if not python3.exists() and interpreter.name != "python3":
+        python3.symlink_to(interpreter.name)
+    return (interpreter, *sorted(_libraries(extensions)))

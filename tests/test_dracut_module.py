@@ -1,0 +1,338 @@
+"""The dracut module: emitted from the package, committed, shellcheck-clean, and working in real initrds.
+
+The initrds are built with dracut for Debian's 6.1 guest kernel, with and without systemd; their
+kiwi-overlay runs in a chroot of the unpacked image, which proves the Python closure is complete.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.boot.initrd import MODULE_DIR, session_initrd
+from tests.boot.qemu import Guest, boot
+
+PACKAGE_COPY = Path(__file__).resolve().parents[1] / "kiwi_overlay/dracut"
+NBD = "root=overlay:nbd=192.0.2.1:rootfs"
+CHROOT = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
+
+
+def kiwi_overlay(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kiwi_overlay", *args], capture_output=True, text=True, check=False)
+
+
+def test_committed_module_is_what_the_package_emits(tmp_path: Path) -> None:
+    result = kiwi_overlay("dracut-module", "--output", str(tmp_path / "55kiwi-overlay"))
+    assert result.returncode == 0, result.stderr
+    emitted = tmp_path / "55kiwi-overlay"
+    names = sorted(path.name for path in emitted.iterdir())
+    assert names == sorted(path.name for path in MODULE_DIR.iterdir()), "regenerate: make dracut-module"
+    _, mismatch, errors = filecmp.cmpfiles(emitted, MODULE_DIR, names, shallow=False)
+    assert (mismatch, errors) == ([], []), "regenerate: make dracut-module"
+    for name in names:
+        assert (emitted / name).stat().st_mode == (MODULE_DIR / name).stat().st_mode, name
+
+
+def test_dracut_module_refuses_a_python_without_the_packages(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    result = kiwi_overlay("dracut-module", "--python", str(tmp_path / "bare/bin/python"), "--output", str(tmp_path / "module"))
+    assert result.returncode == 2
+    assert result.stderr == f"kiwi-overlay: {tmp_path}/bare/bin/python has no kiwi_overlay, psutil, pyroute2, pyudev: " + (
+        "install kiwi-overlay for the Python that goes into the initrd\n"
+    )
+    assert not (tmp_path / "module").exists()
+
+
+def test_closure_lists_names_only_and_no_test_or_site_modules() -> None:
+    lines = (MODULE_DIR / "python-closure.txt").read_text().splitlines()
+    modules = [line.split()[1] for line in lines if line.startswith("module ")]
+    assert modules == sorted(modules)
+    assert "/" not in "".join(lines[1:]), "machine independent: names, not paths"
+    assert {"ssl", "socket", "json", "argparse", "ctypes.util", "asyncio", "encodings.utf_8"} <= set(modules)
+    assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test"} & set(modules)
+    assert [line.split()[1] for line in lines if line.startswith("package ")] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
+
+
+def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
+    from kiwi_overlay.pyclosure import _source_imports
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from . import a\n")
+    (package / "a.py").write_text("def f():\n    import ssl\n    from .sub import b\n")
+    (package / "sub/__init__.py").write_text("from .. import a\nfrom .b import x\n")
+    (package / "sub/b.py").write_text("")
+    assert _source_imports(package) == {"pkg", "pkg.a", "ssl", "pkg.sub", "pkg.sub.b", "pkg.sub.b.x"}
+
+
+def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tmp_path: Path) -> None:
+    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path), "--closure", str(MODULE_DIR / "python-closure.txt"))
+    assert result.returncode == 0, result.stderr
+    elf_files = result.stdout.splitlines()
+    interpreter = os.path.realpath(sys.executable)
+    assert elf_files[0] == interpreter
+    assert any(path.endswith("/libssl.so.3") for path in elf_files)
+    assert any(path.endswith("/libsqlite3.so.0") for path in elf_files), "pyroute2 imports sqlite3"
+    launcher = (tmp_path / "usr/bin/kiwi-overlay").read_text()
+    assert launcher.startswith(f"#!{interpreter} -ISBXutf8\n")
+    stdlib = tmp_path / Path(sysconfig.get_path("stdlib")).relative_to("/")
+    assert (stdlib / "os.pyc").is_file() and not (stdlib / "os.py").exists()
+    assert (stdlib / "kiwi_overlay/cli.pyc").is_file()
+    assert not list(stdlib.rglob("*.py"))
+
+
+def test_dracut_python_refuses_a_module_emitted_for_another_python(tmp_path: Path) -> None:
+    closure = tmp_path / "python-closure.txt"
+    closure.write_text((MODULE_DIR / "python-closure.txt").read_text().replace("\npython 3.", "\npython 2."))
+    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path / "initrd"), "--closure", str(closure))
+    assert result.returncode == 2
+    assert result.stderr.startswith("kiwi-overlay: the dracut module was emitted for Python 2.")
+    assert not (tmp_path / "initrd").exists()
+
+
+@pytest.mark.parametrize("path", sorted(MODULE_DIR.glob("*.sh")), ids=lambda path: path.name)
+def test_shell_files_pass_shellcheck(path: Path) -> None:
+    result = subprocess.run(["shellcheck", "--severity=style", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "conf"),
+    [
+        (NBD, "rd.neednet=1 ip=dhcp\n"),
+        (NBD + " ip=eth0:dhcp", "rd.neednet=1\n"),
+        ("root=overlay:nbd://[fd00::1]:10900/rootfs ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:none", "rd.neednet=1\n"),
+    ],
+)
+def test_dracut_cmdline_asks_dracut_for_the_network_and_the_shutdown_initramfs_for_nbd(tmp_path: Path, cmdline: str, conf: str) -> None:
+    result = kiwi_overlay("dracut-cmdline", "--root", str(tmp_path), "--cmdline", cmdline)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert (tmp_path / "etc/cmdline.d/kiwi-overlay-net.conf").read_text() == conf
+    assert (tmp_path / "run/initramfs/.need_shutdown").exists()
+
+
+@pytest.mark.parametrize(
+    "cmdline", ["root=overlay:aoe=e0.1", "root=overlay:aoe=eth1", "root=overlay:LABEL=root rd.root.overlay.write=LABEL=cow"]
+)
+def test_dracut_cmdline_claims_aoe_and_local_roots_without_network_or_shutdown(tmp_path: Path, cmdline: str) -> None:
+    result = kiwi_overlay("dracut-cmdline", "--root", str(tmp_path), "--cmdline", cmdline)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert list(tmp_path.rglob("*")) == [], "AoE is layer 2: no ip=, no rd.neednet"
+
+
+@pytest.mark.parametrize("cmdline", ["root=/dev/sda1", "root=nbd:192.0.2.1:rootfs", "quiet", "root=overlay:nbd=1.2.3.4:a root=LABEL=x"])
+def test_dracut_cmdline_leaves_other_roots_alone(tmp_path: Path, cmdline: str) -> None:
+    result = kiwi_overlay("dracut-cmdline", "--root", str(tmp_path), "--cmdline", cmdline)
+    assert (result.returncode, result.stderr) == (1, "")
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_dracut_cmdline_refuses_an_invalid_root_in_one_line(tmp_path: Path) -> None:
+    result = kiwi_overlay("dracut-cmdline", "--root", str(tmp_path), "--cmdline", "root=overlay:nbd=192.0.2.1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("kiwi-overlay: root=overlay:nbd=192.0.2.1: needs HOST:EXPORT")
+    assert list(tmp_path.rglob("*")) == []
+
+
+# ---- real initrds -------------------------------------------------------------------------------------------------
+
+FLAVOURS = pytest.mark.parametrize("systemd", [False, True], ids=["no-systemd", "systemd"])
+
+
+def unpack(image: Path, target: Path) -> Path:
+    target.mkdir()
+    data = subprocess.run(["zstd", "-dc", str(image)], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=data, cwd=target, check=True)
+    return target
+
+
+def listing(image: Path) -> set[str]:
+    out = subprocess.run(["lsinitrd", str(image)], capture_output=True, text=True, errors="replace", check=True).stdout
+    return {line.split()[8] for line in out.splitlines() if len(line.split()) >= 9 and line[:1] in "-dl"}
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["no-systemd", "systemd"])
+def initrd(request: pytest.FixtureRequest) -> tuple[bool, Path]:
+    return request.param, session_initrd(systemd=request.param)
+
+
+def unpacked_initrd(*, systemd: bool, target: Path) -> Path:
+    """The session's initrd unpacked, with the /dev/null that devtmpfs gives it at boot (subprocess needs it)."""
+    root = unpack(session_initrd(systemd=systemd), target)
+    (root / "dev").mkdir(exist_ok=True)
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return root
+
+
+@pytest.fixture
+def chroot_dir(initrd: tuple[bool, Path], tmp_path: Path) -> Path:
+    return unpacked_initrd(systemd=initrd[0], target=tmp_path / "initrd")
+
+
+def in_chroot(root: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHROOT, str(root), *argv], capture_output=True, text=True, errors="replace", check=False, env=env or {"PATH": "/usr/sbin:/usr/bin"}
+    )
+
+
+@pytest.mark.root
+def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks(initrd: tuple[bool, Path]) -> None:
+    systemd, image = initrd
+    files = listing(image)
+    python = Path(os.path.realpath(sys.executable))
+    stdlib = f"usr/lib/python{sys.version_info[0]}.{sys.version_info[1]}"
+    expected = {
+        str(python.relative_to("/")),
+        "usr/bin/kiwi-overlay",
+        f"{stdlib}/os.pyc",
+        f"{stdlib}/ssl.pyc",
+        f"{stdlib}/kiwi_overlay/cli.pyc",
+        f"{stdlib}/pyroute2/__init__.pyc",
+        f"{stdlib}/pyudev/core.pyc",
+        f"{stdlib}/psutil/__init__.pyc",
+        "usr/sbin/ldconfig",
+        "usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh",
+        "usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh",
+    }
+    assert expected <= files, sorted(expected - files)
+    assert any(name.startswith(f"{stdlib}/psutil/_psutil_linux") for name in files)
+    assert any(name.endswith("/libudev.so.1") for name in files)
+    assert any(name.endswith("/libssl.so.3") for name in files)
+    assert not any(name.endswith(".py") and name.startswith(stdlib) for name in files), "bytecode only"
+    assert not any("/tests/" in name for name in files if name.startswith(stdlib))
+    for driver in ("block/nbd.ko", "block/aoe/aoe.ko", "overlayfs/overlay.ko", "squashfs/squashfs.ko", "erofs/erofs.ko", "block/loop.ko"):
+        assert any(name.endswith(driver) for name in files), driver
+    generator = "usr/lib/systemd/system-generators/kiwi-overlay-generator"
+    mount_hook = "usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
+    assert (generator in files, mount_hook in files) == (systemd, not systemd)
+
+
+@pytest.mark.root
+def test_kiwi_overlay_explains_a_plan_inside_the_initrd(chroot_dir: Path) -> None:
+    result = in_chroot(chroot_dir, "/usr/bin/kiwi-overlay", "explain", "--cmdline", NBD + " rd.root.overlay.size=2g")
+    assert result.returncode == 0, result.stderr
+    assert "NBD export 'rootfs' on 192.0.2.1:10809" in result.stdout
+    assert "tmpfs of 2g" in result.stdout
+    module = in_chroot(chroot_dir, "python3", "-m", "kiwi_overlay", "explain", "--json", "--cmdline", "root=overlay:aoe=e0.1")
+    assert module.returncode == 0, module.stderr
+    assert '"transport": "aoe"' in module.stdout
+
+
+@pytest.mark.root
+def test_kiwi_overlay_in_the_initrd_ignores_the_callers_environment(chroot_dir: Path) -> None:
+    hostile = {"PATH": "/nowhere", "PYTHONPATH": "/nowhere", "PYTHONHOME": "/nowhere", "PYTHONSAFEPATH": "x", "LANG": "de_DE.ISO-8859-15"}
+    result = in_chroot(chroot_dir, "/usr/bin/kiwi-overlay", "explain", "--cmdline", NBD, env=hostile)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.root
+def test_dependencies_import_and_work_inside_the_initrd(chroot_dir: Path) -> None:
+    code = (
+        "import pyroute2, psutil, ssl, pyudev, asyncio, json; "
+        "from pyroute2 import IPRoute; IPRoute().close(); "
+        "print(pyudev.Context().__class__.__name__, ssl.OPENSSL_VERSION.split()[0], psutil.__version__)"
+    )
+    result = in_chroot(chroot_dir, "python3", "-I", "-S", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Context OpenSSL ")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("cmdline", "status", "root"),
+    [(NBD, 0, "kiwi-overlay 1"), ("root=/dev/vda1", 0, "/dev/vda1 "), ("root=overlay:nbd=192.0.2.1", 1, None)],
+)
+def test_cmdline_hook_claims_the_root_for_dracut(chroot_dir: Path, cmdline: str, status: int, root: str | None) -> None:
+    (chroot_dir / "etc/cmdline").write_text(cmdline + "\n")  # no /proc in the chroot: kiwi-overlay reads /etc/cmdline
+    script = '. /lib/dracut-lib.sh; root=$(getarg root=); . /usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh; echo "$root $rootok"'
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", script)
+    assert result.returncode == status, result.stderr
+    if root is not None:
+        assert result.stdout.splitlines()[-1] == root
+    else:
+        assert "kiwi-overlay: root=overlay:nbd=192.0.2.1: needs HOST:EXPORT" in result.stderr
+        assert 'FATAL: "kiwi-overlay: invalid kernel command line' in (chroot_dir / "usr/lib/dracut/hooks/emergency/01-die.sh").read_text()
+    if cmdline == NBD:
+        assert (chroot_dir / "etc/cmdline.d/kiwi-overlay-net.conf").read_text() == "rd.neednet=1 ip=dhcp\n"
+
+
+def test_make_install_puts_the_module_under_buildroot(tmp_path: Path) -> None:
+    repo = MODULE_DIR.parents[2]
+    subprocess.run(["make", "-s", "-C", str(repo), "install", f"buildroot={tmp_path}"], check=True, capture_output=True)
+    installed = tmp_path / "usr/lib/dracut/modules.d/55kiwi-overlay"
+    names = sorted(path.name for path in MODULE_DIR.iterdir())
+    assert sorted(path.name for path in installed.iterdir()) == names
+    assert filecmp.cmpfiles(installed, MODULE_DIR, names, shallow=False)[0] == names
+    assert os.access(installed / "module-setup.sh", os.X_OK)
+
+
+STUB = '#!/bin/sh\necho "$*" >> /kiwi-overlay.calls\nexit "$(cat /kiwi-overlay.status 2>/dev/null || echo 0)"\n'
+
+
+def stub_kiwi_overlay(root: Path, *, status: int) -> Path:
+    """Replace the initrd's kiwi-overlay with a stub that records its arguments and exits STATUS."""
+    (root / "usr/bin/kiwi-overlay").write_text(STUB)
+    (root / "kiwi-overlay.status").write_text(f"{status}\n")
+    return root / "kiwi-overlay.calls"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("dracut_root", "status", "calls", "exit_status"),
+    [
+        ("kiwi-overlay", 0, "mount --sysroot /sysroot\n", 0),
+        ("kiwi-overlay", 2, "mount --sysroot /sysroot\n", 1),
+        ("block:/dev/vda1", 0, None, 0),
+    ],
+)
+def test_mount_hook_assembles_only_the_claimed_root_and_dies_on_failure(
+    tmp_path: Path, dracut_root: str, status: int, calls: str | None, exit_status: int
+) -> None:
+    chroot_dir = unpacked_initrd(systemd=False, target=tmp_path / "initrd")  # with systemd, the generator's units mount
+    record = stub_kiwi_overlay(chroot_dir, status=status)
+    script = f"root='{dracut_root}' NEWROOT=/sysroot; . /lib/dracut-lib.sh; . /usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", script)
+    assert result.returncode == exit_status, result.stderr
+    assert (record.read_text() if record.exists() else None) == calls
+    if exit_status:
+        assert 'FATAL: "kiwi-overlay: no overlay root' in (chroot_dir / "usr/lib/dracut/hooks/emergency/01-die.sh").read_text()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("status", [0, 2])
+def test_shutdown_hook_detaches_every_nbd_device_and_reports_failure_for_a_retry(chroot_dir: Path, status: int) -> None:
+    record = stub_kiwi_overlay(chroot_dir, status=status)
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", ". /lib/dracut-lib.sh; . /usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh")
+    assert result.returncode == status
+    assert record.read_text() == "nbd detach --all\n"
+
+
+@pytest.mark.root
+def test_generator_hands_systemds_directories_to_kiwi_overlay(tmp_path: Path) -> None:
+    chroot_dir = unpacked_initrd(systemd=True, target=tmp_path / "initrd")
+    record = stub_kiwi_overlay(chroot_dir, status=0)
+    result = in_chroot(chroot_dir, "/usr/lib/systemd/system-generators/kiwi-overlay-generator", "/run/n", "/run/e", "/run/l")
+    assert result.returncode == 0, result.stderr
+    assert record.read_text() == "generate /run/n /run/e /run/l\n"
+
+
+# ---- booting guests -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.boot
+@FLAVOURS
+def test_a_booting_guest_stops_on_an_invalid_root_with_one_clear_line(systemd: bool) -> None:
+    result = boot(Guest(session_initrd(systemd=systemd), "root=overlay:nbd=192.0.2.1", user_net=False), name="invalid-root", timeout=240)
+    console = result.console()
+    assert not result.reached_root
+    assert "kiwi-overlay: root=overlay:nbd=192.0.2.1: needs HOST:EXPORT (the export name is missing)" in console
+    assert "FATAL: kiwi-overlay: invalid kernel command line" in console
