@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from kiwi_overlay.errors import KiwiOverlayError
 
 if TYPE_CHECKING:
-    from kiwi_overlay.config import Plan
+    from kiwi_overlay.config import NbdRoot, Plan
 
 
 def load_plan(args: argparse.Namespace) -> Plan:
@@ -40,6 +40,103 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nbd_root(args: argparse.Namespace) -> NbdRoot:
+    from kiwi_overlay.nbd import root_from_uri
+
+    return root_from_uri(
+        args.uri,
+        connections=getattr(args, "connections", 1),
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def cmd_nbd(args: argparse.Namespace) -> int:
+    from kiwi_overlay import log, nbd
+    from kiwi_overlay.nbd import connect
+
+    log.configure(debug=args.debug)
+    if args.nbd_command == "detach":
+        if args.all:
+            nbd.detach_all()
+        elif args.device:
+            nbd.detach(args.device)
+        else:
+            raise KiwiOverlayError("nbd detach needs /dev/nbdN or --all")
+        return 0
+    if args.nbd_command == "list" and "/" not in args.uri and args.uri.count(":") <= 1 and not args.uri.startswith("["):
+        args.uri = f"nbd://{args.uri}/"  # HOST[:PORT]
+    root = _nbd_root(args)
+    if args.nbd_command == "attach":
+        print(nbd.attach_root(root, timeout=args.timeout, device=args.device))
+        return 0
+    context = connect.tls_context(root)
+    if args.nbd_command == "list":
+        exports = connect.with_retry(
+            lambda deadline: connect.list_exports(root, deadline=deadline, context=context), root=root, timeout=args.timeout
+        )
+        if args.json:
+            import json
+
+            print(json.dumps([{"name": e.name, "description": e.description} for e in exports], indent=2))
+        else:
+            print("\n".join(e.name for e in exports) if exports else "", end="\n" if exports else "")
+        return 0
+    info = connect.with_retry(
+        lambda deadline: connect.export_info(root, deadline=deadline, context=context), root=root, timeout=args.timeout
+    )
+    data = {
+        "export": info.name,
+        "size": info.size,
+        "flags": list(info.flag_names),
+        "block_sizes": info.block_sizes.__dict__ if info.block_sizes else None,
+    }
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=2))
+    else:
+        sizes = info.block_sizes
+        print(f"export: {info.name}\nsize: {info.size}\nflags: {' '.join(info.flag_names)}")
+        if sizes:
+            print(f"block sizes: minimum {sizes.minimum}, preferred {sizes.preferred}, maximum {sizes.maximum}")
+    return 0
+
+
+def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pathlib import Path
+
+    nbd = commands.add_parser("nbd", help="NBD client: list exports, show one, attach or detach a device")
+    nbd.set_defaults(func=cmd_nbd)
+    sub = nbd.add_subparsers(dest="nbd_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "export names on a server"),
+        ("info", "size, flags and block sizes of an export"),
+        ("attach", "attach an export as /dev/nbdN and print the device"),
+    ):
+        action = sub.add_parser(name, help=text)
+        action.add_argument(
+            "uri", metavar="HOST[:PORT]" if name == "list" else "URI", help="nbd://HOST[:PORT]/EXPORT, nbds://..., or HOST:EXPORT"
+        )
+        action.add_argument(
+            "--timeout", type=float, default=30.0 if name != "attach" else 120.0, metavar="S", help="seconds to wait for the server"
+        )
+        action.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle for nbds:// (default: the system's)")
+        action.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (with --tls-key)")
+        action.add_argument("--tls-key", type=Path, metavar="FILE", help="client key")
+        action.add_argument("--debug", action="store_true", help="print every step")
+        if name in ("list", "info"):
+            action.add_argument("--json", action="store_true", help="JSON" + (" with descriptions" if name == "list" else ""))
+        else:
+            action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
+            action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
+    detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
+    detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
+    detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")
+    detach.add_argument("--debug", action="store_true", help="print every step")
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -52,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cmdline_option(explain)
     explain.add_argument("--json", action="store_true", help="stable JSON instead of text")
     explain.set_defaults(func=cmd_explain)
+    _add_nbd_parser(commands)
     return parser
 
 
