@@ -27,6 +27,9 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 10.0
 # One attempt may not use the whole boot timeout: a stalled server must not hide a restarted one.
 ATTEMPT_TIMEOUT = 30.0
+# A server whose accept queue overflowed (nbd-server listens with a backlog of 10) has the
+# connection but not accepted it: after this long without a greeting, connect again.
+GREETING_TIMEOUT = 3.0
 
 
 class Unreachable(NbdError):
@@ -85,15 +88,16 @@ def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
 
 def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> tuple[Wire, int]:
     """Connect, read the greeting and start TLS when asked; returns the wire and the handshake flags."""
-    wire = Wire(_tcp(root, deadline), peer=root.address, deadline=deadline)
+    wire = Wire(_tcp(root, deadline), peer=root.address, deadline=min(deadline, time.monotonic() + GREETING_TIMEOUT))
     try:
         try:
             flags = protocol.greet(wire)
         except NbdError as error:
-            # A server that is starting (or overloaded) may accept and close: try again.
-            if "closed the connection" in str(error):
+            # A server that is starting or overloaded may stall or close before its greeting: try again.
+            if error.lost:
                 raise Unreachable(str(error)) from None
             raise
+        wire.deadline = deadline
         if context is not None:
             protocol.start_tls(wire, context, server_hostname=root.host)
     except BaseException:
@@ -150,8 +154,9 @@ def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -
             return action(min(end, time.monotonic() + ATTEMPT_TIMEOUT))
         except Unreachable as error:
             now = time.monotonic()
-            if now >= end:
+            delay = backoff(attempt)
+            if now + delay >= end:
                 raise NbdError(f"{error} (gave up after {timeout:g} s, {attempt} attempts)") from None
             log.debug(str(error))
             log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:g} s)")
-            time.sleep(min(backoff(attempt), max(0.0, end - now)))
+            time.sleep(delay)

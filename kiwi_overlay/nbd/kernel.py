@@ -167,12 +167,14 @@ class Unsupported(KiwiOverlayError):
 
 
 def load_nbd_module() -> None:
+    """modprobe nbd, unless it is loaded or built in; a failure is final (no ioctl fallback either)."""
     from kiwi_overlay.run import run
 
     if not Path("/sys/module/nbd").exists():
         result = run(["modprobe", "nbd"], check=False, capture=True)
         if result.returncode != 0:
-            raise Unsupported(f"cannot load the nbd kernel module ({(result.stderr or '').strip() or 'modprobe failed'})")
+            reason = (result.stderr or "").strip().splitlines()
+            raise NbdError(f"cannot load the nbd kernel module ({reason[-1] if reason else 'modprobe failed'})")
 
 
 def device_path(index: int) -> Path:

@@ -90,11 +90,15 @@ MAX_INFO_REPLIES = 64
 
 
 class NbdError(KiwiOverlayError):
-    """A failed NBD negotiation or attach, as one line naming the server; REPLY is the option error code."""
+    """A failed NBD negotiation or attach, as one line naming the server.
 
-    def __init__(self, message: str, *, reply: int | None = None) -> None:
+    REPLY is the server's option error code; LOST says the connection stalled or closed.
+    """
+
+    def __init__(self, message: str, *, reply: int | None = None, lost: bool = False) -> None:
         super().__init__(message)
         self.reply = reply
+        self.lost = lost
 
 
 @dataclass(frozen=True)
@@ -145,13 +149,13 @@ class Wire:
         self.peer = peer
         self.deadline = deadline
 
-    def fail(self, problem: str, *, reply: int | None = None) -> NbdError:
-        return NbdError(f"NBD server {self.peer}: {problem}", reply=reply)
+    def fail(self, problem: str, *, reply: int | None = None, lost: bool = False) -> NbdError:
+        return NbdError(f"NBD server {self.peer}: {problem}", reply=reply, lost=lost)
 
     def _arm(self) -> None:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise self.fail("no answer in time")
+            raise self.fail("no answer in time", lost=True)
         self.sock.settimeout(remaining)
 
     def send(self, data: bytes) -> None:
@@ -159,9 +163,9 @@ class Wire:
         try:
             self.sock.sendall(data)
         except TimeoutError:
-            raise self.fail("no answer in time (send stalled)") from None
+            raise self.fail("no answer in time (send stalled)", lost=True) from None
         except OSError as error:
-            raise self.fail(f"connection lost while sending ({error.strerror or error})") from None
+            raise self.fail(f"connection lost while sending ({error.strerror or error})", lost=True) from None
 
     def recv(self, size: int, what: str) -> bytes:
         chunks = bytearray()
@@ -170,25 +174,25 @@ class Wire:
             try:
                 chunk = self.sock.recv(min(size - len(chunks), 65536))
             except TimeoutError:
-                raise self.fail(f"no answer in time (waiting for {what})") from None
+                raise self.fail(f"no answer in time (waiting for {what})", lost=True) from None
             except OSError as error:
-                raise self.fail(f"connection lost while reading {what} ({error.strerror or error})") from None
+                raise self.fail(f"connection lost while reading {what} ({error.strerror or error})", lost=True) from None
             if not chunk:
-                raise self.fail(f"closed the connection while sending {what}")
+                raise self.fail(f"closed the connection while sending {what}", lost=True)
             chunks += chunk
         return bytes(chunks)
 
 
 def greet(wire: Wire) -> int:
     """Read the server greeting, answer with our client flags; returns the handshake flags."""
-    head = wire.recv(18, "the greeting")
-    magic, option_magic, flags = struct.unpack(">QQH", head)
+    magic, option_magic = struct.unpack(">QQ", wire.recv(16, "the greeting"))
     if magic != NBDMAGIC:
         raise wire.fail(f"not an NBD server (bad greeting magic {magic:#018x})")
     if option_magic != IHAVEOPT:
         if option_magic == 0x00420281861253:
             raise wire.fail("old-style NBD server; only the fixed newstyle handshake is supported")
         raise wire.fail(f"bad greeting (magic {option_magic:#018x})")
+    (flags,) = struct.unpack(">H", wire.recv(2, "the greeting"))
     if not flags & FLAG_FIXED_NEWSTYLE:
         raise wire.fail("server does not speak the fixed newstyle handshake")
     wire.send(struct.pack(">I", flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)))
@@ -332,7 +336,7 @@ def export_name(wire: Wire, export: str, *, no_zeroes: bool) -> ExportInfo:
     try:
         size, flags = struct.unpack(">QH", wire.recv(10, "the export size"))
     except NbdError as error:
-        if "closed the connection" in str(error):
+        if error.lost:
             raise wire.fail(f"export {export!r} not found (or the server closed the connection)") from None
         raise
     if not no_zeroes:

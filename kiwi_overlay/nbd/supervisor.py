@@ -186,12 +186,12 @@ class Supervisor:
         path.with_suffix(".tmp").rename(path)
 
     def run(self, ready: Any) -> None:
-        socks = self.first_connections()
         try:
-            link = kernel.Netlink()
+            link = kernel.Netlink()  # first: a kernel without nbd fails now, not after the wait for the server
         except kernel.Unsupported:
-            self.run_ioctl(socks, ready)
+            self.run_ioctl(self.first_connections(), ready)
             return
+        socks = self.first_connections()
         listener = kernel.Netlink(load_module=False)
         listener.subscribe()
         index = kernel.connect(link, [sock.fileno() for sock in socks], self.config(), index=self.request.device)
