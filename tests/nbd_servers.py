@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 IMAGE_SIZE = 4 << 20
@@ -146,10 +146,8 @@ class Hostile:
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def _run(self, conn: socket.socket) -> None:
-        try:
+        with suppress(OSError):
             self.script(conn)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.listener.close()

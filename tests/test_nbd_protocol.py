@@ -417,5 +417,5 @@ def test_wire_reads_are_bounded_by_the_deadline() -> None:
     left, right = socket.socketpair()
     with left, right:
         wire = Wire(left, peer="test", deadline=time.monotonic() + 0.2)
-        with pytest.raises(NbdError, match="^NBD server test: no answer in time"):
+        with pytest.raises(NbdError, match=r"^NBD server test: no answer in time"):
             wire.recv(1, "anything")
