@@ -65,6 +65,7 @@ def attach_root(root: NbdRoot, *, timeout: float, device: Path | None = None, st
 
     Waits up to TIMEOUT seconds for the server. Raises NbdError (one line); nothing stays attached then.
     """
+    from kiwi_overlay import log
     from kiwi_overlay.nbd import kernel
     from kiwi_overlay.nbd.supervisor import PROCESS_NAME, Request
 
@@ -74,6 +75,7 @@ def attach_root(root: NbdRoot, *, timeout: float, device: Path | None = None, st
         device=kernel.device_index(device) if device is not None else None,
         state_dir=state_dir or STATE_DIR,
         log_to_kmsg=kmsg,
+        debug=log.debugging(),
     )
     process = subprocess.Popen(
         [PROCESS_NAME, "-m", "kiwi_overlay.nbd.supervisor"],
@@ -149,6 +151,9 @@ def detach(device: Path, *, state_dir: Path | None = None) -> None:
     # The supervisor goes first: it would take the disconnect for a dead link and reconnect.
     if isinstance(pid, int):
         _stop_supervisor(pid)
+    if not kernel.connected(index):
+        record_path.unlink(missing_ok=True)
+        return  # with the ioctl interface the supervisor's end was the disconnect
     try:
         link = kernel.Netlink()
     except kernel.Unsupported:

@@ -45,11 +45,19 @@ class Request:
     device: int | None
     state_dir: Path
     log_to_kmsg: bool
+    debug: bool = False
 
     def to_json(self) -> str:
         root = {name: str(value) if isinstance(value, Path) else value for name, value in self.root.__dict__.items() if name != "transport"}
         return json.dumps(
-            {"root": root, "timeout": self.timeout, "device": self.device, "state_dir": str(self.state_dir), "kmsg": self.log_to_kmsg}
+            {
+                "root": root,
+                "timeout": self.timeout,
+                "device": self.device,
+                "state_dir": str(self.state_dir),
+                "kmsg": self.log_to_kmsg,
+                "debug": self.debug,
+            }
         )
 
     @classmethod
@@ -64,6 +72,7 @@ class Request:
             device=data["device"],
             state_dir=Path(data["state_dir"]),
             log_to_kmsg=bool(data["kmsg"]),
+            debug=bool(data["debug"]),
         )
 
 
@@ -206,16 +215,20 @@ class Supervisor:
             kernel.disconnect(link, index)
             raise
         while True:
-            for dead in kernel.dead_link_indexes(listener.events()):
-                if dead != index:
-                    continue
+            try:
+                dead_links = kernel.dead_link_indexes(listener.events())
+            except Exception as error:  # a root device's only helper does not give up
+                self.say(f"/dev/nbd{index}: reading kernel notifications failed ({error}); retrying")
+                time.sleep(1)
+                continue
+            for _ in (dead for dead in dead_links if dead == index):
                 self.say(f"/dev/nbd{index}: connection to {self.root.address} lost; reconnecting")
                 sock = self.reconnect()
                 try:
                     kernel.reconfigure(link, index, [sock.fileno()])
                     self.say(f"/dev/nbd{index}: reconnected to {self.root.uri}")
-                except NbdError as error:
-                    self.say(str(error))
+                except Exception as error:
+                    self.say(f"/dev/nbd{index}: {error}")
                 finally:
                     sock.close()
 
@@ -261,9 +274,17 @@ class Supervisor:
                 self.kmsg = None
 
 
+def _harden() -> None:
+    """Not the OOM killer's first choice (the root filesystem depends on us); no hold on the initrd's cwd."""
+    os.chdir("/")
+    with contextlib.suppress(OSError):  # not root, or no /proc: fine for `nbd attach` by hand
+        Path("/proc/self/oom_score_adj").write_text("-1000\n")
+
+
 def main() -> int:
     request = Request.from_json(sys.stdin.read())
-    log.configure(debug=False)
+    log.configure(debug=request.debug)
+    _harden()
     out = sys.stdout
 
     def ready(line: str) -> None:
