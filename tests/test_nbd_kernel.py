@@ -78,11 +78,13 @@ def test_connect_without_io_timeout_keeps_the_kernel_default() -> None:
     assert 4 not in dict(attrs)
 
 
-def test_reconfigure_has_index_and_new_sockets_only() -> None:
-    command, _, attrs = encoded(kernel.build(kernel.CMD_RECONFIGURE, index=2, fds=[9]))
+def test_reconfigure_has_index_backend_and_new_sockets() -> None:
+    # Linux refuses RECONFIGURE of a device connected with a backend identifier unless it names the same one.
+    command, _, attrs = encoded(kernel.build(kernel.CMD_RECONFIGURE, index=2, fds=[9], backend="kiwi-overlay nbd://h/x"))
     assert command == 3
-    assert [kind for kind, _ in attrs] == [1, 7]
+    assert [kind for kind, _ in attrs] == [1, 10, 7]
     assert u32(dict(attrs)[1]) == 2
+    assert dict(attrs)[10].rstrip(b"\0") == b"kiwi-overlay nbd://h/x"
     (item,) = attributes(dict(attrs)[7])
     assert attributes(item[1]) == [(1, struct.pack("=I", 9))]
 

@@ -53,9 +53,12 @@ def root_from_uri(
 
 
 def _child_environment() -> dict[str, str]:
-    # argv[0] is not a path, so the child cannot find a virtualenv from it: hand over our sys.path.
+    # argv[0] is not a path, so the child cannot find a virtualenv from it: hand over our sys.path,
+    # and this package's own directory first (an editable install is found by an import hook, not a path).
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(entry for entry in sys.path if entry and Path(entry).exists())
+    package_parent = str(Path(__file__).resolve().parents[2])
+    paths = [package_parent, *(entry for entry in sys.path if entry and entry != package_parent and Path(entry).is_dir())]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.pop("PYTHONHOME", None)
     return env
 

@@ -29,7 +29,7 @@ MAX_DELAY = 10.0
 ATTEMPT_TIMEOUT = 30.0
 # A server whose accept queue overflowed (nbd-server listens with a backlog of 10) has the
 # connection but not accepted it: after this long without a greeting, connect again.
-GREETING_TIMEOUT = 3.0
+GREETING_TIMEOUT = 5.0
 
 
 class Unreachable(NbdError):

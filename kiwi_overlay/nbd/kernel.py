@@ -90,8 +90,10 @@ def message_class() -> type[Any]:
     return nbd_msg
 
 
-def build(command: int, *, index: int | None = None, fds: Sequence[int] = (), config: Config | None = None) -> Any:
-    """An nbd genetlink message: CONNECT, RECONFIGURE, DISCONNECT or STATUS."""
+def build(
+    command: int, *, index: int | None = None, fds: Sequence[int] = (), config: Config | None = None, backend: str | None = None
+) -> Any:
+    """An nbd genetlink message: CONNECT (with CONFIG), RECONFIGURE (with BACKEND), DISCONNECT or STATUS."""
     msg = message_class()()
     msg["cmd"] = command
     msg["version"] = 1
@@ -108,6 +110,8 @@ def build(command: int, *, index: int | None = None, fds: Sequence[int] = (), co
         ]
         if config.io_timeout is not None:
             attrs.append(("NBD_ATTR_TIMEOUT", round(config.io_timeout)))
+    if backend is not None:
+        attrs.append(("NBD_ATTR_BACKEND_IDENTIFIER", backend))
     if fds:
         items = [("NBD_SOCK_ITEM", {"attrs": [("NBD_SOCK_FD", fd)]}) for fd in fds]
         attrs.append(("NBD_ATTR_SOCKETS", {"attrs": items}))
@@ -201,8 +205,9 @@ def connect(link: Netlink, fds: Sequence[int], config: Config, *, index: int | N
     return index
 
 
-def reconfigure(link: Netlink, index: int, fds: Sequence[int]) -> None:
-    link.request(build(CMD_RECONFIGURE, index=index, fds=fds), what=f"reconnecting /dev/nbd{index}")
+def reconfigure(link: Netlink, index: int, fds: Sequence[int], *, backend: str) -> None:
+    """New sockets for dead ones; the kernel refuses it unless BACKEND is the one given at CONNECT."""
+    link.request(build(CMD_RECONFIGURE, index=index, fds=fds, backend=backend), what=f"reconnecting /dev/nbd{index}")
 
 
 def disconnect(link: Netlink, index: int) -> None:

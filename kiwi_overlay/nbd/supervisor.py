@@ -225,7 +225,7 @@ class Supervisor:
                 self.say(f"/dev/nbd{index}: connection to {self.root.address} lost; reconnecting")
                 sock = self.reconnect()
                 try:
-                    kernel.reconfigure(link, index, [sock.fileno()])
+                    kernel.reconfigure(link, index, [sock.fileno()], backend=self.config().backend)
                     self.say(f"/dev/nbd{index}: reconnected to {self.root.uri}")
                 except Exception as error:
                     self.say(f"/dev/nbd{index}: {error}")

@@ -1,0 +1,51 @@
+#!/bin/bash
+# Runs inside the QEMU guest of test_nbd_guest.py (the host's root, read-only, over 9p):
+# attach with kiwi-overlay, read, restart the server, read again (reconnect), detach.
+set -eu
+checkout=$1
+export PYTHONDONTWRITEBYTECODE=1
+ko() { "$checkout/.venv/bin/python" -m kiwi_overlay "$@"; }
+step() { echo "KO-NBD: $*"; }
+supervisor_pid() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' /run/kiwi-overlay/nbd/nbd0.json; }
+
+ip link set lo up
+work=/tmp/nbd
+mkdir -p "$work"
+printf 'kiwi-overlay guest image\n' > "$work/rootfs.img"
+truncate -s 16M "$work/rootfs.img"
+cat > "$work/config" <<CONFIG
+[generic]
+user = root
+group = root
+listenaddr = 127.0.0.1
+[rootfs]
+exportname = $work/rootfs.img
+readonly = true
+CONFIG
+nbd-server -C "$work/config" -p "$work/pid"
+
+device=$(ko nbd attach nbd://127.0.0.1/rootfs --connections 2 --timeout 60)
+[ "$device" = /dev/nbd0 ] && step "attached $device"
+pid=$(supervisor_pid)
+step "argv0 $(tr '\0' '\n' < "/proc/$pid/cmdline" | head -n 1)"
+step "read-only $(blockdev --getro "$device")"
+step "backend $(cat /sys/block/nbd0/backend 2>/dev/null || echo none)"
+dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "first sector ok"
+
+# A server restart: the kernel reports the dead links, the supervisor negotiates again.
+server=$(cat "$work/pid")
+kill "$server"
+while kill -0 "$server" 2>/dev/null; do sleep 0.1; done
+sleep 2
+nbd-server -C "$work/config" -p "$work/pid"
+dd if="$device" bs=4096 count=1 skip=1 iflag=direct status=none > /dev/null && step "read after restart ok"
+for _ in $(seq 1 300); do
+    dmesg | grep -q "kiwi-overlay-nbd.*reconnected" && break
+    sleep 0.1
+done
+dmesg | grep "kiwi-overlay-nbd" || true
+dmesg | grep -q "kiwi-overlay-nbd.*reconnected" && step "reconnected"
+dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "first sector ok after reconnect"
+
+ko nbd detach "$device"
+[ ! -e /sys/block/nbd0/pid ] && ! kill -0 "$pid" 2>/dev/null && [ ! -e /run/kiwi-overlay/nbd/nbd0.json ] && step "detached"
