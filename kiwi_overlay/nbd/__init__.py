@@ -151,12 +151,21 @@ def detach(device: Path, *, state_dir: Path | None = None) -> None:
     record_path = state_dir / f"nbd{index}.json"
     record = next((r for r in _records(state_dir) if r.get("index") == index), None)
     pid = record.get("pid") if record else None
-    # The supervisor goes first: it would take the disconnect for a dead link and reconnect.
+    if isinstance(pid, int) and record and record.get("mode") == "ioctl":
+        # Its NBD_DO_IT is the connection: ending it disconnects (a disconnect first would be taken for a lost link).
+        _stop_supervisor(pid)
+    if kernel.connected(index):
+        # Netlink: the kernel sends no LINK_DEAD for a disconnect it was asked for, and the
+        # supervisor still carries the TLS traffic of NBD_CMD_DISC: it goes after.
+        _disconnect(device, index)
     if isinstance(pid, int):
         _stop_supervisor(pid)
-    if not kernel.connected(index):
-        record_path.unlink(missing_ok=True)
-        return  # with the ioctl interface the supervisor's end was the disconnect
+    record_path.unlink(missing_ok=True)
+
+
+def _disconnect(device: Path, index: int) -> None:
+    from kiwi_overlay.nbd import kernel
+
     try:
         link = kernel.Netlink()
     except kernel.Unsupported:
@@ -164,12 +173,11 @@ def detach(device: Path, *, state_dir: Path | None = None) -> None:
             kernel.ioctl_disconnect(device)
         except OSError as error:
             raise NbdError(f"{device}: cannot disconnect ({error.strerror})") from None
-    else:
-        try:
-            kernel.disconnect(link, index)
-        finally:
-            link.close()
-    record_path.unlink(missing_ok=True)
+        return
+    try:
+        kernel.disconnect(link, index)
+    finally:
+        link.close()
 
 
 def detach_all(*, state_dir: Path | None = None) -> None:

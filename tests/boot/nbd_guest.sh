@@ -49,3 +49,15 @@ dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay
 
 ko nbd detach "$device"
 [ ! -e /sys/block/nbd0/pid ] && ! kill -0 "$pid" 2>/dev/null && [ ! -e /run/kiwi-overlay/nbd/nbd0.json ] && step "detached"
+
+# nbds://: the kernel gets a socket pair, the supervisor carries it over TLS to qemu-nbd.
+pki=$2
+qemu-nbd --persistent --shared=0 --port 10810 --bind 127.0.0.1 -x rootfs -f raw --read-only \
+    --object "tls-creds-x509,id=tls0,dir=$pki,endpoint=server,verify-peer=off" --tls-creds tls0 "$work/rootfs.img" &
+qemu=$!
+device=$(ko nbd attach nbds://127.0.0.1:10810/rootfs --tls-ca "$pki/ca-cert.pem" --timeout 60)
+[ "$device" = /dev/nbd0 ] && step "tls attached $device"
+dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "tls first sector ok"
+ko nbd detach "$device"
+[ ! -e /sys/block/nbd0/pid ] && step "tls detached"
+kill "$qemu"

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from guest_kernel import GuestKernel, guest_kernel
+from nbd_servers import make_ca, sign
 
 pytestmark = [pytest.mark.boot, pytest.mark.root]
 
@@ -33,10 +35,10 @@ mount -t tmpfs upper /upper; mkdir /upper/rw /upper/work
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/rw,workdir=/upper/work root /newroot || poweroff -f
 mkdir -p /newroot/lib/modules
 for dir in proc sys dev; do mount --bind /$dir /newroot/$dir; done
-mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run
+mount -t tmpfs run /newroot/run
 mount --bind /newroot{moddir} /newroot/lib/modules
 echo KO-NBD-GUEST-START
-chroot /newroot /bin/bash {checkout}/tests/boot/nbd_guest.sh {checkout} 2>&1
+chroot /newroot /bin/bash {checkout}/tests/boot/nbd_guest.sh {checkout} {pki} 2>&1
 echo KO-NBD-GUEST-EXIT $?
 poweroff -f
 """
@@ -62,6 +64,16 @@ def _module_files(kernel: GuestKernel) -> list[Path]:
     return [kernel.moddir / module for module in order]
 
 
+def _pki(directory: Path) -> Path:
+    """ca-cert.pem, server-cert.pem, server-key.pem (for qemu-nbd) in DIRECTORY, seen by the guest through 9p."""
+    ca = make_ca(directory, "ca")
+    server = sign(directory, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
+    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
+        if source.name != name:
+            (directory / name).write_bytes(source.read_bytes())
+    return directory
+
+
 def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
     tree = directory / "initramfs"
     for sub in ("bin", "proc", "sys", "dev", "newroot", "modules"):
@@ -72,7 +84,9 @@ def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
         shutil.copy(module, tree / "modules" / module.name)
     modules_in_host_root = kernel.moddir.parent  # /lib/modules of the guest kernel tree, seen through 9p
     (tree / "init").write_text(
-        INIT.format(modules=" ".join(module.name for module in modules), moddir=modules_in_host_root, checkout=CHECKOUT)
+        INIT.format(
+            pki=_pki(directory / "pki"), modules=" ".join(module.name for module in modules), moddir=modules_in_host_root, checkout=CHECKOUT
+        )
     )
     (tree / "init").chmod(0o755)
     image = directory / "initramfs.cpio"
@@ -98,5 +112,18 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
     (tmp_path / "console.log").write_text(output)  # kept by pytest for a look after a failure
     assert "KO-NBD-GUEST-START" in output, output[-3000:]
     assert "KO-NBD-GUEST-EXIT 0" in output, output[-6000:]
-    for step in ("attached /dev/nbd0", "argv0 @kiwi-overlay-nbd", "read-only 1", "first sector ok", "reconnected", "detached"):
+    steps = (
+        "attached /dev/nbd0",
+        "argv0 @kiwi-overlay-nbd",
+        "read-only 1",
+        "first sector ok",
+        "read after restart ok",
+        "reconnected",
+        "first sector ok after reconnect",
+        "detached",
+        "tls attached /dev/nbd0",
+        "tls first sector ok",
+        "tls detached",
+    )
+    for step in steps:
         assert f"KO-NBD: {step}" in output, output[-6000:]
