@@ -65,8 +65,8 @@ def cmd_nbd(args: argparse.Namespace) -> int:
         else:
             raise KiwiOverlayError("nbd detach needs /dev/nbdN or --all")
         return 0
-    if args.nbd_command == "list" and "/" not in args.uri and args.uri.count(":") <= 1 and not args.uri.startswith("["):
-        args.uri = f"nbd://{args.uri}/"  # HOST[:PORT]
+    if args.nbd_command == "list" and "://" not in args.uri:
+        args.uri = f"nbd://{args.uri}/"  # HOST[:PORT], [IPv6][:PORT]
     root = _nbd_root(args)
     if args.nbd_command == "attach":
         print(nbd.attach_root(root, timeout=args.timeout, device=args.device))
@@ -81,7 +81,8 @@ def cmd_nbd(args: argparse.Namespace) -> int:
 
             print(json.dumps([{"name": e.name, "description": e.description} for e in exports], indent=2))
         else:
-            print("\n".join(e.name for e in exports) if exports else "", end="\n" if exports else "")
+            for entry in exports:
+                print(entry.name)
         return 0
     info = connect.with_retry(
         lambda deadline: connect.export_info(root, deadline=deadline, context=context), root=root, timeout=args.timeout

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the QEMU guest of test_nbd_guest.py (the host's root, read-only, over 9p):
-# attach with kiwi-overlay, read, restart the server, read again (reconnect), detach.
+# attach with kiwi-overlay, read, hide the Python files (as switch_root would), restart the
+# server, read again (reconnect), detach; then the same over TLS.
 set -eu
 checkout=$1
 export PYTHONDONTWRITEBYTECODE=1
@@ -32,6 +33,11 @@ step "read-only $(blockdev --getro "$device")"
 step "backend $(cat /sys/block/nbd0/backend 2>/dev/null || echo none)"
 dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "first sector ok"
 
+# What switch_root does to the initrd: the files the supervisor was started from disappear.
+hidden=(/usr/lib/python3.11 "$checkout")
+for dir in "${hidden[@]}"; do mv "$dir" "$dir.hidden"; done
+[ ! -e "$checkout" ] && step "python files gone"
+
 # A server restart: the kernel reports the dead links, the supervisor negotiates again.
 server=$(cat "$work/pid")
 kill "$server"
@@ -46,6 +52,7 @@ done
 dmesg | grep "kiwi-overlay-nbd" || true
 dmesg | grep -q "kiwi-overlay-nbd.*reconnected" && step "reconnected"
 dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "first sector ok after reconnect"
+for dir in "${hidden[@]}"; do mv "$dir.hidden" "$dir"; done
 
 ko nbd detach "$device"
 [ ! -e /sys/block/nbd0/pid ] && ! kill -0 "$pid" 2>/dev/null && [ ! -e /run/kiwi-overlay/nbd/nbd0.json ] && step "detached"

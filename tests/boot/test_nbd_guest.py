@@ -32,7 +32,7 @@ mkdir -p /lower /upper
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000 hostroot /lower || poweroff -f
 # A writable view of the host's root: the host may lack /lib/modules, the guest needs it.
 mount -t tmpfs upper /upper; mkdir /upper/rw /upper/work
-mount -t overlay -o lowerdir=/lower,upperdir=/upper/rw,workdir=/upper/work root /newroot || poweroff -f
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/rw,workdir=/upper/work,redirect_dir=on root /newroot || poweroff -f
 mkdir -p /newroot/lib/modules
 for dir in proc sys dev; do mount --bind /$dir /newroot/$dir; done
 mount -t tmpfs run /newroot/run
@@ -117,6 +117,7 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         "argv0 @kiwi-overlay-nbd",
         "read-only 1",
         "first sector ok",
+        "python files gone",
         "read after restart ok",
         "reconnected",
         "first sector ok after reconnect",
