@@ -80,6 +80,7 @@ def attach_root(root: NbdRoot, *, timeout: float, device: Path | None = None, st
         log_to_kmsg=kmsg,
         debug=log.debugging(),
     )
+    log.debug(f"starting the NBD supervisor for {root.uri}")
     process = subprocess.Popen(
         [PROCESS_NAME, "-m", "kiwi_overlay.nbd.supervisor"],
         executable=sys.executable,

@@ -134,9 +134,8 @@ class Supervisor:
             wanted = self.root.connections if info.multi_conn else 1
             if wanted < self.root.connections:
                 log.info(f"{self.root.uri}: server does not allow several connections; using one")
-            deadline = time.monotonic() + self.request.timeout
             for _ in range(wanted - 1):
-                socks.append(self._open(deadline)[0])
+                socks.append(connect.with_retry(self._open, root=self.root, timeout=self.request.timeout)[0])
         except BaseException:
             for each in socks:
                 each.close()
@@ -195,15 +194,20 @@ class Supervisor:
         path.with_suffix(".tmp").rename(path)
 
     def run(self, ready: Any) -> None:
+        log.debug("nbd supervisor: started")
         try:
             link = kernel.Netlink()  # first: a kernel without nbd fails now, not after the wait for the server
         except kernel.Unsupported:
+            log.debug("nbd supervisor: no nbd netlink family; using the ioctl interface")
             self.run_ioctl(self.first_connections(), ready)
             return
+        log.debug("nbd supervisor: nbd netlink family bound")
         socks = self.first_connections()
+        log.debug(f"nbd supervisor: {len(socks)} connection(s) to {self.root.uri} negotiated")
         listener = kernel.Netlink(load_module=False)
         listener.subscribe()
         index = kernel.connect(link, [sock.fileno() for sock in socks], self.config(), index=self.request.device)
+        log.debug(f"nbd supervisor: /dev/nbd{index} connected")
         try:
             for sock in socks:
                 sock.close()  # the kernel holds its own references

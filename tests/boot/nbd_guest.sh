@@ -25,8 +25,10 @@ readonly = true
 CONFIG
 nbd-server -C "$work/config" -p "$work/pid"
 
-device=$(ko nbd attach nbd://127.0.0.1/rootfs --connections 2 --timeout 60)
+started=$(date +%s%N)
+device=$(ko nbd attach nbd://127.0.0.1/rootfs --connections 2 --timeout 60 --debug)
 [ "$device" = /dev/nbd0 ] && step "attached $device"
+step "attach took $(( ($(date +%s%N) - started) / 1000000 )) ms (TCG; not a benchmark)"
 pid=$(supervisor_pid)
 step "argv0 $(tr '\0' '\n' < "/proc/$pid/cmdline" | head -n 1)"
 step "read-only $(blockdev --getro "$device")"
