@@ -69,7 +69,7 @@ def cmd_nbd(args: argparse.Namespace) -> int:
         args.uri = f"nbd://{args.uri}/"  # HOST[:PORT], [IPv6][:PORT]
     root = _nbd_root(args)
     if args.nbd_command == "attach":
-        print(nbd.attach_root(root, timeout=args.timeout, device=args.device))
+        print(nbd.attach_root(root, timeout=args.timeout, device=args.device, ioctl=args.ioctl))
         return 0
     context = connect.tls_context(root)
     if args.nbd_command == "list":
@@ -132,6 +132,7 @@ def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         else:
             action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
             action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
+            action.add_argument("--ioctl", action="store_true", help="the old ioctl interface even where netlink exists")
     detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
     detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
     detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")

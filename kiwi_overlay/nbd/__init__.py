@@ -63,7 +63,9 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
-def attach_root(root: NbdRoot, *, timeout: float, device: Path | None = None, state_dir: Path | None = None, kmsg: bool = True) -> Path:
+def attach_root(
+    root: NbdRoot, *, timeout: float, device: Path | None = None, state_dir: Path | None = None, kmsg: bool = True, ioctl: bool = False
+) -> Path:
     """Attach ROOT's export as a block device (the kernel's choice, or DEVICE) and supervise it; returns /dev/nbdN.
 
     Waits up to TIMEOUT seconds for the server. Raises NbdError (one line); nothing stays attached then.
@@ -79,6 +81,7 @@ def attach_root(root: NbdRoot, *, timeout: float, device: Path | None = None, st
         state_dir=state_dir or STATE_DIR,
         log_to_kmsg=kmsg,
         debug=log.debugging(),
+        ioctl=ioctl,
     )
     log.debug(f"starting the NBD supervisor for {root.uri}")
     process = subprocess.Popen(

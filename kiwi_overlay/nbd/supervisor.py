@@ -46,6 +46,7 @@ class Request:
     state_dir: Path
     log_to_kmsg: bool
     debug: bool = False
+    ioctl: bool = False  # the old interface even where netlink exists (like nbd-client -nonetlink)
 
     def to_json(self) -> str:
         root = {name: str(value) if isinstance(value, Path) else value for name, value in self.root.__dict__.items() if name != "transport"}
@@ -57,6 +58,7 @@ class Request:
                 "state_dir": str(self.state_dir),
                 "kmsg": self.log_to_kmsg,
                 "debug": self.debug,
+                "ioctl": self.ioctl,
             }
         )
 
@@ -73,6 +75,7 @@ class Request:
             state_dir=Path(data["state_dir"]),
             log_to_kmsg=bool(data["kmsg"]),
             debug=bool(data["debug"]),
+            ioctl=bool(data["ioctl"]),
         )
 
 
@@ -196,9 +199,12 @@ class Supervisor:
     def run(self, ready: Any) -> None:
         log.debug("nbd supervisor: started")
         try:
+            if self.request.ioctl:
+                kernel.load_nbd_module()
+                raise kernel.Unsupported("the ioctl interface was asked for")
             link = kernel.Netlink()  # first: a kernel without nbd fails now, not after the wait for the server
-        except kernel.Unsupported:
-            log.debug("nbd supervisor: no nbd netlink family; using the ioctl interface")
+        except kernel.Unsupported as why:
+            log.debug(f"nbd supervisor: {why}; using the ioctl interface")
             self.run_ioctl(self.first_connections(), ready)
             return
         log.debug("nbd supervisor: nbd netlink family bound")

@@ -59,14 +59,22 @@ for dir in "${hidden[@]}"; do mv "$dir.hidden" "$dir"; done
 ko nbd detach "$device"
 [ ! -e /sys/block/nbd0/pid ] && ! kill -0 "$pid" 2>/dev/null && [ ! -e /run/kiwi-overlay/nbd/nbd0.json ] && step "detached"
 
+# The ioctl interface (kernels without the netlink family), on a device named by --device.
+device=$(ko nbd attach nbd://127.0.0.1/rootfs --device /dev/nbd2 --ioctl --timeout 60)
+[ "$device" = /dev/nbd2 ] && [ -e /sys/block/nbd2/pid ] && step "ioctl attached $device"
+step "ioctl read-only $(blockdev --getro "$device")"
+dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "ioctl first sector ok"
+ko nbd detach "$device"
+[ ! -e /sys/block/nbd2/pid ] && [ ! -e /run/kiwi-overlay/nbd/nbd2.json ] && step "ioctl detached"
+
 # nbds://: the kernel gets a socket pair, the supervisor carries it over TLS to qemu-nbd.
 pki=$2
 qemu-nbd --persistent --shared=0 --port 10810 --bind 127.0.0.1 -x rootfs -f raw --read-only \
     --object "tls-creds-x509,id=tls0,dir=$pki,endpoint=server,verify-peer=off" --tls-creds tls0 "$work/rootfs.img" &
 qemu=$!
-device=$(ko nbd attach nbds://127.0.0.1:10810/rootfs --tls-ca "$pki/ca-cert.pem" --timeout 60)
-[ "$device" = /dev/nbd0 ] && step "tls attached $device"
+device=$(ko nbd attach nbds://127.0.0.1:10810/rootfs --tls-ca "$pki/ca-cert.pem" --timeout 60 --device /dev/nbd3)
+[ "$device" = /dev/nbd3 ] && step "tls attached $device"
 dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay guest image' && step "tls first sector ok"
 ko nbd detach "$device"
-[ ! -e /sys/block/nbd0/pid ] && step "tls detached"
+[ ! -e /sys/block/nbd3/pid ] && step "tls detached"
 kill "$qemu"

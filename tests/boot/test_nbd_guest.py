@@ -122,7 +122,11 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         "reconnected",
         "first sector ok after reconnect",
         "detached",
-        "tls attached /dev/nbd0",
+        "ioctl attached /dev/nbd2",
+        "ioctl read-only 1",
+        "ioctl first sector ok",
+        "ioctl detached",
+        "tls attached /dev/nbd3",
         "tls first sector ok",
         "tls detached",
     )
