@@ -114,7 +114,6 @@ class Supervisor:
         self.root = request.root
         self.context: ssl.SSLContext | None = connect.tls_context(self.root)
         self.info: ExportInfo | None = None
-        self.proxies: list[TlsProxy] = []
         self.kmsg: int | None = None
 
     # -- connections --------------------------------------------------------------------
@@ -124,11 +123,8 @@ class Supervisor:
 
     def kernel_socket(self, sock: socket.socket) -> socket.socket:
         """The socket the kernel gets: SOCK itself, or a proxied socketpair end for TLS."""
-        if self.context is None:
-            return sock
-        proxy = TlsProxy(sock)
-        self.proxies.append(proxy)
-        return proxy.kernel_end
+        # The proxy lives as long as its threads do: until either side of it is gone.
+        return sock if self.context is None else TlsProxy(sock).kernel_end
 
     def first_connections(self) -> list[socket.socket]:
         sock, info = connect.with_retry(self._open, root=self.root, timeout=self.request.timeout)
@@ -154,7 +150,8 @@ class Supervisor:
             try:
                 sock, info = self._open(time.monotonic() + connect.ATTEMPT_TIMEOUT)
             except KiwiOverlayError as error:
-                self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
+                if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
+                    self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
                 time.sleep(connect.backoff(attempt))
                 continue
             assert self.info is not None
