@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from kiwi_overlay.errors import KiwiOverlayError
 
 if TYPE_CHECKING:
-    from kiwi_overlay.config import NbdRoot, Plan
+    from kiwi_overlay.config import Plan
 
 
 def load_plan(args: argparse.Namespace) -> Plan:
@@ -40,69 +40,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nbd_root(args: argparse.Namespace) -> NbdRoot:
-    from kiwi_overlay.nbd import root_from_uri
-
-    return root_from_uri(
-        args.uri,
-        connections=getattr(args, "connections", 1),
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
-
-
 def cmd_nbd(args: argparse.Namespace) -> int:
-    from kiwi_overlay import log, nbd
-    from kiwi_overlay.nbd import connect
+    from kiwi_overlay.nbd.command import run_nbd_command
 
-    log.configure(debug=args.debug)
-    if args.nbd_command == "detach":
-        if args.all:
-            nbd.detach_all()
-        elif args.device:
-            nbd.detach(args.device)
-        else:
-            raise KiwiOverlayError("nbd detach needs /dev/nbdN or --all")
-        return 0
-    if args.nbd_command == "list" and "://" not in args.uri:
-        args.uri = f"nbd://{args.uri}/"  # HOST[:PORT], [IPv6][:PORT]
-    root = _nbd_root(args)
-    if args.nbd_command == "attach":
-        print(nbd.attach_root(root, timeout=args.timeout, device=args.device, ioctl=args.ioctl))
-        return 0
-    context = connect.tls_context(root)
-    if args.nbd_command == "list":
-        exports = connect.with_retry(
-            lambda deadline: connect.list_exports(root, deadline=deadline, context=context), root=root, timeout=args.timeout
-        )
-        if args.json:
-            import json
-
-            print(json.dumps([{"name": e.name, "description": e.description} for e in exports], indent=2))
-        else:
-            for entry in exports:
-                print(entry.name)
-        return 0
-    info = connect.with_retry(
-        lambda deadline: connect.export_info(root, deadline=deadline, context=context), root=root, timeout=args.timeout
-    )
-    data = {
-        "export": info.name,
-        "size": info.size,
-        "flags": list(info.flag_names),
-        "block_sizes": info.block_sizes.__dict__ if info.block_sizes else None,
-    }
-    if args.json:
-        import json
-
-        print(json.dumps(data, indent=2))
-    else:
-        sizes = info.block_sizes
-        print(f"export: {info.name}\nsize: {info.size}\nflags: {' '.join(info.flag_names)}")
-        if sizes:
-            print(f"block sizes: minimum {sizes.minimum}, preferred {sizes.preferred}, maximum {sizes.maximum}")
-    return 0
+    return run_nbd_command(args)
 
 
 def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
