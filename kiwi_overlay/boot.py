@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kiwi_overlay.config import AoeRoot, LocalRoot, Plan
+from kiwi_overlay.config import AoeRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 
 
@@ -27,20 +27,32 @@ def attach_read_device(plan: Plan, *, timeout: float) -> Path:
 
         bring_up(plan, timeout=timeout)
         timeout = max(deadline - time.monotonic(), 0.0)
-    if isinstance(root, LocalRoot):
-        from kiwi_overlay.devices import wait_for_device
+    if isinstance(root, NbdRoot):
+        from kiwi_overlay import nbd
 
-        return wait_for_device(root.device, timeout=timeout)
+        return nbd.attach_root(root, timeout=timeout)
     if isinstance(root, AoeRoot):
         from kiwi_overlay import aoe
 
         return aoe.attach_root(root, timeout=timeout)
-    raise KiwiOverlayError(f"root=overlay:{root.transport}...: this kiwi-overlay cannot attach {root.transport} roots yet")
+    from kiwi_overlay.devices import wait_for_device
+
+    return wait_for_device(root.device, timeout=timeout)
 
 
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
-    """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT."""
+    """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
+
+    A failure leaves nothing behind: the mounts are undone by assemble, an NBD device is detached here.
+    """
     device = attach_read_device(plan, timeout=plan.timeout)
     from kiwi_overlay.overlay import assemble
 
-    assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+    try:
+        assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+    except BaseException:
+        if isinstance(plan.root, NbdRoot):
+            from kiwi_overlay import nbd
+
+            nbd.detach(device)
+        raise

@@ -149,6 +149,46 @@ def _add_dracut_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     python.set_defaults(func=cmd_dracut_python)
 
 
+def cmd_nbd(args: argparse.Namespace) -> int:
+    from kiwi_overlay.nbd.command import run_nbd_command
+
+    return run_nbd_command(args)
+
+
+def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pathlib import Path
+
+    nbd = commands.add_parser("nbd", help="NBD client: list exports, show one, attach or detach a device")
+    nbd.set_defaults(func=cmd_nbd)
+    sub = nbd.add_subparsers(dest="nbd_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "export names on a server"),
+        ("info", "size, flags and block sizes of an export"),
+        ("attach", "attach an export as /dev/nbdN and print the device"),
+    ):
+        action = sub.add_parser(name, help=text)
+        action.add_argument(
+            "uri", metavar="HOST[:PORT]" if name == "list" else "URI", help="nbd://HOST[:PORT]/EXPORT, nbds://..., or HOST:EXPORT"
+        )
+        action.add_argument(
+            "--timeout", type=float, default=30.0 if name != "attach" else 120.0, metavar="S", help="seconds to wait for the server"
+        )
+        action.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle for nbds:// (default: the system's)")
+        action.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (with --tls-key)")
+        action.add_argument("--tls-key", type=Path, metavar="FILE", help="client key")
+        action.add_argument("--debug", action="store_true", help="print every step")
+        if name in ("list", "info"):
+            action.add_argument("--json", action="store_true", help="JSON" + (" with descriptions" if name == "list" else ""))
+        else:
+            action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
+            action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
+            action.add_argument("--ioctl", action="store_true", help="the old ioctl interface even where netlink exists")
+    detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
+    detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
+    detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")
+    detach.add_argument("--debug", action="store_true", help="print every step")
+
+
 def _add_cmdline_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmdline", metavar="STRING", help="use this kernel command line instead of /etc/cmdline.d and /proc/cmdline")
 
@@ -188,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layout_options(generator)
     generator.set_defaults(func=cmd_generate)
     _add_dracut_commands(commands)
+    _add_nbd_parser(commands)
     return parser
 
 

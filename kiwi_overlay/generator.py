@@ -119,6 +119,8 @@ OnFailureJobMode=replace-irreversibly
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# The NBD supervisor started by prepare must outlive this unit (switch-root stops it).
+KillMode=process
 ExecStart={" ".join(_exec_argument(argument) for argument in arguments)}
 TimeoutStartSec={_seconds(prepare_timeout(timeout))}
 StandardOutput=journal+console
