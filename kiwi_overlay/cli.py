@@ -9,10 +9,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kiwi_overlay.errors import KiwiOverlayError
 
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kiwi_overlay.config import Plan
 

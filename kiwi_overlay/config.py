@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.errors import OptionError
@@ -23,6 +22,11 @@ from kiwi_overlay.netconfig import (
     parse_nameserver,
     parse_route,
 )
+
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 NBD_DEFAULT_PORT = 10809
 DEFAULT_TIMEOUT = 120.0

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.errors import OptionError
 
-Method = Literal["dhcp", "dhcp6", "auto6", "static", "off"]
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Method = Literal["dhcp", "dhcp6", "auto6", "static", "off"]
+
 # dracut's autoconf keywords and what kiwi-overlay does for each.
 _METHODS: dict[str, Method] = {
     "dhcp": "dhcp",
