@@ -163,9 +163,12 @@ class QemuNbd(_Server):
 
     what = "qemu-nbd"
 
-    def __init__(self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8) -> None:
+    def __init__(
+        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8, trace: bool = False
+    ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.connections = connections
+        self.trace = trace  # qemu-nbd's nbd_* trace events (every request, with its type) into self.log
 
     def _launch(self) -> int:
         argv = [
@@ -177,6 +180,7 @@ class QemuNbd(_Server):
             "--persistent",
             f"--shared={self.connections}",
             *(["--read-only"] if self.readonly else []),
+            *(["--trace=nbd_*"] if self.trace else []),
             str(self.image),
         ]
         with self.log.open("ab") as log:
