@@ -7,7 +7,6 @@ time limits (other guests may share the machine); no assertion is about speed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import subprocess
@@ -118,7 +117,8 @@ def test_4_temporary_keeps_every_write_off_the_write_device(tmp_path: Path) -> N
 
 def test_5_readonly_root_has_no_overlay() -> None:
     with NbdServer(root_image("squashfs")) as server:
-        result = boot(Guest(initrd(), f"root=overlay:{server.url()} rd.root.overlay.readonly"), name="kiwi-5-readonly", timeout=BOOT_TIMEOUT)
+        guest = Guest(initrd(), f"root=overlay:{server.url()} rd.root.overlay.readonly")
+        result = boot(guest, name="kiwi-5-readonly", timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="squashfs", write="failed")
     assert (result.value("root-options") or "").split(",")[0] == "ro", result.describe()
     assert not any(" overlay " in line for line in result.mounts), result.describe()
@@ -184,15 +184,16 @@ def test_10_nbd_server_restarted_while_the_guest_runs() -> None:
     assert result.mark("poweroff") is not None, result.describe()
 
 
-@functools.cache
-def shutdown_disk(directory: Path) -> Disk:
-    return initrd_disk(initrd(), output=directory / "initrd.squashfs")
+@pytest.fixture(scope="module")
+def shutdown_disk(tmp_path_factory: pytest.TempPathFactory) -> Disk:
+    return initrd_disk(initrd(), output=tmp_path_factory.mktemp("shutdown") / "initrd.squashfs")
 
 
-def test_11_poweroff_with_the_nbd_root_disconnects_cleanly(tmp_path: Path) -> None:
+def test_11_poweroff_with_the_nbd_root_disconnects_cleanly(shutdown_disk: Disk) -> None:
+    """dracut's shutdown initramfs runs the module's hook: the NBD device is disconnected (NBD_CMD_DISC), no hang."""
     with QemuNbd(root_image("squashfs"), trace=True) as server:
         cmdline = f"root=overlay:{server.url()} ko.test=write-16M,shutdown-initramfs"
-        result = boot(Guest(initrd(), cmdline, disks=(shutdown_disk(tmp_path),)), name="kiwi-11-shutdown", timeout=BOOT_TIMEOUT)
+        result = boot(Guest(initrd(), cmdline, disks=(shutdown_disk,)), name="kiwi-11-shutdown", timeout=BOOT_TIMEOUT)
         trace = server.log.read_text(errors="replace")
     result.expect(root_fstype="overlay", write="ok", shutdown_initramfs="pivot")
     assert result.returncode == 0 and not result.timed_out, result.describe()
@@ -203,16 +204,19 @@ def test_11_poweroff_with_the_nbd_root_disconnects_cleanly(tmp_path: Path) -> No
 # ---- 12: systemd with systemd-networkd ----------------------------------------------------------------------------
 
 
-@functools.cache
-def systemd_networkd_initrd(directory: Path) -> Path:
-    """dracut's default network flavour on a systemd host (40network picks systemd-networkd when it is installed)."""
-    return kiwi_overlay_initrd(output=directory / "kiwi-overlay-systemd-networkd.img", systemd=True, extra_modules=("network", "systemd-networkd"))
+@pytest.fixture(scope="module")
+def systemd_networkd_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dracut's default network flavour on a systemd host: 40network picks systemd-networkd when it is installed."""
+    output = tmp_path_factory.mktemp("initrd") / "kiwi-overlay-systemd-networkd.img"
+    return kiwi_overlay_initrd(output=output, systemd=True, extra_modules=("network", "systemd-networkd"))
 
 
-def test_12_systemd_initrd_with_systemd_networkd(tmp_path: Path) -> None:
-    initrd_path = systemd_networkd_initrd(tmp_path)
+def test_12_systemd_initrd_with_systemd_networkd_boots_scenario_1(systemd_networkd_initrd: Path) -> None:
+    """Where KIWI's original module never boots (facts.md): systemd-networkd runs, no dracut netroot handler does."""
     with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
         cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M"
-        result = boot(Guest(initrd_path, cmdline), name="kiwi-12-systemd-networkd", timeout=BOOT_TIMEOUT)
+        result = boot(Guest(systemd_networkd_initrd, cmdline), name="kiwi-12-systemd-networkd", timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="overlay", write="ok", write_16M="ok")
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
+    assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()
+    assert "Started systemd-networkd.service" in re.sub(r"\x1b\[[0-9;]*m", "", result.console()), result.describe()
