@@ -182,6 +182,11 @@ def test_10_nbd_server_restarted_while_the_guest_runs() -> None:
             result = guest.wait(timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
     assert result.mark("poweroff") is not None, result.describe()
+    # The outage was seen, the reads waited for the reconnect (not failed), then went on.
+    console = result.console()
+    lost, back, read = (console.find(text) for text in ("/dev/nbd0: connection to", "/dev/nbd0: reconnected to", "KO-MARK checksum="))
+    assert -1 < lost < back < read, result.describe()
+    assert "I/O error" not in console, result.describe()
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,9 @@ class _Server:
     def start(self) -> None:
         if self.running:
             return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            # Another server there would take the guest's connections (a fixed port, e.g. NBD's 10809).
+            raise RuntimeError(f"{self.what}: 127.0.0.1:{self.port} is already in use")
         self._pid = self._launch()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
