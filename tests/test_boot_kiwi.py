@@ -170,6 +170,18 @@ def test_9_nbd_server_down_at_boot_stops_with_a_clear_line_within_the_timeout() 
     assert "FATAL: kiwi-overlay" in console, result.describe()
 
 
+def test_9_with_systemd_the_failed_unit_ends_in_poweroff(systemd_networkd_initrd: Path) -> None:
+    """The same under systemd: kiwi-overlay.service fails with the line, sysroot.mount's dependency fails, rd.emergency=poweroff."""
+    server = NbdServer(root_image("squashfs"))
+    cmdline = f"root=overlay:{server.url()} rd.root.overlay.timeout=20"
+    result = boot(Guest(systemd_networkd_initrd, cmdline), name="kiwi-9-server-down-systemd", timeout=BOOT_TIMEOUT)
+    console = result.console()
+    assert not result.reached_root and not result.timed_out, result.describe()
+    gave_up = re.search(rf"kiwi-overlay: NBD server 10\.0\.2\.2:{server.port}: connection refused \(gave up after (\d+) s", console)
+    assert gave_up and int(gave_up[1]) <= 20, result.describe()
+    assert "Powering off." in console, result.describe()
+
+
 def test_10_nbd_server_restarted_while_the_guest_runs() -> None:
     """The server goes away while the root is in use and comes back: reads stall, then return the right data."""
     with NbdServer(root_image("squashfs")) as server:
