@@ -50,9 +50,9 @@ def busybox_sha256() -> str:
 def test_1_nbd_root_with_tmpfs_write_layer_and_nothing_else_on_the_command_line() -> None:
     """No rd.driver.pre=nbd, no ip=: the module loads nbd and brings the network up itself."""
     with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
-        cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M"
+        cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M,checksum"
         result = boot(Guest(initrd(), cmdline), name="kiwi-1-nbd-tmpfs", timeout=BOOT_TIMEOUT)
-    result.expect(root_fstype="overlay", write="ok", write_16M="ok")
+    result.expect(root_fstype="overlay", write="ok", write_16M="ok", checksum=busybox_sha256())
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()  # the write layer is in RAM
     assert "upperdir=/run/overlay/overlayfs/rw" in (result.value("root-options") or ""), result.describe()
@@ -231,9 +231,9 @@ def systemd_networkd_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_12_systemd_initrd_with_systemd_networkd_boots_scenario_1(systemd_networkd_initrd: Path) -> None:
     """Where KIWI's original module never boots (facts.md): systemd-networkd runs, no dracut netroot handler does."""
     with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
-        cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M"
+        cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M,checksum"
         result = boot(Guest(systemd_networkd_initrd, cmdline), name="kiwi-12-systemd-networkd", timeout=BOOT_TIMEOUT)
-    result.expect(root_fstype="overlay", write="ok", write_16M="ok")
+    result.expect(root_fstype="overlay", write="ok", write_16M="ok", checksum=busybox_sha256())  # NBD reads after networkd stopped
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()
     assert "Started systemd-networkd.service" in re.sub(r"\x1b\[[0-9;]*m", "", result.console()), result.describe()
