@@ -1,7 +1,8 @@
 """Issue 8's scenarios: kiwi-overlay's dracut module booting the guest kernel into the test root.
 
-Each initrd flavour is built once per session (session_initrd); every test boots one or two guests
-and checks what the root's init reports (tests/boot/qemu.py's marker protocol). Boots get generous
+The no-systemd initrd is built once per session (session_initrd), the systemd + systemd-networkd
+one once for this file; every test boots one or two guests and checks what the root's init
+reports (tests/boot/qemu.py's marker protocol) and what the console and the servers saw. Boots get generous
 time limits (other guests may share the machine); no assertion is about speed.
 """
 
