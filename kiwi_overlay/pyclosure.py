@@ -30,8 +30,8 @@ from kiwi_overlay.errors import KiwiOverlayError
 PACKAGES = ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
 # Imported by the trace besides kiwi_overlay's own imports: the packages as a whole (they ship
 # whole), ssl for nbds://, and what the standard library loads lazily where no import statement
-# names it (time.strptime, codec lookups by name).
-ALSO_IMPORTED = ("psutil", "pyroute2", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1")
+# names it (time.strptime, codec lookups by name: socket.getaddrinfo encodes a host name with idna).
+ALSO_IMPORTED = ("psutil", "pyroute2", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1", "encodings.idna")
 # How the initrd runs Python: isolated from PYTHON* variables and the user site, no site
 # import (all modules live in the standard-library directory), UTF-8 whatever the locale.
 INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")

@@ -20,6 +20,8 @@ from kiwi_overlay.config import NbdRoot
 from kiwi_overlay.nbd.protocol import NbdError
 
 STATE_DIR = Path("/run/kiwi-overlay/nbd")
+# Where the shutdown hook finds it: dracut's /shutdown moves the old root's /run to /oldsys/run first.
+SHUTDOWN_STATE_DIR = Path("/oldsys") / STATE_DIR.relative_to("/")
 # Beyond the negotiation timeout: loading the module and the kernel attach itself.
 ATTACH_MARGIN = 30.0
 
@@ -185,13 +187,17 @@ def _disconnect(device: Path, index: int) -> None:
 
 
 def detach_all(*, state_dir: Path | None = None) -> None:
-    """Detach every device attach_root() recorded (the shutdown hook); reports the first failure after trying all."""
-    state_dir = state_dir or STATE_DIR
+    """Detach every device attach_root() recorded (the shutdown hook); reports the first failure after trying all.
+
+    Without STATE_DIR: the records in STATE_DIR, or in SHUTDOWN_STATE_DIR inside the shutdown initramfs.
+    """
+    state_dirs = [state_dir] if state_dir else [STATE_DIR, SHUTDOWN_STATE_DIR]
     failures = []
-    for record in _records(state_dir):
-        try:
-            detach(Path(str(record["device"])), state_dir=state_dir)
-        except (NbdError, KeyError) as error:
-            failures.append(str(error))
+    for directory in state_dirs:
+        for record in _records(directory):
+            try:
+                detach(Path(str(record["device"])), state_dir=directory)
+            except (NbdError, KeyError) as error:
+                failures.append(str(error))
     if failures:
         raise NbdError("; ".join(failures))

@@ -156,7 +156,7 @@ def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -
             now = time.monotonic()
             delay = backoff(attempt)
             if now + delay >= end:
-                raise NbdError(f"{error} (gave up after {timeout:g} s, {attempt} attempts)") from None
+                raise NbdError(f"{error} (gave up after {timeout:.0f} s, {attempt} attempts)") from None
             log.debug(str(error))
-            log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:g} s)")
+            log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:.0f} s)")
             time.sleep(delay)

@@ -1,7 +1,8 @@
 """`make demo`: build the initrd and the root, serve the root over NBD, boot it with the console shown.
 
 Ends with a short summary: the root device, the layers, the time to root. `--scenario` picks what
-boots; SCENARIOS maps names to an initrd builder and the kernel command line for a served root.
+boots (default: kiwi-overlay, issue 8's scenario 1); SCENARIOS maps names to an initrd builder, the
+NBD port and the kernel command line for a served root.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.boot.guest_kernel import guest_kernel
-from tests.boot.initrd import stock_nbd_initrd
+from tests.boot.initrd import kiwi_overlay_initrd, stock_nbd_initrd
 from tests.boot.qemu import BootResult, Guest, boot
 from tests.boot.rootfs import root_image
 from tests.boot.servers import NbdServer
@@ -28,9 +29,16 @@ class Scenario:
     title: str
     build_initrd: Callable[[Path], Path]  # output path -> the initrd
     cmdline: Callable[[NbdServer], str]  # the served root -> the guest's kernel command line
+    port: int | None = None  # the NBD server's port; None: any free one
 
 
 SCENARIOS = {
+    "kiwi-overlay": Scenario(
+        "kiwi-overlay: root=overlay:nbd=HOST:EXPORT, a tmpfs write layer, nothing else on the command line",
+        lambda output: kiwi_overlay_initrd(output=output, systemd=False),
+        lambda server: f"root=overlay:nbd=10.0.2.2:{server.name}",
+        port=10809,  # the form without a port means NBD's default port
+    ),
     "stock-nbd": Scenario(
         "dracut's own NBD root with rootovl (the baseline)",
         lambda output: stock_nbd_initrd(output=output),
@@ -65,7 +73,7 @@ def summary(result: BootResult, *, initrd: Path, initrd_seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="stock-nbd")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="kiwi-overlay")
     args = parser.parse_args()
     scenario = SCENARIOS[args.scenario]
     print(f"== {scenario.title}", flush=True)
@@ -75,7 +83,7 @@ def main() -> int:
     started = time.monotonic()
     initrd = scenario.build_initrd(BUILD / f"{args.scenario}.img")
     initrd_seconds = time.monotonic() - started
-    with NbdServer(image) as server:
+    with NbdServer(image, port=scenario.port) as server:
         cmdline = scenario.cmdline(server)
         print(f"== NBD export '{server.name}' on 127.0.0.1:{server.port}; booting with: {cmdline}", flush=True)
         result = boot(Guest(initrd=initrd, cmdline=cmdline), name=f"demo-{args.scenario}", echo=sys.stdout)

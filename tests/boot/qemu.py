@@ -9,6 +9,7 @@ kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
     write=ok|failed                 a small file written and synced on /
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
+                                    checksum=SHA256 (of /bin/busybox, read through the layers),
                                     aoe-discover=eS.S|none, hold=SECONDS,
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))

@@ -81,6 +81,9 @@ class _Server:
     def start(self) -> None:
         if self.running:
             return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            # Another server there would take the guest's connections (a fixed port, e.g. NBD's 10809).
+            raise RuntimeError(f"{self.what}: 127.0.0.1:{self.port} is already in use")
         self._pid = self._launch()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -163,9 +166,12 @@ class QemuNbd(_Server):
 
     what = "qemu-nbd"
 
-    def __init__(self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8) -> None:
+    def __init__(
+        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8, trace: bool = False
+    ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.connections = connections
+        self.trace = trace  # qemu-nbd's nbd_* trace events (every request, with its type) into self.log
 
     def _launch(self) -> int:
         argv = [
@@ -177,6 +183,7 @@ class QemuNbd(_Server):
             "--persistent",
             f"--shared={self.connections}",
             *(["--read-only"] if self.readonly else []),
+            *(["--trace=nbd_*"] if self.trace else []),
             str(self.image),
         ]
         with self.log.open("ab") as log:
