@@ -133,4 +133,4 @@ def table(results: dict[tuple[str, bool], Samples]) -> str:
         dracut, kiwi = results[DRACUT, systemd], results[KIWI, systemd]
         rows.append(f"| {flavour} | {cell(dracut)} | {cell(kiwi)} | {ratio(kiwi.median, dracut.median)} |")
     notes = [f"- {TITLES[kind]}, {FLAVOURS[systemd]}: not measured: {s.failure}" for (kind, systemd), s in results.items() if s.failure]
-    return "\n".join(rows + ([""] + notes if notes else []))
+    return "\n".join(rows + (["", *notes] if notes else []))

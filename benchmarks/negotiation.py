@@ -58,11 +58,13 @@ def measure(*, runs: int, image: Path) -> list[Timings]:
             measured.append(Timings("nbd-client (process)", (), "not measured: this host has the nbd module"))
         else:
             argv = ["nbd-client", "127.0.0.1", str(server.port), "-N", server.name, "/dev/nbd0"]
-            measured.append(Timings("nbd-client (process, to its netlink failure)", tuple(_process(argv, expect="Negotiation:") for _ in range(runs))))
+            timings = tuple(_process(argv, expect="Negotiation:") for _ in range(runs))
+            measured.append(Timings("nbd-client (process, to its netlink failure)", timings))
         argv = [str(KIWI_OVERLAY), "nbd", "info", uri]
         measured.append(Timings("kiwi-overlay nbd info (process)", tuple(_process(argv, expect="size:") for _ in range(runs))))
         python = [sys.executable, "-c", "print('size:')"]
-        measured.append(Timings("python3 -c '' (the bare interpreter, for scale)", tuple(_process(python, expect="size:") for _ in range(runs))))
+        timings = tuple(_process(python, expect="size:") for _ in range(runs))
+        measured.append(Timings("python3 -c '' (the bare interpreter, for scale)", timings))
         in_process(uri)  # warm: imports and the first connection's setup are not the figure
         measured.append(Timings("kiwi-overlay connect.open_export (in-process)", tuple(in_process(uri) for _ in range(runs))))
     return measured
