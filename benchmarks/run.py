@@ -37,7 +37,7 @@ class Settings:
     net_runs: int
 
 
-FULL = Settings(boot_runs=3, phase_runs=2, read_runs=2, read_size_mb=64, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
+FULL = Settings(boot_runs=5, phase_runs=2, read_runs=3, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
 QUICK = Settings(boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3)
 
 
@@ -86,8 +86,8 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "boot", "1. Kernel start to the root's init (QEMU TCG)",
             "Guest uptime when the root's init starts (its first KO-MARK). Same squashfs root, nbd-server, Debian guest "
             "kernel, 1 vCPU, 1 GiB, QEMU user networking with DHCP. dracut: `root=nbd:...:squashfs rootovl ip=dhcp` "
-            f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. {s.boot_runs} rounds, "
-            "variants interleaved. Below 1: kiwi-overlay is faster.",
+            f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. Up to {s.boot_runs} boots "
+            "each, variants interleaved round by round. Below 1: kiwi-overlay is faster.",
             lambda: boot_time.table(boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image)),
         ),
         Section(
@@ -100,7 +100,8 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
         Section(
             "throughput", "5. Sequential read of the root device in the guest",
             f"`dd bs=1M` of the whole export ({s.read_size_mb} MiB: the root image padded with zeros) from the root's init, "
-            "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections). Above 1: faster than nbd-client.",
+            "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
+            "Above 1: faster than nbd-client.",
             lambda: throughput.table(
                 throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
                 size_mb=s.read_size_mb,
@@ -146,7 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one boot per variant, fewer host runs (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=ORDER, help="these sections only")
-    parser.add_argument("--boot-runs", type=int, help="boots per variant for item 1 (default 3)")
+    parser.add_argument("--boot-runs", type=int, help="boots per variant for item 1 (default 5)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL

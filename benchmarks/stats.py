@@ -40,10 +40,11 @@ def ratio(value: float | None, reference: float | None) -> str:
 
 
 def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
-    """`min-max (n runs)` for a table cell."""
+    """`min-max unit, n runs` for a table cell."""
     if not values:
         return "0 runs"
-    return f"{min(values):.{digits}f}-{max(values):.{digits}f} {unit} ({len(values)} runs)"
+    runs = f"{len(values)} run{'s' if len(values) > 1 else ''}"
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f} {unit}, {runs}"
 
 
 def _command(argv: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.boot_time import DRACUT, KIWI, Initrds, Samples, boot_variant, cmdline
-from benchmarks.stats import median, ratio
+from benchmarks.stats import median, ratio, spread
 from tests.boot.qemu import BootResult, Guest
 from tests.boot.servers import QemuNbd
 
@@ -67,7 +67,7 @@ def table(results: dict[str, Samples], *, size_mb: int) -> str:
         if not samples.values:
             rows.append(f"| {label} | not measured | | |")
             continue
-        figures = f"{min(samples.values):.1f}-{max(samples.values):.1f} MB/s ({len(samples.values)} runs)"
+        figures = spread(samples.values, "MB/s")
         compared = ratio(samples.median, reference)
         rows.append(f"| {label}{_multi_conn_note(samples)} | **{median(samples.values):.1f} MB/s** | {figures} | {compared} |")
     notes = [f"- {label}: not measured: {samples.failure}" for label, samples in results.items() if samples.failure]
