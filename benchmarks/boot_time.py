@@ -62,6 +62,8 @@ def cmdline(kind: str, server: Server, *extra: str) -> str:
     return " ".join((root, "ip=dhcp", *extra))
 
 
+# The kernel's timestamp and the name[pid] journald puts before a service's output.
+_PREFIX = re.compile(r"^\[\s*\d+\.\d+\]\s*(?:[\w@.-]+\[\d+\]:\s*)?")
 _REASONS = (re.compile(r"^\w*(?:Error|Exception): .*"), re.compile(r"kiwi-overlay: .*"), re.compile(r"FATAL: .*"))
 
 
@@ -69,7 +71,7 @@ def failure(result: BootResult) -> str | None:
     """Why RESULT did not reach the root, in one line (None when it did)."""
     if result.reached_root:
         return None
-    lines = [re.sub(r"^\[\s*\d+\.\d+\]\s*", "", line) for line in result.console().splitlines()]
+    lines = [_PREFIX.sub("", line) for line in result.console().splitlines()]
     for pattern in _REASONS:
         found = [match[0] for line in lines if (match := pattern.search(line))]
         if found:  # the exception that started it, else the last word on it
