@@ -65,8 +65,10 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "storm", "6. Boot storm: concurrent clients against one nbd-server (host)",
             "N clients start together (a barrier). kiwi-overlay clients are threads doing what the boot does "
             "(connect.with_retry + open_export), then read the whole export with NBD_CMD_READ (256 KiB, one in flight). "
-            "nbd-client cannot read on this host (no nbd module): N processes, negotiation only, for comparison. "
-            "Times from the common start; nbd-server listens with a backlog of 10, so later clients wait for TCP retries.",
+            "nbd-client cannot read on this host (no nbd module): N processes, negotiation only, compared with N "
+            "`kiwi-overlay nbd info` processes (spawning staggers both alike). Times from the common start; nbd-server "
+            "listens with a backlog of 10: clients caught in its overflow wait for a TCP retry or, kiwi-overlay, its 5 s "
+            "greeting timeout, so medians are bimodal between runs.",
             lambda: storm.table(storm.measure(sizes=s.storm_sizes, image=image)),
         ),
         Section(
