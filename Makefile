@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all venv test lint format install dracut-module clean demo
+.PHONY: all venv test lint format install dracut-module clean demo bench
 
 all: venv
 
@@ -28,10 +28,16 @@ demo:
 	$(MAKE) venv
 	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
+# Every benchmark (issue 9), written to BENCHMARKS.md: about 20 min, most of it QEMU TCG boots.
+# Needs root and the Debian packages of .ci/install-deps (QEMU, dracut, nbd-server, nbd-client, dnsmasq).
+# BENCH_ARGS=--quick: one boot per variant (a smoke run); --only SECTION...; see python -m benchmarks --help.
+bench: venv
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 lint: venv
 	$(PY) -m ruff check kiwi_overlay tests benchmarks
 	$(PY) -m ruff format --check kiwi_overlay tests benchmarks
-	$(PY) -m mypy kiwi_overlay
+	$(PY) -m mypy kiwi_overlay benchmarks
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
 	shellcheck tests/boot/*.sh
 

@@ -1,10 +1,10 @@
-"""What the kiwi-overlay dracut module adds to an initrd: zstd size with and without it, per flavour.
+"""4. What the kiwi-overlay dracut module adds to an initrd: size with and without it, zstd and uncompressed.
 
-    python3 benchmarks/initrd_size.py [--json]
+    python3 -m benchmarks.initrd_size [--json]
 
-Builds the guest-kernel initrd of tests/boot/initrd.py with and without the module (with and
-without systemd) and prints the difference, with the added files grouped and compressed per group
-(zstd -15, what dracut --zstd uses) to show where the bytes go.
+The guest-kernel initrd of tests/boot/initrd.py with the module, and the same module list without
+it, per flavour (with and without systemd); dracut's stock nbd initrd for scale. The added files are
+grouped and compressed per group (zstd -15, what dracut --zstd uses) to show where the bytes go.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.boot.initrd import build_initrd
+from benchmarks.boot_time import DRACUT, FLAVOURS, KIWI, WITHOUT, Initrds
+from benchmarks.stats import ratio
 
 BUDGET = 6 * 1024 * 1024
 
@@ -63,35 +64,54 @@ def added(with_module: Path, without: Path) -> dict[str, dict[str, int]]:
     }
 
 
-def measure(*, systemd: bool, scratch: Path) -> dict[str, object]:
+def uncompressed(image: Path) -> int:
+    """The size of IMAGE's archive after zstd -d."""
+    return len(subprocess.run(["zstd", "-dc", str(image)], capture_output=True, check=True).stdout)
+
+
+def measure(*, systemd: bool, initrds: Initrds, scratch: Path) -> dict[str, object]:
+    """Sizes (zstd and uncompressed) of the kiwi-overlay initrd, the same without the module, and dracut's nbd one."""
     flavour = "systemd" if systemd else "no-systemd"
-    images = {
-        kind: build_initrd(systemd=systemd, kiwi_overlay=kind == "with", output=scratch / f"{flavour}-{kind}.img")
-        for kind in ("with", "without")
-    }
-    trees = {kind: unpack(image, scratch / f"{flavour}-{kind}") for kind, image in images.items()}
-    sizes = {kind: image.stat().st_size for kind, image in images.items()}
+    images = {kind: initrds.get(kind, systemd=systemd) for kind in (KIWI, WITHOUT, DRACUT)}
+    trees = {kind: unpack(images[kind], scratch / f"{flavour}-{kind}") for kind in (KIWI, WITHOUT)}
     return {
         "flavour": flavour,
-        "with": sizes["with"],
-        "without": sizes["without"],
-        "added": sizes["with"] - sizes["without"],
+        "zstd": {kind: image.stat().st_size for kind, image in images.items()},
+        "uncompressed": {kind: uncompressed(image) for kind, image in images.items()},
         "budget": BUDGET,
-        "groups": added(trees["with"], trees["without"]),
+        "groups": added(trees[KIWI], trees[WITHOUT]),
     }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        f"| initrd | without kiwi-overlay | with kiwi-overlay | added (zstd budget {_mb(BUDGET)}) | with / without "
+        "| dracut nbd + rootovl (for scale) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for form in ("zstd", "uncompressed"):
+            size = result[form]
+            rows.append(
+                f"| {FLAVOURS[result['flavour'] == 'systemd']}, {form} | {_mb(size[WITHOUT])} | **{_mb(size[KIWI])}** "
+                f"| {_mb(size[KIWI] - size[WITHOUT])} | {ratio(size[KIWI], size[WITHOUT])} | {_mb(size[DRACUT])} |"
+            )
+    rows += ["", "What the module adds (no systemd; files only in the kiwi-overlay initrd, each group compressed alone with zstd -15):", ""]
+    rows += ["| group | files | bytes | zstd |", "|---|---|---|---|"]
+    for name, group in results[0]["groups"].items():
+        rows.append(f"| {name} | {group['files']} | {_mb(group['bytes'])} | {_mb(group['zstd'])} |")
+    return "\n".join(rows)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="ko-initrd-size-") as scratch:
-        results = [measure(systemd=systemd, scratch=Path(scratch)) for systemd in (False, True)]
-    if "--json" in sys.argv:
-        print(json.dumps(results, indent=2))
-        return 0
-    for result in results:
-        sizes = f"{result['without']:,} -> {result['with']:,} bytes"
-        print(f"{result['flavour']}: {sizes}: kiwi-overlay adds {result['added']:,} (budget {BUDGET:,})")
-        for name, group in result["groups"].items():  # type: ignore[attr-defined]
-            print(f"    {name:48} {group['files']:4} files {group['bytes']:>11,} bytes {group['zstd']:>10,} zstd")
+    with tempfile.TemporaryDirectory(prefix="ko-bn-initrd-size-") as scratch:
+        initrds = Initrds(Path(scratch))
+        results = [measure(systemd=systemd, initrds=initrds, scratch=Path(scratch)) for systemd in FLAVOURS]
+    print(json.dumps(results, indent=2) if "--json" in sys.argv else table(results))
     return 0
 
 

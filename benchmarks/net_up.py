@@ -10,7 +10,7 @@ the lease. Prints markdown table rows (median of --runs; --header adds the heade
 "total" is the whole command (interpreter start, imports, plan, bring-up) from the first
 instruction to exit; "bring-up" is what kiwi-overlay reports for bring_up() itself (including
 the pyroute2 import); "DHCP" is the time from carrier to the lease.
-Needs root, iproute2 and dnsmasq; creates ko-net-bench-* namespaces and removes them.
+Needs root, iproute2 and dnsmasq; creates ko-bn-net-* namespaces and removes them.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def main() -> int:
     parser.add_argument("--header", action="store_true", help="print the table header first")
     parser.add_argument("--python", default=sys.executable, help="interpreter with kiwi_overlay installed")
     args = parser.parse_args()
-    client = f"ko-net-bench-{uuid.uuid4().hex[:4]}"
+    client = f"ko-bn-net-{uuid.uuid4().hex[:4]}"
     server = client + "-s"
     totals: list[float] = []
     bringups: list[float] = []
     dhcp: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="ko-net-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ko-bn-net-") as tmp:
         ip("netns", "add", client)
         ip("netns", "add", server)
         dnsmasq = None

@@ -61,8 +61,11 @@ action() {
             device=$(read_device)
             sync
             echo 3 > /proc/sys/vm/drop_caches # read from the transport, not the page cache
+            start=$(cut -d' ' -f1 /proc/uptime)
             if out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
-                mark "read-all=ok device=$device $(echo "$out" | tail -n 1)"
+                # busybox dd prints no rate: bytes and seconds for the throughput benchmark
+                bytes=$(($(cat "/sys/class/block/${device##*/}/size") * 512))
+                mark "read-all=ok device=$device $(echo "$out" | tail -n 1) bytes=$bytes seconds=$(awk -v start="$start" '{ print $1 - start }' /proc/uptime)"
             else
                 mark "read-all=failed device=$device $(echo "$out" | head -n 1)"
             fi

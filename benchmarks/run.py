@@ -1,0 +1,182 @@
+"""`make bench`, `python -m benchmarks [--quick]`: every benchmark of issue 9, then BENCHMARKS.md.
+
+Host benchmarks first (negotiation, boot storm, network bring-up, initrd sizes), then the QEMU
+boots (time to root, kiwi-overlay's phases, read throughput). One section's failure is written
+into its section; the others still run. Needs root and the Debian packages of .ci/install-deps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput
+from benchmarks.boot_time import FLAVOURS, Initrds, progress
+from benchmarks.stats import machine
+from tests.boot.guest_kernel import guest_kernel
+from tests.boot.rootfs import root_image
+
+OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+@dataclass(frozen=True)
+class Settings:
+    boot_runs: int
+    phase_runs: int
+    read_runs: int
+    read_size_mb: int
+    negotiation_runs: int
+    storm_sizes: tuple[int, ...]
+    net_runs: int
+
+
+FULL = Settings(boot_runs=5, phase_runs=2, read_runs=3, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
+QUICK = Settings(boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3)
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    method: str
+    measure: Callable[[], str]
+
+
+def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Section]:
+    image = root_image("squashfs")
+    trees = scratch / "trees"
+    s = settings
+    return [
+        Section(
+            "negotiation", "3. NBD negotiation on loopback (host)",
+            "Against nbd-server on 127.0.0.1. nbd-client: the whole process, up to its failure for lack of the nbd module "
+            "(it has negotiated by then). kiwi-overlay: the whole `kiwi-overlay nbd info` process (interpreter, imports, "
+            "NBD_OPT_GO, NBD_CMD_DISC), and `connect.open_export` + disconnect in a warm process.",
+            lambda: negotiation.table(negotiation.measure(runs=s.negotiation_runs, image=image)),
+        ),
+        Section(
+            "storm", "6. Boot storm: concurrent clients against one nbd-server (host)",
+            "N clients start together (a barrier). kiwi-overlay clients are threads doing what the boot does "
+            "(connect.with_retry + open_export), then read the whole export with NBD_CMD_READ (256 KiB, one in flight). "
+            "nbd-client cannot read on this host (no nbd module): N processes, negotiation only, compared with N "
+            "`kiwi-overlay nbd info` processes (spawning staggers both alike). Times from the common start; nbd-server "
+            "listens with a backlog of 10: clients caught in its overflow wait for a TCP retry or, kiwi-overlay, its 5 s "
+            "greeting timeout, so medians are bimodal between runs.",
+            lambda: storm.table(storm.measure(sizes=s.storm_sizes, image=image)),
+        ),
+        Section(
+            "net", "Extra: network bring-up (host, namespaces)",
+            "`kiwi-overlay net up` in a namespace against dnsmasq --no-ping in another, each run from a link that is down "
+            "(benchmarks/net_up.py).",
+            lambda: net_up(s.net_runs),
+        ),
+        Section(
+            "initrd", "4. Initrd size",
+            "dracut initrds for the guest kernel (tests/boot/initrd.py): kiwi-overlay's (module + bash + udev-rules on "
+            "dracut's base), the same module list without kiwi-overlay, and dracut's stock nbd + overlay-root + "
+            "network-legacy for scale. zstd as built; uncompressed = the cpio after zstd -d.",
+            lambda: initrd_size.table([initrd_size.measure(systemd=flavour, initrds=initrds, scratch=trees) for flavour in FLAVOURS]),
+        ),
+        Section(
+            "boot", "1. Kernel start to the root's init (QEMU TCG)",
+            "Guest uptime when the root's init starts (its first KO-MARK). Same squashfs root, nbd-server, Debian guest "
+            "kernel, 1 vCPU, 1 GiB, QEMU user networking with DHCP. dracut: `root=nbd:...:squashfs rootovl ip=dhcp` "
+            f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. Up to {s.boot_runs} boots "
+            "each, variants interleaved round by round. Below 1: kiwi-overlay is faster.",
+            lambda: boot_time.table(boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image)),
+        ),
+        Section(
+            "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
+            "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
+            "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
+            "the command line hook and the NBD supervisor show what an interpreter start with imports costs.",
+            lambda: boot_phases.table(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image)),
+        ),
+        Section(
+            "throughput", "5. Sequential read of the root device in the guest",
+            f"`dd bs=1M` of the whole export ({s.read_size_mb} MiB: the root image padded with zeros) from the root's init, "
+            "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
+            "Above 1: faster than nbd-client.",
+            lambda: throughput.table(
+                throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
+                size_mb=s.read_size_mb,
+            ),
+        ),
+    ]  # fmt: skip
+
+
+def net_up(runs: int) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.net_up", "--header", "--runs", str(runs)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"net_up exited with {result.returncode}: {result.stderr.strip()[-500:]}")
+    return result.stdout.strip()
+
+
+ORDER = ("boot", "phases", "negotiation", "initrd", "throughput", "storm", "net")
+
+
+def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench`{' --quick' if quick else ''} (benchmarks/run.py) on {before['date']}; do not edit by hand. "
+        "QEMU TCG boot times are noisy: the ratios within one run are what count. `n/m`: not measured.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in before.items() if name != "load average"),
+        f"| guest kernel | {guest_kernel().version} (Debian), QEMU TCG, 1 vCPU |",
+        f"| load average | {before['load average']} at the start, {after['load average']} at the end |",
+        f"| `make bench` wall time | {wall / 60:.1f} min |",
+    ]
+    for key in ORDER:
+        if key in results:
+            section, body = results[key]
+            lines += ["", f"## {section.title}", "", section.method, "", body]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one boot per variant, fewer host runs (a smoke run)")
+    parser.add_argument("--only", nargs="+", choices=ORDER, help="these sections only")
+    parser.add_argument("--boot-runs", type=int, help="boots per variant for item 1 (default 5)")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    if args.boot_runs:
+        settings = Settings(**{**settings.__dict__, "boot_runs": args.boot_runs})
+    started = time.monotonic()
+    before = machine()
+    results: dict[str, tuple[Section, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="ko-bn-") as scratch:
+        initrds = Initrds(Path(scratch) / "initrds")
+        for section in sections(settings, initrds, Path(scratch)):
+            if args.only and section.key not in args.only:
+                continue
+            progress(f"{section.title} ...")
+            section_started = time.monotonic()
+            try:
+                body = section.measure()
+            except Exception as error:
+                traceback.print_exc()
+                body = f"Not measured: {type(error).__name__}: {error}"
+            progress(f"{section.title}: {time.monotonic() - section_started:.0f} s\n{body}")
+            results[section.key] = (section, body)
+    text = document(results, before=before, after=machine(), wall=time.monotonic() - started, quick=args.quick)
+    args.output.write_text(text)
+    progress(f"wrote {args.output} in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""5. Sequential read of the root device inside the guest: kiwi-overlay with 1 and 4 connections vs nbd-client.
+
+The root image padded with zeros to SIZE_MB (squashfs ignores what follows its end) is served by
+qemu-nbd, which takes several connections; the guest boots without systemd and its init reads
+the whole device (ko.test=read-all: page cache dropped, dd bs=1M), reporting bytes and seconds.
+dracut's stock nbd root runs nbd-client with its defaults (one connection).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from benchmarks.boot_time import DRACUT, KIWI, Initrds, Samples, boot_variant, cmdline
+from benchmarks.stats import median, ratio, spread
+from tests.boot.qemu import BootResult, Guest
+from tests.boot.servers import QemuNbd
+
+VARIANTS = {
+    "nbd-client (dracut's stock nbd, default: 1 connection)": (DRACUT, ()),
+    "kiwi-overlay, rd.root.overlay.nbd.connections=1": (KIWI, ("rd.root.overlay.nbd.connections=1",)),
+    "kiwi-overlay, rd.root.overlay.nbd.connections=4": (KIWI, ("rd.root.overlay.nbd.connections=4",)),
+}
+
+
+def padded_image(image: Path, *, size_mb: int, output: Path) -> Path:
+    """IMAGE with zeros appended up to SIZE_MB (sparse)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image, output)
+    with output.open("r+b") as handle:
+        handle.truncate(max(size_mb << 20, image.stat().st_size))
+    return output
+
+
+def mb_per_second(result: BootResult) -> float | None:
+    found = re.search(r"^ok .*bytes=(\d+) seconds=([\d.]+)", result.value("read-all") or "")
+    if not found or float(found[2]) <= 0:
+        return None
+    return int(found[1]) / float(found[2]) / 1e6
+
+
+def measure(*, runs: int, initrds: Initrds, image: Path, size_mb: int, scratch: Path) -> dict[str, Samples]:
+    results = {label: Samples() for label in VARIANTS}
+    padded = padded_image(image, size_mb=size_mb, output=scratch / "padded.squashfs")
+    with QemuNbd(padded, connections=8) as server:
+        for round_number in range(runs):
+            for label, (kind, extra) in VARIANTS.items():
+                guest = Guest(initrd=initrds.get(kind, systemd=False), cmdline=cmdline(kind, server, *extra, "ko.test=read-all"))
+                connections = extra[0].rsplit("=", 1)[1] if extra else "default"
+                boot_variant(results[label], guest, name=f"read-{kind}-{connections}-{round_number}", value=mb_per_second)
+    return results
+
+
+def _multi_conn_note(samples: Samples) -> str:
+    """What kiwi-overlay said about the server's multi-conn, if it fell back to one connection."""
+    for result in samples.results:
+        if "does not allow several connections" in result.console():
+            return " (server refused several connections: one used)"
+    return ""
+
+
+def table(results: dict[str, Samples], *, size_mb: int) -> str:
+    reference = next(iter(results.values())).median
+    rows = [f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client |", "|---|---|---|---|"]
+    for label, samples in results.items():
+        if not samples.values:
+            rows.append(f"| {label} | not measured | | |")
+            continue
+        figures = spread(samples.values, "MB/s")
+        compared = ratio(samples.median, reference)
+        rows.append(f"| {label}{_multi_conn_note(samples)} | **{median(samples.values):.1f} MB/s** | {figures} | {compared} |")
+    notes = [f"- {label}: not measured: {samples.failure}" for label, samples in results.items() if samples.failure]
+    return "\n".join(rows + (["", *notes] if notes else []))
