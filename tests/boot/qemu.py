@@ -45,6 +45,9 @@ DEFAULT_TIMEOUT = 180.0
 USER_MAC = "52:54:00:12:34:56"
 _MARK = re.compile(r"(?:\[\s*(?P<time>\d+\.\d+)\]\s*)?KO-MARK (?P<name>[^=\s]+)(?:[= ](?P<value>.*))?$")
 _TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+# The kernel's last words when a guest halts instead of powering off (systemd's emergency path
+# can): QEMU then idles until the time limit, so the harness ends it.
+_HALTED = "reboot: System halted"
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ class RunningGuest:
                 if self._echo is not None:
                     print(line, file=self._echo, flush=True)
                 self._parse(line)
+                if _HALTED in line:
+                    self.kill()
         with self._changed:
             self._changed.notify_all()
 
