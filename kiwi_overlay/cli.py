@@ -244,3 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        # A bug, or a system error nobody foresaw: still one line on the console and exit 2 (exit 1
+        # tells the cmdline hook "not an overlay root"); the traceback goes to the debug log.
+        import traceback
+
+        from kiwi_overlay import log
+
+        log.debug(traceback.format_exc())
+        print(
+            f"kiwi-overlay: {args.command}: unexpected {type(error).__name__}: {error} (rd.kiwi.debug logs the traceback)", file=sys.stderr
+        )
+        return 2

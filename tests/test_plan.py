@@ -254,3 +254,15 @@ def test_option_error_carries_its_parts() -> None:
     with pytest.raises(OptionError) as error:
         parse_plan(KernelCmdline("root=overlay:LABEL=r rd.root.overlay.size=lots"))
     assert (error.value.option, error.value.value) == ("rd.root.overlay.size", "lots")
+
+
+def test_an_unexpected_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 1 would tell dracut's cmdline hook "not an overlay root": a bug must stop the boot like bad input."""
+    from kiwi_overlay import cli, explain
+
+    def broken(plan: object) -> str:
+        raise ValueError("broken on purpose")
+
+    monkeypatch.setattr(explain, "describe", broken)
+    assert cli.main(["explain", "--cmdline", "root=overlay:LABEL=r"]) == 2
+    assert capsys.readouterr().err == "kiwi-overlay: explain: unexpected ValueError: broken on purpose (rd.kiwi.debug logs the traceback)\n"
