@@ -6,9 +6,17 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all venv test lint format install dracut-module clean demo bench
+.PHONY: all deps venv test lint format install dracut-module clean demo bench
 
 all: venv
+
+# The Debian packages the tests, the demo and the benchmarks use (as root; once per checkout).
+build/.deps-installed: .ci/install-deps
+	bash .ci/install-deps
+	mkdir -p build
+	touch $@
+
+deps: build/.deps-installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,22 +27,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 # pytest exits 5 when a marker selection (PYTEST_ARGS="-m ...") matches no test: not a failure.
-test: venv
+test: deps venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Installs the Debian packages (root), builds the guest initrd and root, boots scenario 1 in QEMU.
-demo:
-	bash .ci/install-deps
-	$(MAKE) venv
+demo: deps venv
 	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
 # Every benchmark (issue 9), written to BENCHMARKS.md: about 20 min, most of it QEMU TCG boots.
 # Needs root and the Debian packages of .ci/install-deps (QEMU, dracut, nbd-server, nbd-client, dnsmasq).
 # BENCH_ARGS=--quick: one boot per variant (a smoke run); --only SECTION...; see python -m benchmarks --help.
-bench: venv
+bench: deps venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-lint: venv
+lint: deps venv
 	$(PY) -m ruff check kiwi_overlay tests benchmarks
 	$(PY) -m ruff format --check kiwi_overlay tests benchmarks
 	$(PY) -m mypy kiwi_overlay benchmarks
