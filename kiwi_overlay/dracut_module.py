@@ -11,7 +11,6 @@ from pathlib import Path
 
 from kiwi_overlay.pyclosure import trace
 
-MODULE_NAME = "55kiwi-overlay"
 CLOSURE_FILE = "python-closure.txt"
 
 

@@ -29,12 +29,7 @@ def systemd_escape(path: str) -> str | None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(st.one_of(_SPECIAL, _ANY), max_size=40).map(lambda text: "/" + text))
 def test_escape_path_is_systemd_escape(path: str) -> None:
-    expected = systemd_escape(path)
-    if expected is None:
-        with pytest.raises(ValueError):
-            escape_path(path)
-    else:
-        assert escape_path(path) == expected
+    assert_escapes_like_systemd(path)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +38,11 @@ def test_escape_path_is_systemd_escape(path: str) -> None:
     + ["/" + "/".join(["y" * 200] * count) + "/" + "z" * tail for count, tail in ((20, 74), (20, 75), (20, 73))],
 )
 def test_escape_path_edges(path: str) -> None:
+    assert_escapes_like_systemd(path)
+
+
+def assert_escapes_like_systemd(path: str) -> None:
+    """escape_path gives what `systemd-escape --path` prints, and refuses what it refuses."""
     expected = systemd_escape(path)
     if expected is None:
         with pytest.raises(ValueError):
