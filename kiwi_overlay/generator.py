@@ -92,10 +92,9 @@ def _seconds(value: float) -> str:
 
 
 def _retry_limit(cmdline: KernelCmdline) -> float:
-    try:
-        return max(float(cmdline.getarg("rd.retry") or DRACUT_RETRY_DEFAULT), 0.0)
-    except ValueError:
-        return DRACUT_RETRY_DEFAULT
+    """rd.retry as dracut reads it (getargnum: digits only, else the default)."""
+    value = cmdline.getarg("rd.retry") or ""
+    return float(value) if value.isdigit() else DRACUT_RETRY_DEFAULT
 
 
 def service_unit(*, command: str, timeout: float, sysroot: Path, run_dir: Path, executable: Path = EXECUTABLE) -> str:

@@ -203,3 +203,10 @@ def test_mounting_what_the_units_describe(tmp_path: Path, read_device: Path, ext
     else:
         (sysroot / "etc/marker").write_text("changed\n")
         assert (run_dir / "overlayfs/rw/etc/marker").read_text() == "changed\n"
+
+
+@pytest.mark.parametrize("retry", ["soon", "nan", "inf", "-5", ""])
+def test_an_rd_retry_dracut_would_not_take_counts_as_its_default(tmp_path: Path, retry: str) -> None:
+    generate(KernelCmdline(f"root=overlay:LABEL=r rd.root.overlay.timeout=30 rd.retry={retry}"), tmp_path)
+    # dracut's default rd.retry (180 s) + the service's timeout (2 x 30 + 60 s)
+    assert settings_of((tmp_path / "sysroot.mount").read_text(), "Unit")["JobTimeoutSec"] == "300s"
