@@ -356,7 +356,7 @@ def locate(root: AoeRoot, *, deadline: float) -> Located:
     Probes and carrier waits alternate in growing windows, so a link that gets carrier late, or an
     interface whose driver is still loading, is waited for rather than refused.
     """
-    from kiwi_overlay.links import links_up
+    from kiwi_overlay.net.links import links_up
 
     want = parse_target(root.target) if root.target else None
     named = list(dict.fromkeys(([root.interface] if root.interface else []) + list(root.interfaces)))  # empty: every Ethernet link

@@ -23,7 +23,7 @@ def attach_read_device(plan: Plan, *, timeout: float) -> Path:
         raise KiwiOverlayError("root= does not start with overlay: (not an overlay root); e.g. root=overlay:LABEL=root")
     deadline = time.monotonic() + timeout
     if plan.network.needs_ip:
-        from kiwi_overlay.net import bring_up
+        from kiwi_overlay.net.bringup import bring_up
 
         bring_up(plan, timeout=timeout)
         timeout = max(deadline - time.monotonic(), 0.0)

@@ -48,7 +48,7 @@ def cmd_aoe_discover(args: argparse.Namespace) -> int:
 
     interfaces = args.interface
     if not interfaces:
-        from kiwi_overlay.links import ethernet_links
+        from kiwi_overlay.net.links import ethernet_links
 
         interfaces = [link.name for link in ethernet_links() if link.up]
         if not interfaces:
@@ -69,7 +69,7 @@ def cmd_aoe_discover(args: argparse.Namespace) -> int:
 def cmd_net_up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kiwi_overlay.net import LEASE_DIR, RESOLV_CONF, bring_up
+    from kiwi_overlay.net.bringup import LEASE_DIR, RESOLV_CONF, bring_up
 
     plan = load_plan(args)
     bring_up(

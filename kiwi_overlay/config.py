@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.errors import OptionError
-from kiwi_overlay.netconfig import (
+from kiwi_overlay.net.grammar import (
     InterfaceName,
     IpConfig,
     StaticRoute,

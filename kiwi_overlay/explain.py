@@ -8,7 +8,7 @@ from typing import Any
 
 from kiwi_overlay.config import AoeRoot, NbdRoot, Network, Plan, Root
 from kiwi_overlay.layout import mounts
-from kiwi_overlay.netconfig import IpConfig
+from kiwi_overlay.net.grammar import IpConfig
 
 
 def _read_source(root: Root) -> str:

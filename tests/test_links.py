@@ -30,7 +30,7 @@ def netns() -> Iterator[str]:
 
 
 def links_up_in(netns: str, code: str) -> str:
-    program = f"from kiwi_overlay.links import links_up\n{code}"
+    program = f"from kiwi_overlay.net.links import links_up\n{code}"
     result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -56,7 +56,7 @@ def test_no_carrier_returns_empty_after_the_timeout(netns: str) -> None:
 
 def test_unknown_interface_is_named(netns: str) -> None:
     result = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", "from kiwi_overlay.links import links_up; links_up(['eth9'], timeout=1)"],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", "from kiwi_overlay.net.links import links_up; links_up(['eth9'], timeout=1)"],
         capture_output=True,
         text=True,
     )

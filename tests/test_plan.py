@@ -24,7 +24,7 @@ def explain(cmdline: str) -> dict[str, Any]:
 
 
 def network_basics(plan: dict[str, Any]) -> dict[str, Any]:
-    """The network fields this file is about (test_netconfig.py checks the parsed ip= and friends)."""
+    """The network fields this file is about (test_net_grammar.py checks the parsed ip= and friends)."""
     return {key: plan["network"][key] for key in ("needed", "needs_ip", "ip", "implied_dhcp")}
 
 

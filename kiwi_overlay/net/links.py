@@ -1,6 +1,6 @@
 """Network links up, and a bounded wait for carrier driven by netlink link events.
 
-Shared by the IP bring-up (net.py) and AoE, which needs links but no addresses.
+Shared by the IP bring-up (bringup.py) and AoE, which needs links but no addresses.
 pyroute2 is imported inside the functions: it loads asyncio, which the boot path pays for
 only when a link really has to be touched.
 """

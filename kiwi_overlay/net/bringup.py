@@ -19,41 +19,25 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
 from kiwi_overlay.config import NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
-from kiwi_overlay.netconfig import IpConfig
+from kiwi_overlay.net import dhcp
+from kiwi_overlay.net.dhcp import DhcpLease
+from kiwi_overlay.net.grammar import IpConfig
 
 LEASE_DIR = Path("/run/kiwi-overlay")
 RESOLV_CONF = Path("/etc/resolv.conf")
 # A host name is looked up for the "already up" check only briefly: without a network the
 # resolver fails at once, with a dead name server it would wait for its own timeouts.
 RESOLVE_TIMEOUT = 2.0
-# DHCP retransmissions for a boot: quick at first (RFC 2131's 4 s start is for busy networks).
-DHCP_RETRY = (0.5, 1.0, 1.0, 2.0)
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
-
-
-@dataclass(frozen=True)
-class DhcpLease:
-    """What kiwi-overlay applies from a DHCPv4 lease."""
-
-    interface: str
-    address: str
-    prefix: int
-    routers: tuple[str, ...]
-    nameservers: tuple[str, ...]
-    domain: str | None
-    mtu: int | None
-    server: str | None
-    record: dict[str, Any]  # pyroute2's lease as JSON, loadable by its JSONFileLease
 
 
 def _addresses(host: str, *, timeout: float) -> list[tuple[int, str]]:
@@ -228,7 +212,7 @@ class _Bringup:
 
     def _candidates(self) -> tuple[str, ...]:
         """The interfaces ip= without a name may use: the BOOTIF one, else every Ethernet link not named elsewhere."""
-        from kiwi_overlay.links import ethernet_links
+        from kiwi_overlay.net.links import ethernet_links
 
         links = ethernet_links()
         if self.network.bootif:
@@ -245,7 +229,7 @@ class _Bringup:
 
     def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
         """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
-        from kiwi_overlay.links import links_up
+        from kiwi_overlay.net.links import links_up
 
         for config, names in jobs:
             log.info(f"{', '.join(names)}: link up, waiting for carrier")
@@ -256,13 +240,13 @@ class _Bringup:
                     " (cable, switch port, or the wrong interface?)"
                 )
             log.info(f"carrier on {', '.join(ready)} ({self.elapsed()})")
-        dhcp = [(config, names) for config, names in jobs if config.method == "dhcp"]
+        dhcp_jobs = [(config, names) for config, names in jobs if config.method == "dhcp"]
         leases: list[DhcpLease] = []
-        if dhcp:
+        if dhcp_jobs:
             import asyncio
 
-            _forward_pyroute2_logging()
-            leases = asyncio.run(self._leases(dhcp))
+            dhcp.forward_pyroute2_logging()
+            leases = asyncio.run(self._leases(dhcp_jobs))
         for config, names in jobs:
             if config.method == "auto6":
                 self._wait_for_autoconf(config, names)
@@ -303,7 +287,7 @@ class _Bringup:
         import asyncio
 
         log.info(f"DHCP on {', '.join(names)}")
-        tasks = {asyncio.create_task(_dhcp(name, config.hostname)): name for name in names}
+        tasks = {asyncio.create_task(dhcp.lease(name, config.hostname)): name for name in names}
         pending: set[asyncio.Task[DhcpLease]] = set(tasks)
         problems = []
         try:
@@ -400,7 +384,7 @@ def _index(ipr: Any, name: str) -> int:
 
 def _rename_links(ipr: Any, network: Network) -> None:
     """ifname=NAME:MAC: give the interface with MAC its name (when udev has not already)."""
-    from kiwi_overlay.links import ethernet_links
+    from kiwi_overlay.net.links import ethernet_links
 
     links = ethernet_links()
     for rule in network.interface_names:
@@ -428,80 +412,6 @@ def _prepare_link(ipr: Any, name: str, config: IpConfig) -> None:
     if config.mtu:
         ipr.link("set", index=index, mtu=config.mtu)
         log.info(f"{name}: MTU {config.mtu}")
-
-
-def _forward_pyroute2_logging() -> None:
-    """pyroute2's DHCP client logs every step: into kiwi-overlay's debug log, never raw onto the console."""
-    import logging
-
-    class ToDebugLog(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            log.debug(f"pyroute2: {record.getMessage()}")
-
-    logger = logging.getLogger("pyroute2")
-    logger.handlers[:] = [ToDebugLog()]
-    logger.propagate = False
-    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
-    # The DHCP client's own steps (DISCOVER, OFFER, REQUEST, ACK), not every netlink message.
-    logging.getLogger("pyroute2.dhcp").setLevel(logging.INFO if log.debugging() else logging.CRITICAL)
-
-
-def _retransmission() -> Iterator[float]:
-    yield from DHCP_RETRY
-    while True:
-        yield DHCP_RETRY[-1]
-
-
-async def _dhcp(name: str, hostname: str | None) -> DhcpLease:
-    """A DHCPv4 lease on NAME, configured for a boot: no release on exit, no files, no signal handlers."""
-    from dataclasses import asdict
-
-    from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
-    from pyroute2.dhcp.fsm import State
-    from pyroute2.dhcp.leases import Lease, MissingOptionError
-
-    class BootLease(Lease):  # type: ignore[misc]
-        """Kept in memory: kiwi-overlay writes the lease file itself once the address is applied."""
-
-        def dump(self) -> None:
-            pass
-
-        @classmethod
-        def load(cls, interface: str) -> None:
-            return None
-
-    config = ClientConfig(
-        interface=name,
-        lease_type=BootLease,
-        release=False,
-        write_pidfile=False,
-        handle_signals=False,
-        retransmission=_retransmission,
-        vendor_id=None,
-        host_name=hostname,
-    )
-    async with AsyncDHCPClient(config) as client:
-        await client.bootstrap()
-        await client.wait_for_state(State.BOUND)
-        lease = client.lease
-
-    def option(name: str) -> Any:
-        try:
-            return getattr(lease, name)
-        except MissingOptionError:
-            return None
-
-    return DhcpLease(
-        interface=name,
-        address=lease.ip,
-        prefix=lease.prefixlen if option("subnet_mask") else 32,
-        routers=tuple(option("routers") or ()),
-        nameservers=tuple(option("name_servers") or ()),
-        domain=option("domain_name"),
-        mtu=option("mtu"),
-        server=option("server_id"),
-        record=asdict(lease),
-    )
 
 
 def _write_resolv_conf(path: Path, nameservers: list[str], domain: str | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.config import parse_plan
 from kiwi_overlay.errors import OptionError
-from kiwi_overlay.netconfig import IpConfig, parse_bootif, parse_ip, parse_route
+from kiwi_overlay.net.grammar import IpConfig, parse_bootif, parse_ip, parse_route
 
 NET_LIB = Path("/usr/lib/dracut/modules.d/40network/net-lib.sh")
 

@@ -1,0 +1,10 @@
+"""The network for a root server, in dracut's syntax, configured with pyroute2.
+
+    grammar.py   ip=, ifname=, BOOTIF=, nameserver=, rd.route= parsed into frozen dataclasses
+    links.py     Ethernet links up and carrier, by kernel link events (shared with AoE)
+    bringup.py   "already up" by a route lookup; otherwise links, addresses, routes, DNS as ip= says
+    dhcp.py      DHCPv4 leases with pyroute2's client, configured for a boot
+
+Nothing here is imported until a step needs it: pyroute2 (and with it asyncio) is loaded only
+when kiwi-overlay configures the network itself.
+"""
