@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.errors import KiwiOverlayError, printable
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
@@ -33,6 +33,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from kiwi_overlay.explain import describe, plan_dict
 
     plan = load_plan(args)
+    # Values that are not UTF-8 (the kernel splits at byte 0xA0) are shown escaped, not a crash.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if args.json:
         import json
 
@@ -240,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KiwiOverlayError as error:
-        print(f"kiwi-overlay: {error}", file=sys.stderr)
+        print(f"kiwi-overlay: {printable(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -252,7 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kiwi_overlay import log
 
         log.debug(traceback.format_exc())
-        print(
-            f"kiwi-overlay: {args.command}: unexpected {type(error).__name__}: {error} (rd.kiwi.debug logs the traceback)", file=sys.stderr
-        )
+        message = f"{args.command}: unexpected {type(error).__name__}: {error}"
+        print(f"kiwi-overlay: {printable(message)[:500]} (rd.kiwi.debug logs the traceback)", file=sys.stderr)
         return 2

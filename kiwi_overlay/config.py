@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiwi_overlay.cmdline import KernelCmdline
+from kiwi_overlay.cmdline import KernelCmdline, decimal_number, whole_number
 from kiwi_overlay.errors import OptionError
 from kiwi_overlay.net.grammar import (
     InterfaceName,
@@ -44,11 +44,13 @@ _LOCAL_FORMS: dict[str, tuple[str, bool]] = {
     "MAPPER": ("/dev/mapper/", False),
 }
 _WRITE_FORMS = ("UUID", "PARTUUID", "LABEL", "PARTLABEL")
-_AOE_TARGET = re.compile(r"e(\d+)\.(\d+)")
+_AOE_TARGET = re.compile(r"e([0-9]{1,5})\.([0-9]{1,3})")
 _IFNAME = re.compile(r"[^/\s:]{1,15}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
-_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)
-_PERCENT = re.compile(r"(\d+)%")
+# ASCII digits only ([0-9], not \d): '٣g' must not pass the check and then fail the mount.
+_SIZE = re.compile(r"([0-9]{1,19})([kmgt]?)", re.IGNORECASE)
+_PERCENT = re.compile(r"([0-9]{1,3})%")
+_MAX_TMPFS_BYTES = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,11 @@ class LocalRoot:
 Root = NbdRoot | AoeRoot | LocalRoot
 
 
+def _bytes(size: re.Match[str]) -> int:
+    """The byte count of a _SIZE match."""
+    return int(size[1]) << (10 * " kmgt".index(size[2].lower() or " "))
+
+
 @dataclass(frozen=True)
 class WriteLayer:
     kind: Literal["tmpfs", "device", "none"]
@@ -112,9 +119,7 @@ class WriteLayer:
     @property
     def size_bytes(self) -> int | None:
         match = _SIZE.fullmatch(self.size)
-        if not match:
-            return None
-        return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))
+        return _bytes(match) if match else None
 
 
 @dataclass(frozen=True)
@@ -146,18 +151,15 @@ def _positive_number(cmdline: KernelCmdline, option: str, default: float | None,
     value = cmdline.getarg(option)
     if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise OptionError(option, value, "not a number of seconds", f"{option}={example}") from None
-    if not 0 < number < 1e9:
-        raise OptionError(option, value, "must be a positive number of seconds", f"{option}={example}")
+    number = decimal_number(value, high=1e9)
+    if number is None:
+        raise OptionError(option, value, "must be a positive number of seconds below 1000000000", f"{option}={example}")
     return number
 
 
 def _is_ipv4(text: str) -> bool:
     parts = text.split(".")
-    return len(parts) == 4 and all(part.isdigit() and int(part) < 256 for part in parts)
+    return len(parts) == 4 and all(whole_number(part, low=0, high=255) is not None for part in parts)
 
 
 class _Fail:
@@ -176,7 +178,7 @@ def _check_host(host: str, fail: _Fail) -> str:
         if ":" not in inner or not re.fullmatch(r"[0-9A-Fa-f:.]+(%[^\s\]]+)?", inner):
             raise fail(f"{host!r} is not a bracketed IPv6 address")
         return inner
-    numeric = re.fullmatch(r"[\d.]+", host)
+    numeric = re.fullmatch(r"[0-9.]+", host)
     if not _HOSTNAME.fullmatch(host) or (numeric and not _is_ipv4(host)):
         raise fail(f"{host!r} is not a host name or IPv4 address")
     return host
@@ -193,9 +195,10 @@ def _split_host_port(hostport: str, fail: _Fail) -> tuple[str, int]:
         host, _, port = hostport.partition(":")
     if not port and not hostport.endswith(":"):
         return _check_host(host, fail), NBD_DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise fail(f"port {port!r} is not a number from 1 to 65535")
-    return _check_host(host, fail), int(port)
+    number = whole_number(port, low=1, high=65535)
+    if number is None:
+        raise fail(f"port {port[:20]!r} is not a number from 1 to 65535")
+    return _check_host(host, fail), number
 
 
 def parse_nbd_address(address: str, *, option: str = "URI", shown: str | None = None) -> tuple[str, int, str, bool]:
@@ -231,14 +234,15 @@ def _parse_nbd(cmdline: KernelCmdline, root: str, address: str) -> NbdRoot:
     connections_text = cmdline.getarg("rd.root.overlay.nbd.connections")
     connections = 1
     if connections_text is not None:
-        if not connections_text.isdigit() or not 1 <= int(connections_text) <= 16:
+        number = whole_number(connections_text, low=1, high=16)
+        if number is None:
             raise OptionError(
                 "rd.root.overlay.nbd.connections",
                 connections_text,
                 "must be a whole number from 1 to 16",
                 "rd.root.overlay.nbd.connections=4",
             )
-        connections = int(connections_text)
+        connections = number
     tls_files = {}
     for name in ("ca", "cert", "key"):
         option = f"rd.root.overlay.nbd.tls.{name}"
@@ -286,7 +290,8 @@ def _parse_aoe(cmdline: KernelCmdline, root: str, value: str) -> AoeRoot:
         if shelf >= 0xFFFF or slot >= 0xFF:
             raise OptionError("root", root, "shelf must be below 65535 and slot below 255", "root=overlay:aoe=e0.1")
         return AoeRoot(target=f"e{shelf}.{slot}", interface=None, interfaces=interfaces)
-    if value.startswith("e") and "." in value and value[1:2].isdigit():
+    # \d on purpose: anything that looks like eSHELF.SLOT, in any digits, is a target and not an interface.
+    if re.match(r"e\d", value) and "." in value:
         raise OptionError("root", root, f"{value!r} is not an AoE target eSHELF.SLOT", "root=overlay:aoe=e0.1")
     if not value or not _IFNAME.fullmatch(value) or value in (".", ".."):
         raise OptionError("root", root, "needs an AoE target eSHELF.SLOT or an interface name", "root=overlay:aoe=e0.1")
@@ -307,6 +312,8 @@ def device_from_spec(
     """
     fail = _Fail(option, spec if shown is None else shown, example)
     if spec.startswith("/dev/"):
+        if ".." in spec.split("/"):
+            raise fail("a /dev path without .. is needed (it must name a device under /dev)")
         return Path(spec)
     key, sep, name = spec.partition("=")
     if not sep or key not in forms:
@@ -343,7 +350,7 @@ def _parse_size(cmdline: KernelCmdline) -> str:
         return DEFAULT_TMPFS_SIZE
     percent = _PERCENT.fullmatch(value)
     size = _SIZE.fullmatch(value)
-    if (percent and 1 <= int(percent[1]) <= 100) or (size and int(size[1]) > 0):
+    if (percent and 1 <= int(percent[1]) <= 100) or (size and 0 < _bytes(size) <= _MAX_TMPFS_BYTES):
         return value.lower()
     raise OptionError(
         "rd.root.overlay.size", value, "must be a percentage of RAM (1-100%) or a size with k, m, g or t", "rd.root.overlay.size=2g"

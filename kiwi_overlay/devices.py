@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,19 @@ def _kernel_uevents() -> Any:
     return monitor
 
 
+def _block_device(path: Path, found: Path) -> Path:
+    """FOUND, when it is a block device: anything else (a regular file mount would loop-mount) is refused."""
+    if not stat.S_ISBLK(found.stat().st_mode):
+        shown = f"{path} ({found})" if found != path else str(path)
+        raise KiwiOverlayError(f"{shown} is not a block device")
+    return found
+
+
 def wait_for_device(path: Path, *, timeout: float) -> Path:
-    """The device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
+    """The block device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
     found = _find(path, probe=True)
     if found is not None:
-        return found
+        return _block_device(path, found)
     deadline = time.monotonic() + timeout
     monitor = _kernel_uevents()
     log.info(f"waiting up to {timeout:g} s for {path}")
@@ -112,4 +121,4 @@ def wait_for_device(path: Path, *, timeout: float) -> Path:
         # blkid runs only for block events; links from udevd are checked on the interval.
         probe = event is not None and event.subsystem == "block"
     log.debug(f"{path} is {found}")
-    return found
+    return _block_device(path, found)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from kiwi_overlay.errors import printable
+
 DEBUG_LOG = Path("/run/initramfs/log/kiwi-overlay.log")
 
 _debug = False
@@ -40,9 +42,10 @@ def _emit(text: str) -> None:
 
 
 def info(text: str) -> None:
-    _emit(text)
+    _emit(printable(text))
 
 
 def debug(text: str) -> None:
+    """TEXT may have several lines (a traceback); each is escaped."""
     if _debug:
-        _emit(text)
+        _emit("\n".join(map(printable, text.split("\n"))))
