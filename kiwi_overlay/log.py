@@ -6,6 +6,7 @@ boot-time profile the benchmarks read.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,10 @@ def debugging() -> bool:
 
 def _emit(text: str) -> None:
     line = f"[{time.clock_gettime(time.CLOCK_BOOTTIME):10.6f}] kiwi-overlay: {text}"
-    print(line if _debug else f"kiwi-overlay: {text}", file=sys.stderr, flush=True)
+    # A long-lived process (the NBD supervisor) outlives whoever read its stderr: a broken pipe
+    # or a closed console must not end it. The debug log below still gets the line.
+    with contextlib.suppress(OSError, ValueError):
+        print(line if _debug else f"kiwi-overlay: {text}", file=sys.stderr, flush=True)
     if _log_file is not None:
         try:
             _log_file.parent.mkdir(parents=True, exist_ok=True)
