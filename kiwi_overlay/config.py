@@ -115,6 +115,7 @@ class WriteLayer:
     device: Path | None  # the write device, when kind is "device" or asked for but overridden
     reset: bool
     fallback_tmpfs: bool
+    fsck: bool  # check a write device with its filesystem's tool before mounting it
 
     @property
     def size_bytes(self) -> int | None:
@@ -373,7 +374,12 @@ def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
     else:
         kind = "tmpfs"
     return WriteLayer(
-        kind=kind, size=size, device=device, reset=cmdline.getargbool("rd.root.overlay.reset"), fallback_tmpfs=fallback == "tmpfs"
+        kind=kind,
+        size=size,
+        device=device,
+        reset=cmdline.getargbool("rd.root.overlay.reset"),
+        fallback_tmpfs=fallback == "tmpfs",
+        fsck=cmdline.getargbool("rd.root.overlay.write.fsck", default=True) and not cmdline.getargbool("rd.skipfsck"),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,29 @@ def filesystem_type(device: Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+_BLKROSET, _BLKROGET = 0x125D, 0x125E
+
+
+def set_read_only(device: Path, read_only: bool) -> bool:
+    """Make the kernel's DEVICE read-only (or writable) with BLKROSET; returns what it was before."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot open {device}: {error.strerror}") from None
+    try:
+        before = bytearray(4)
+        fcntl.ioctl(fd, _BLKROGET, before)
+        fcntl.ioctl(fd, _BLKROSET, struct.pack("i", int(read_only)))
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot make {device} {'read-only' if read_only else 'writable'}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(before, sys.byteorder))
 
 
 def _unescape_udev(name: str) -> str:

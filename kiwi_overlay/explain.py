@@ -117,6 +117,7 @@ def describe(plan: Plan) -> str:
             f"write layer: {write.device}"
             + (" (reset first)" if write.reset else "")
             + (", tmpfs if it fails" if write.fallback_tmpfs else "")
+            + ("" if write.fsck else ", not checked (rd.root.overlay.write.fsck=0)")
         )
     else:
         note = f" (rd.root.overlay.temporary overrides {write.device})" if write.device else ""

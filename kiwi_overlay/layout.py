@@ -48,12 +48,23 @@ class Layout:
         return self.overlayfs / "work"
 
 
+# A `ro` mount still replays a journal (ext4) or log (xfs, btrfs) onto a writable device: one client
+# would write to the image every client boots from. These options mount without replaying.
+_NO_RECOVERY = {"ext4": "noload", "xfs": "norecovery", "btrfs": "rescue=nologreplay"}
+
+
+def read_options(fstype: str | None) -> tuple[str, ...]:
+    """The read layer's mount options for FSTYPE: read-only, and no journal replay where the filesystem has one."""
+    extra = _NO_RECOVERY.get(fstype or "")
+    return ("ro", extra) if extra else ("ro",)
+
+
 def mounts(plan: Plan, read_device: str, *, run_dir: Path = RUN_DIR, sysroot: Path = SYSROOT) -> tuple[Mount, ...]:
     """The mounts for PLAN with the read layer on READ_DEVICE, in the order they are made."""
     where = Layout(run_dir, sysroot)
     steps = [
         Mount("tmpfs", where.run_dir, "tmpfs", (f"size={plan.write.size}", "mode=0755"), "overlay tmpfs"),
-        Mount(read_device, where.rootfsbase, plan.rootfstype, ("ro",), "read layer"),
+        Mount(read_device, where.rootfsbase, plan.rootfstype, read_options(plan.rootfstype), "read layer"),
     ]
     if plan.write.kind == "device" and plan.write.device is not None:
         steps.append(Mount(str(plan.write.device), where.overlayfs, None, ("rw",), "write layer"))

@@ -53,6 +53,8 @@ install() {
     # (dracut writes the initrd's ld.so.cache).
     inst_libdir_file libudev.so.1
     inst_multiple ldconfig
+    # The check of an ext4 write layer before it is mounted (rd.root.overlay.write.fsck).
+    inst_multiple -o e2fsck
 
     inst_hook cmdline 20 "$moddir/kiwi-overlay-cmdline.sh"
     if dracut_module_included systemd; then
