@@ -56,11 +56,11 @@ MODULE := dracut/modules.d/55kiwi-overlay
 install:
 	install -d -m 755 $(buildroot)$(dracutdir)/55kiwi-overlay
 	install -m 755 $(MODULE)/*.sh $(buildroot)$(dracutdir)/55kiwi-overlay/
-	install -m 644 $(MODULE)/python-closure.txt $(buildroot)$(dracutdir)/55kiwi-overlay/
 
-# Regenerate the committed module after changing kiwi_overlay/dracut/ or what kiwi_overlay imports.
+# Regenerate the committed module after changing kiwi_overlay/dracut/. It records no command: installed
+# by `make install` or the Debian package, it finds /usr/bin/kiwi-overlay or /usr/local/bin/kiwi-overlay.
 dracut-module: venv
-	$(VENV)/bin/kiwi-overlay dracut-module --output $(MODULE)
+	$(VENV)/bin/kiwi-overlay dracut-module --no-command --output $(MODULE)
 
 # The Debian package, with Debian's tooling (dpkg-buildpackage, pybuild; packages in .ci/install-deps):
 # build/deb/kiwi-overlay_VERSION_all.deb, checked by lintian. Built from a copy of the tree, so the
