@@ -79,6 +79,7 @@ def cmd_net_up(args: argparse.Namespace) -> int:
         timeout=args.timeout or plan.timeout,
         lease_dir=Path(args.lease_dir) if args.lease_dir else LEASE_DIR,
         resolv_conf=Path(args.resolv_conf) if args.resolv_conf else RESOLV_CONF,
+        requested=True,
     )
     return 0
 
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     aoe_discover.add_argument("--json", action="store_true", help="JSON list with every field")
     aoe_discover.set_defaults(func=cmd_aoe_discover)
     net = commands.add_parser("net", help="network bring-up").add_subparsers(dest="net_command", required=True, metavar="ACTION")
-    net_up = net.add_parser("up", help="configure the network as ip= says, unless the root server is already reachable")
+    net_up = net.add_parser("up", help="configure the network as ip= (or a network root) says, unless it is already up")
     _add_cmdline_option(net_up)
     net_up.add_argument("--timeout", type=float, metavar="S", help="seconds (default: rd.root.overlay.timeout)")
     net_up.add_argument("--lease-dir", metavar="DIR", help="where lease-IFACE.json goes (default /run/kiwi-overlay)")

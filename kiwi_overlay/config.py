@@ -13,14 +13,20 @@ from pathlib import Path
 from kiwi_overlay.cmdline import KernelCmdline, decimal_number, whole_number
 from kiwi_overlay.errors import OptionError
 from kiwi_overlay.net.grammar import (
+    Bond,
+    Bridge,
     InterfaceName,
     IpConfig,
     StaticRoute,
+    Vlan,
+    parse_bond,
     parse_bootif_option,
+    parse_bridge,
     parse_ifname,
     parse_ip_configs,
     parse_nameserver,
     parse_route,
+    parse_vlan,
 )
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
@@ -127,13 +133,19 @@ class WriteLayer:
 class Network:
     needed: bool  # links must be up before the root can be attached
     needs_ip: bool  # ... and carry an IP configuration
-    ip: tuple[str, ...]  # every ip= as given; ("dhcp",) implied for nbd without one
+    ip: tuple[str, ...]  # every ip= as given; ("dhcp",) implied without one when an address is needed
     implied_dhcp: bool
     configs: tuple[IpConfig, ...]  # ip (implied dhcp included), parsed
     interface_names: tuple[InterfaceName, ...]  # ifname=
     bootif: str | None  # BOOTIF= MAC: the NIC that PXE booted from
     nameservers: tuple[str, ...]  # nameserver=
     routes: tuple[StaticRoute, ...]  # rd.route=
+    bonds: tuple[Bond, ...]  # bond=
+    bridges: tuple[Bridge, ...]  # bridge=
+    vlans: tuple[Vlan, ...]  # vlan= (created last: a VLAN may sit on a bond or bridge)
+    bootdev: str | None  # bootdev=: the interface ip= without a name uses
+    peerdns: bool  # rd.peerdns=0: name servers from DHCP are not used
+    team: tuple[str, ...]  # team=: refused when kiwi-overlay configures the network (no teamd)
 
 
 @dataclass(frozen=True)
@@ -387,13 +399,24 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     ip = cmdline.getargs("ip")
     neednet = cmdline.getargbool("rd.neednet")
     if isinstance(root, NbdRoot):
-        needed, needs_ip, implied = True, True, not ip
-        ip = ip or ("dhcp",)
+        needed, needs_ip = True, True
     elif isinstance(root, AoeRoot):
         # AoE is layer 2: links up, no addresses; a DHCP wait would hang on a segment without a server.
-        needed, needs_ip, implied = True, bool(ip) or neednet, False
+        needed, needs_ip = True, bool(ip) or neednet
     else:
-        needed, needs_ip, implied = neednet, neednet, False
+        needed, needs_ip = neednet, neednet
+    # As dracut: an address needed and no ip= means DHCP on every link (the first lease wins).
+    implied = needs_ip and not ip
+    ip = ip or ("dhcp",) * implied
+    bonds = tuple(map(parse_bond, cmdline.getargs("bond")))
+    bridges = tuple(map(parse_bridge, cmdline.getargs("bridge")))
+    vlans = tuple(map(parse_vlan, cmdline.getargs("vlan")))
+    names = [bond.name for bond in bonds] + [bridge.name for bridge in bridges] + [vlan.name for vlan in vlans]
+    for twice in {name for name in names if names.count(name) > 1}:
+        raise OptionError("vlan/bond/bridge", twice, "is created twice", "bond=bond0:eth0,eth1 vlan=bond0.42:bond0")
+    bootdev = cmdline.getarg("bootdev") or None
+    if bootdev is not None and not _IFNAME.fullmatch(bootdev):
+        raise OptionError("bootdev", bootdev, "is not an interface name", "bootdev=eth0")
     return Network(
         needed=needed,
         needs_ip=needs_ip,
@@ -404,6 +427,12 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
         bootif=parse_bootif_option(cmdline),
         nameservers=tuple(map(parse_nameserver, cmdline.getargs("nameserver"))),
         routes=tuple(map(parse_route, cmdline.getargs("rd.route"))),
+        bonds=bonds,
+        bridges=bridges,
+        vlans=vlans,
+        bootdev=bootdev,
+        peerdns=cmdline.getargbool("rd.peerdns", default=True),
+        team=cmdline.getargs("team"),
     )
 
 

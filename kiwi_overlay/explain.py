@@ -30,13 +30,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _ip_line(config: IpConfig, bootif: str | None) -> str:
+def _ip_line(config: IpConfig, bootif: str | None, bootdev: str | None) -> str:
     if config.interface:
         where = config.interface
+    elif bootdev:
+        where = f"{bootdev} (bootdev=)"
     elif bootif:
         where = f"the interface with MAC {bootif} (BOOTIF)"
     else:
-        where = "the first Ethernet interface that gets a lease"
+        where = "every Ethernet interface, the first lease wins"
     if config.method == "off":
         return f"{where}: left alone (ip={config.text})"
     if config.method == "static":
@@ -53,8 +55,16 @@ def _ip_line(config: IpConfig, bootif: str | None) -> str:
 
 
 def _network_lines(net: Network) -> list[str]:
-    lines = [_ip_line(config, net.bootif) for config in net.configs]
-    lines += [f"interface {rule.name} is the one with MAC {rule.mac} (ifname=)" for rule in net.interface_names]
+    lines = [f"interface {rule.name} is the one with MAC {rule.mac} (ifname=)" for rule in net.interface_names]
+    lines += [
+        f"bond {bond.name} of {', '.join(bond.ports)}"
+        + (f" ({', '.join(f'{name}={value}' for name, value in bond.options)})" if bond.options else "")
+        + (f", MTU {bond.mtu}" if bond.mtu else "")
+        for bond in net.bonds
+    ]
+    lines += [f"bridge {bridge.name} of {', '.join(bridge.ports)}" for bridge in net.bridges]
+    lines += [f"VLAN {vlan.vid} on {vlan.parent} as {vlan.name}" for vlan in net.vlans]
+    lines += [_ip_line(config, net.bootif, net.bootdev) for config in net.configs]
     lines += [
         f"route {route.destination}"
         + (f" via {route.gateway}" if route.gateway else "")
@@ -63,6 +73,9 @@ def _network_lines(net: Network) -> list[str]:
     ]
     if net.nameservers:
         lines.append(f"name servers: {', '.join(net.nameservers)}")
+    if not net.peerdns:
+        lines.append("name servers from DHCP are not used (rd.peerdns=0)")
+    lines += [f"team={team}: refused (no teamd; use bond=)" for team in net.team]
     lines.append("nothing is changed when the network is already up (a route to the root server exists)")
     return lines
 

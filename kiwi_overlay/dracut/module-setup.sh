@@ -51,6 +51,8 @@ depends() {
 installkernel() {
     # Transports and file systems, whatever the build host has loaded.
     hostonly='' instmods nbd aoe overlay squashfs erofs loop af_packet
+    # vlan=, bond=, bridge= (the kernel loads them when kiwi-overlay creates such a link).
+    hostonly='' instmods 8021q bonding bridge
     # The usual NICs of virtual machines and PCs (a hostonly initrd keeps the host's own); other
     # drivers come with add_drivers+=, or all of them with the kernel-network-modules module.
     instmods virtio_net e1000 e1000e igb r8169 vmxnet3

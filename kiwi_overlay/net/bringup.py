@@ -118,14 +118,18 @@ def bring_up(
     timeout: float,
     lease_dir: Path = LEASE_DIR,
     resolv_conf: Path = RESOLV_CONF,
+    requested: bool = False,
 ) -> None:
     """Make the root server reachable as ip= says, within TIMEOUT seconds; raise KiwiOverlayError if not.
 
-    Does nothing when the plan needs no IP configuration or the network is already up.
+    Does nothing when the network is already up, or when the plan needs no IP configuration and
+    it was not REQUESTED (`kiwi-overlay net up` asks for what ip= says even without a network root).
     """
     network = plan.network
-    if not network.needs_ip:
+    if not (network.needs_ip or requested):
         return
+    if not network.ip:
+        raise KiwiOverlayError("nothing to configure: no ip=, no rd.neednet=1 and no network root on the command line; e.g. ip=eth0:dhcp")
     started = time.monotonic()
     server = plan.root.host if isinstance(plan.root, NbdRoot) else None
     if already_up(network, server):
@@ -134,6 +138,11 @@ def bring_up(
     configs = [config for config in network.configs if config.method != "off"]
     if not configs:
         raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
+    if network.team:
+        raise KiwiOverlayError(
+            f"team={network.team[0]}: teaming needs teamd, which kiwi-overlay does not run; use bond= "
+            "(e.g. bond=bond0:eth0,eth1:mode=active-backup)"
+        )
     for config in configs:
         if config.method == "dhcp6":
             raise KiwiOverlayError(
@@ -169,7 +178,12 @@ class _Bringup:
 
         with _netlink("preparing the links"), IPRoute() as ipr:
             _rename_links(ipr, self.network)
-            jobs = [(config, (config.interface,) if config.interface else self._candidates()) for config in configs]
+            used: tuple[str, ...] = ()
+            if self.network.bonds or self.network.bridges or self.network.vlans:
+                from kiwi_overlay.net.virtual import create_links
+
+                used = create_links(ipr, self.network)
+            jobs = [(config, (config.interface,) if config.interface else self._candidates(used)) for config in configs]
             for config, names in jobs:
                 for name in names:
                     _prepare_link(ipr, name, config)
@@ -189,7 +203,8 @@ class _Bringup:
                     self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
                     if lease.mtu:
                         ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
-                    nameservers += lease.nameservers
+                    if self.network.peerdns:
+                        nameservers += lease.nameservers
                 for route in self.network.routes:
                     spec = {
                         "dst": route.destination,
@@ -206,14 +221,17 @@ class _Bringup:
             raise
         for lease in leases:
             self._write_lease(lease)
-        domain = next((lease.domain for lease in leases if lease.domain), None)
+        domain = next((lease.domain for lease in leases if lease.domain and self.network.peerdns), None)
         if nameservers:
             _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
 
-    def _candidates(self) -> tuple[str, ...]:
-        """The interfaces ip= without a name may use: the BOOTIF one, else every Ethernet link not named elsewhere."""
+    def _candidates(self, used: tuple[str, ...]) -> tuple[str, ...]:
+        """The interfaces ip= without a name may use: bootdev=, the BOOTIF one, else every Ethernet link
+        not named elsewhere and not a port or VLAN parent (USED)."""
         from kiwi_overlay.net.links import ethernet_links
 
+        if self.network.bootdev:
+            return (self.network.bootdev,)
         links = ethernet_links()
         if self.network.bootif:
             chosen = [link.name for link in links if link.mac.lower() == self.network.bootif]
@@ -221,7 +239,7 @@ class _Bringup:
                 log.info(f"BOOTIF {self.network.bootif} is {chosen[0]}")
                 return (chosen[0],)
             log.info(f"no interface has the BOOTIF address {self.network.bootif}: trying every Ethernet interface")
-        named = {config.interface for config in self.network.configs}
+        named = {config.interface for config in self.network.configs} | set(used)
         candidates = tuple(link.name for link in links if link.name not in named)
         if not candidates:
             raise KiwiOverlayError("no Ethernet interface for ip=dhcp (is the network driver in the initrd?)")
