@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from kiwi_overlay import log
 from kiwi_overlay.config import AoeRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 
@@ -40,19 +41,38 @@ def attach_read_device(plan: Plan, *, timeout: float) -> Path:
     return wait_for_device(root.device, timeout=timeout)
 
 
+def _detach(plan: Plan, device: Path) -> None:
+    """Let go of the network device of PLAN's root (NBD: disconnect; AoE: the driver forgets the target)."""
+    if isinstance(plan.root, NbdRoot):
+        from kiwi_overlay import nbd
+
+        nbd.detach(device)
+    elif isinstance(plan.root, AoeRoot):
+        from kiwi_overlay import aoe
+
+        aoe.forget(device)
+
+
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
     A failure leaves nothing behind: the mounts are undone by assemble, an NBD device is detached here.
+    With rd.root.overlay.ram the network device is detached once the root is in RAM.
     """
-    device = attach_read_device(plan, timeout=plan.timeout)
+    disk = attach_read_device(plan, timeout=plan.timeout)
     from kiwi_overlay.overlay import assemble
 
     try:
+        device = disk
+        if plan.partition is not None:
+            from kiwi_overlay.partitions import find_partition
+
+            device = find_partition(disk, plan.partition)
         assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
     except BaseException:
         if isinstance(plan.root, NbdRoot):
-            from kiwi_overlay import nbd
-
-            nbd.detach(device)
+            _detach(plan, disk)
         raise
+    if plan.ram and isinstance(plan.root, (NbdRoot, AoeRoot)):
+        _detach(plan, disk)
+        log.info(f"detached {disk}: the root runs from RAM (rd.root.overlay.ram)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.errors import OptionError
+from kiwi_overlay.foreign import foreign_option_notes
 from kiwi_overlay.net.grammar import (
     InterfaceName,
     IpConfig,
@@ -131,6 +132,18 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Partition:
+    """rd.root.overlay.partition: the partition of the attached device that holds the read layer."""
+
+    by: Literal["number", "PARTLABEL", "PARTUUID", "LABEL", "UUID"]
+    value: str  # the number, label or UUID
+
+    @property
+    def text(self) -> str:
+        return self.value if self.by == "number" else f"{self.by}={self.value}"
+
+
+@dataclass(frozen=True)
 class Plan:
     root: Root | None
     write: WriteLayer
@@ -140,6 +153,9 @@ class Plan:
     rootflags: str | None
     timeout: float
     debug: bool
+    partition: Partition | None = None
+    ram: bool = False  # rd.root.overlay.ram: the read layer copied into RAM, the device detached
+    notes: tuple[str, ...] = ()  # one line per option of dracut's own modules that kiwi-overlay does not read
 
 
 def _positive_number(cmdline: KernelCmdline, option: str, default: float | None, example: str) -> float | None:
@@ -394,6 +410,27 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     )
 
 
+_PARTITION_TAGS: tuple[Literal["PARTLABEL", "PARTUUID", "LABEL", "UUID"], ...] = ("PARTLABEL", "PARTUUID", "LABEL", "UUID")
+
+
+def _parse_partition(cmdline: KernelCmdline) -> Partition | None:
+    text = cmdline.getarg("rd.root.overlay.partition")
+    if text is None:
+        return None
+    if text.isdigit() and 1 <= int(text) <= 255:
+        return Partition(by="number", value=str(int(text)))
+    key, _, value = text.partition("=")
+    for tag in _PARTITION_TAGS:
+        if key == tag and value:
+            return Partition(by=tag, value=value)
+    raise OptionError(
+        "rd.root.overlay.partition",
+        text,
+        "needs a partition number (1-255) or " + ", ".join(f"{tag}=" for tag in _PARTITION_TAGS) + " with a value",
+        "rd.root.overlay.partition=2",
+    )
+
+
 def is_overlay_root(cmdline: KernelCmdline) -> bool:
     root = cmdline.getarg("root")
     return root is not None and root.startswith("overlay:")
@@ -415,5 +452,8 @@ def parse_plan(cmdline: KernelCmdline) -> Plan:
         rootfstype=rootfstype,
         rootflags=cmdline.getarg("rootflags") or None,
         timeout=_positive_number(cmdline, "rd.root.overlay.timeout", DEFAULT_TIMEOUT, "120") or DEFAULT_TIMEOUT,
-        debug=cmdline.getargbool("rd.kiwi.debug"),
+        debug=cmdline.getargbool("rd.kiwi.debug") or cmdline.getargbool("rd.debug"),
+        partition=_parse_partition(cmdline),
+        ram=cmdline.getargbool("rd.root.overlay.ram"),
+        notes=foreign_option_notes(cmdline) if root is not None else (),
     )

@@ -22,6 +22,8 @@ def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
     if plan.root is None:
         log.debug("dracut cmdline: root= is not an overlay root, nothing to do")
         return False
+    for note in plan.notes:
+        log.info(note)
     if isinstance(plan.root, NbdRoot):
         conf = "rd.neednet=1" + (" ip=dhcp" if plan.network.implied_dhcp else "")
         (root / NET_CONF).parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from kiwi_overlay import log
@@ -128,11 +129,30 @@ def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
     return True
 
 
+def _copy_to_ram(undo: ExitStack, step: Mount, device: Path, image: Path) -> None:
+    """rd.root.overlay.ram: DEVICE copied to IMAGE, in the tmpfs of STEP sized to it (after checking the memory)."""
+    from kiwi_overlay import ram
+
+    size = ram.device_size(device)
+    ram.check_fits(size, available=ram.available_memory(), device=device)
+    step.target.mkdir()
+    _mount_undoably(undo, replace(step, options=(*step.options, f"size={-(-size // 4096) * 4096}")), "tmpfs")
+    ram.copy_image(device, image, size=size)
+    if not Path("/dev/loop-control").exists():  # loop, for the read layer's mount, is a module nothing loaded yet
+        run(["modprobe", "loop"])
+
+
 def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout, *, mount_root: bool) -> tuple[str, bool]:
     """The mounts of `assemble`, each registered with UNDO; (read layer type, whether the write layer is on its device)."""
-    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    steps = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    tmpfs, root = steps[0], steps[-1]
+    ram = [step for step in steps if step.target == where.ram]
+    read = next(step for step in steps if step.target == where.rootfsbase)
+    write = [step for step in steps if step.target == where.overlayfs]
     _make_dir(undo, where.run_dir)
     _mount_undoably(undo, tmpfs, "tmpfs")
+    if ram:
+        _copy_to_ram(undo, ram[0], read_device, where.ram_image)
     where.rootfsbase.mkdir()
     read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
     _mount_undoably(undo, read, read_type)

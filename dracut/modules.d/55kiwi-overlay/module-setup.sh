@@ -53,6 +53,8 @@ install() {
     # (dracut writes the initrd's ld.so.cache).
     inst_libdir_file libudev.so.1
     inst_multiple ldconfig
+    # rd.root.overlay.partition=LABEL=... (and UUID, PARTLABEL, PARTUUID) asks blkid.
+    inst_multiple -o blkid
 
     inst_hook cmdline 20 "$moddir/kiwi-overlay-cmdline.sh"
     if dracut_module_included systemd; then
