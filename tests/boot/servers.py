@@ -204,6 +204,28 @@ class AoeNames:
         return cls(f"{PREFIX}aoe{tag}", f"{PREFIX}br{tag}", f"{PREFIX}tap{tag}", f"{PREFIX}vh{tag}", f"{PREFIX}vt{tag}")
 
 
+def _make_segment(n: AoeNames) -> None:
+    """Namespace N.namespace behind veth N.veth_target, and the tap a guest gets, on one bridge of their own."""
+    run(["ip", "netns", "add", n.namespace])
+    run(["ip", "link", "add", n.bridge, "type", "bridge"])
+    run(["ip", "tuntap", "add", "dev", n.tap, "mode", "tap"])
+    run(["ip", "link", "add", n.veth_host, "type", "veth", "peer", "name", n.veth_target, "netns", n.namespace])
+    for link in (n.bridge, n.tap, n.veth_host):
+        # No addresses and no IPv6 on the host side: the only traffic here is the guest's.
+        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
+    for port in (n.tap, n.veth_host):
+        run(["ip", "link", "set", port, "master", n.bridge])
+        run(["ip", "link", "set", port, "up"])
+    run(["ip", "link", "set", n.bridge, "up"])
+    run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+
+
+def _remove_segment(n: AoeNames) -> None:
+    for link in (n.tap, n.veth_host, n.bridge):
+        run(["ip", "link", "delete", link], check=False, capture=True)
+    run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+
+
 class AoeTarget:
     """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
 
@@ -240,18 +262,7 @@ class AoeTarget:
 
     def _create(self) -> None:
         n = self.names
-        run(["ip", "netns", "add", n.namespace])
-        run(["ip", "link", "add", n.bridge, "type", "bridge"])
-        run(["ip", "tuntap", "add", "dev", n.tap, "mode", "tap"])
-        run(["ip", "link", "add", n.veth_host, "type", "veth", "peer", "name", n.veth_target, "netns", n.namespace])
-        for link in (n.bridge, n.tap, n.veth_host):
-            # No addresses and no IPv6 on the host side: the only traffic here is the guest's.
-            Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
-        for port in (n.tap, n.veth_host):
-            run(["ip", "link", "set", port, "master", n.bridge])
-            run(["ip", "link", "set", port, "up"])
-        run(["ip", "link", "set", n.bridge, "up"])
-        run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+        _make_segment(n)
         argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
         with tempfile.TemporaryFile() as log:
@@ -261,11 +272,13 @@ class AoeTarget:
                 log.seek(0)
                 raise RuntimeError(f"vblade exited with status {self._vblade.returncode}: {log.read().decode(errors='replace').strip()}")
 
-    def _remove(self) -> None:
+    def stop(self) -> None:
+        """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
             _stop_group(self._vblade.pid)
         self._vblade = None
-        n = self.names
-        for link in (n.tap, n.veth_host, n.bridge):
-            run(["ip", "link", "delete", link], check=False, capture=True)
-        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+
+    def _remove(self) -> None:
+        self.stop()
+        _remove_segment(self.names)
+
