@@ -120,17 +120,16 @@ def cmd_dracut_cmdline(args: argparse.Namespace) -> int:
 
 
 def cmd_dracut_module(args: argparse.Namespace) -> int:
-    from kiwi_overlay.dracut_module import emit
+    from kiwi_overlay.dracut_module import emit, running_command
 
-    emit(args.output, python=args.python or Path(sys.executable))
+    emit(args.output, command=None if args.no_command else (args.command or running_command()))
     return 0
 
 
 def cmd_dracut_python(args: argparse.Namespace) -> int:
-    from kiwi_overlay.pyclosure import Closure, install_tree
+    from kiwi_overlay.pyclosure import install_tree, trace
 
-    closure = Closure.parse(args.closure.read_text(), source=args.closure)
-    for path in install_tree(closure, initdir=args.initdir):
+    for path in install_tree(trace(python=Path(sys.executable)), initdir=args.initdir):
         print(path)
     return 0
 
@@ -142,11 +141,12 @@ def _add_dracut_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     hook.set_defaults(func=cmd_dracut_cmdline)
     module = commands.add_parser("dracut-module", help="write the dracut module directory")
     module.add_argument("--output", type=Path, default=Path("55kiwi-overlay"), metavar="DIR", help="the module directory (55kiwi-overlay)")
-    module.add_argument("--python", type=Path, metavar="PATH", help="the Python for the initrd (default: this one)")
+    record = module.add_mutually_exclusive_group()
+    record.add_argument("--command", type=Path, metavar="PATH", help="the kiwi-overlay dracut runs (default: this one)")
+    record.add_argument("--no-command", action="store_true", help="record none: dracut looks in /usr/bin, /usr/local/bin, PATH")
     module.set_defaults(func=cmd_dracut_module)
     python = commands.add_parser("dracut-python", help="dracut install(): put Python into an initrd, print the ELF files to install")
     python.add_argument("--initdir", type=Path, required=True, metavar="DIR", help="the initrd tree dracut builds")
-    python.add_argument("--closure", type=Path, required=True, metavar="FILE", help="the module's python-closure.txt")
     python.set_defaults(func=cmd_dracut_python)
 
 

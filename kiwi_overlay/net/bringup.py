@@ -4,8 +4,8 @@ Whatever network stack dracut put into the initrd (network-legacy, systemd-netwo
 NetworkManager, none) may or may not have configured the interface by the time the root is
 attached. kiwi-overlay checks for a route to the root server first and changes nothing when
 there is one; otherwise it does what ip= asks itself: interface names, links up, carrier,
-static addresses and routes, DHCPv4, IPv6 autoconfiguration. pyroute2 (and with it asyncio)
-is imported only in that second case.
+static addresses and routes, DHCPv4 (net/dhcp.py), IPv6 autoconfiguration. pyroute2 and
+asyncio are imported only in that second case.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class _Bringup:
 
     def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
         """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
-        from kiwi_overlay.net.links import links_up
+        from kiwi_overlay.net.links import forward_pyroute2_logging, links_up
 
         for config, names in jobs:
             log.info(f"{', '.join(names)}: link up, waiting for carrier")
@@ -245,7 +245,7 @@ class _Bringup:
         if dhcp_jobs:
             import asyncio
 
-            dhcp.forward_pyroute2_logging()
+            forward_pyroute2_logging()
             leases = asyncio.run(self._leases(dhcp_jobs))
         for config, names in jobs:
             if config.method == "auto6":
@@ -263,9 +263,9 @@ class _Bringup:
             indexes = {_index(ipr, name): name for name in names}
             while True:
                 for message in ipr.get_addr(family=socket.AF_INET6):
-                    flags = message.get("IFA_FLAGS") or message["flags"]
+                    flags = message.get_attr("IFA_FLAGS") or message["flags"]
                     if message["index"] in indexes and message["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
-                        address = f"{message.get('IFA_ADDRESS')}/{message['prefixlen']}"
+                        address = f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
                         log.info(f"{indexes[message['index']]}: address {address} from router advertisements ({self.elapsed()})")
                         return
                 remaining = self.remaining()
