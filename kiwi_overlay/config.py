@@ -99,7 +99,19 @@ class LocalRoot:
     transport: Literal["local"] = "local"
 
 
-Root = NbdRoot | AoeRoot | LocalRoot
+@dataclass(frozen=True)
+class DhcpRoot:
+    """root=dhcp: the root is named by the DHCP server's root-path option (17), known after the lease."""
+
+    cmdline: str  # the command line, for the options of the root the server names
+    transport: Literal["dhcp"] = "dhcp"
+
+    @property
+    def device(self) -> None:
+        return None
+
+
+Root = NbdRoot | AoeRoot | LocalRoot | DhcpRoot
 
 
 @dataclass(frozen=True)
@@ -336,6 +348,29 @@ def device_from_spec(
     return Path(directory + (escape_by_name(name) if escaped else name))
 
 
+def root_from_root_path(root_path: str, cmdline_text: str) -> NbdRoot | AoeRoot | LocalRoot:
+    """The root a DHCP root-path names: `overlay:...` (any root=overlay: form), `nbd://`/`nbds://`, or dracut's `nbd:`."""
+    from kiwi_overlay.foreign import nbd_uri_from_dracut
+
+    fail = _Fail("root", "dhcp", "a root-path of overlay:nbd=192.168.1.1:rootfs or nbd://192.168.1.1/rootfs")
+    spec = root_path.strip()
+    if spec.startswith(("nbd://", "nbds://")):
+        spec = "overlay:" + spec
+    elif spec.startswith("nbd:"):
+        converted = nbd_uri_from_dracut(spec)
+        if converted is None:
+            raise fail(f"the DHCP root-path {root_path!r} is not dracut's nbd:SERVER:PORT/EXPORT")
+        spec = converted[0].removeprefix("root=")
+    if not spec.startswith("overlay:"):
+        raise fail(f"the DHCP root-path {root_path!r} is not an overlay root (overlay:..., nbd://, nbds:// or nbd:)")
+    try:
+        root = _parse_root(KernelCmdline(cmdline_text), spec)
+    except OptionError as error:
+        raise fail(f"the DHCP root-path {root_path!r}: {error}") from None
+    assert not isinstance(root, DhcpRoot)
+    return root
+
+
 def _parse_root(cmdline: KernelCmdline, root: str) -> Root:
     spec = root.removeprefix("overlay:")
     kind, sep, value = spec.partition("=")
@@ -389,7 +424,7 @@ def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
 def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     ip = cmdline.getargs("ip")
     neednet = cmdline.getargbool("rd.neednet")
-    if isinstance(root, NbdRoot):
+    if isinstance(root, (NbdRoot, DhcpRoot)):
         needed, needs_ip, implied = True, True, not ip
         ip = ip or ("dhcp",)
     elif isinstance(root, AoeRoot):
@@ -432,14 +467,19 @@ def _parse_partition(cmdline: KernelCmdline) -> Partition | None:
 
 
 def is_overlay_root(cmdline: KernelCmdline) -> bool:
+    """root=overlay:..., or root=dhcp (the DHCP server names an overlay root)."""
     root = cmdline.getarg("root")
-    return root is not None and root.startswith("overlay:")
+    return root is not None and (root.startswith("overlay:") or root == "dhcp")
 
 
 def parse_plan(cmdline: KernelCmdline) -> Plan:
     """The plan for CMDLINE; raises OptionError (one line) for any unusable option."""
     root_text = cmdline.getarg("root")
-    root = _parse_root(cmdline, root_text) if root_text and root_text.startswith("overlay:") else None
+    root: Root | None = None
+    if root_text == "dhcp":
+        root = DhcpRoot(cmdline=cmdline.text)
+    elif root_text and root_text.startswith("overlay:"):
+        root = _parse_root(cmdline, root_text)
     readonly = cmdline.getargbool("rd.root.overlay.readonly")
     rootfstype = cmdline.getarg("rootfstype") or None
     if rootfstype is not None and not re.fullmatch(r"[a-z0-9_.]+", rootfstype):

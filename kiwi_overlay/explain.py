@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kiwi_overlay.config import AoeRoot, NbdRoot, Network, Plan, Root
+from kiwi_overlay.config import AoeRoot, DhcpRoot, NbdRoot, Network, Plan, Root
 from kiwi_overlay.layout import mounts
 from kiwi_overlay.net.grammar import IpConfig
 
@@ -17,6 +17,9 @@ def _device(root: Root) -> str:
         return str(root.device)
     if isinstance(root, NbdRoot):
         return f"(NBD device attached to {root.uri})"
+    if isinstance(root, DhcpRoot):
+        return "(the device of the root the DHCP root-path names)"
+    assert isinstance(root, AoeRoot)
     return f"(the AoE target found on {root.interface})"
 
 
@@ -116,6 +119,8 @@ def describe(plan: Plan) -> str:
             lines.append(f"read layer:  the one AoE target that answers on {root.interface}")
         if root.interfaces:
             lines.append(f"             AoE interfaces: {', '.join(root.interfaces)}")
+    elif isinstance(root, DhcpRoot):
+        lines.append("read layer:  the root the DHCP server's root-path (option 17) names: overlay:..., nbd://, nbds:// or nbd:")
     else:
         lines.append(f"read layer:  {root.device} ({root.spec})")
     if plan.partition is not None:

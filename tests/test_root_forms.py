@@ -19,7 +19,7 @@ from blockdev import blank_image, loop_device, make_image, make_tree, mounts_und
 from kiwi_overlay import ram
 from kiwi_overlay.boot import prepare_root
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import Partition, parse_plan
+from kiwi_overlay.config import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Partition, parse_plan, root_from_root_path
 from kiwi_overlay.errors import KiwiOverlayError, OptionError
 from kiwi_overlay.foreign import nbd_uri_from_dracut
 
@@ -164,3 +164,112 @@ def test_partition_of_a_device_without_partitions_fails_in_one_line_and_undoes(t
             prepare_root(plan, run_dir=run_dir, sysroot=sysroot, mount_root=True)
     assert str(error.value) == f"rd.root.overlay.partition=2: {device} has no partitions (no partition table the kernel reads)"
     assert mounts_under(run_dir, sysroot) == []
+
+
+# ---- root=dhcp ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("root_path", "uri"),
+    [
+        ("overlay:nbd=10.0.0.1:rootfs", "nbd://10.0.0.1:10809/rootfs"),
+        ("nbd://10.0.0.1:10900/rootfs", "nbd://10.0.0.1:10900/rootfs"),
+        ("nbds://server.example/rootfs", "nbds://server.example:10809/rootfs"),
+        ("nbd:10.0.0.1:10809/rootfs:squashfs", "nbd://10.0.0.1:10809/rootfs"),
+    ],
+)
+def test_a_root_path_names_an_nbd_root_with_the_command_lines_options(root_path: str, uri: str) -> None:
+    root = root_from_root_path(root_path, "root=dhcp rd.root.overlay.nbd.connections=2")
+    assert isinstance(root, NbdRoot)
+    assert (root.uri, root.connections) == (uri, 2)
+
+
+def test_a_root_path_may_name_aoe_and_local_roots() -> None:
+    assert root_from_root_path("overlay:aoe=e1.2", "root=dhcp") == AoeRoot(target="e1.2", interface=None, interfaces=())
+    assert root_from_root_path("overlay:LABEL=root", "root=dhcp") == LocalRoot(spec="LABEL=root", device=Path("/dev/disk/by-label/root"))
+
+
+@pytest.mark.parametrize(
+    ("root_path", "problem"),
+    [
+        (
+            "10.0.0.1:/srv/nfsroot",
+            "the DHCP root-path '10.0.0.1:/srv/nfsroot' is not an overlay root (overlay:..., nbd://, nbds:// or nbd:)",
+        ),
+        ("nbd:10.0.0.1", "the DHCP root-path 'nbd:10.0.0.1' is not dracut's nbd:SERVER:PORT/EXPORT"),
+        ("overlay:nbd=10.0.0.1", "the DHCP root-path 'overlay:nbd=10.0.0.1': root=overlay:nbd=10.0.0.1: needs HOST:EXPORT"),
+    ],
+)
+def test_a_root_path_that_is_no_overlay_root_is_one_line(root_path: str, problem: str) -> None:
+    with pytest.raises(OptionError) as error:
+        root_from_root_path(root_path, "root=dhcp")
+    assert str(error.value).startswith(f"root=dhcp: {problem}")
+    assert str(error.value).endswith("; e.g. a root-path of overlay:nbd=192.168.1.1:rootfs or nbd://192.168.1.1/rootfs")
+
+
+def test_root_dhcp_plans_dhcp_and_explains_the_root_path() -> None:
+    plan = parse_plan(KernelCmdline("root=dhcp"))
+    assert isinstance(plan.root, DhcpRoot)
+    assert (plan.network.needs_ip, plan.network.ip, plan.network.implied_dhcp) == (True, ("dhcp",), True)
+    text = subprocess.run(
+        [sys.executable, "-m", "kiwi_overlay", "explain", "--cmdline", "root=dhcp"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "read layer:  the root the DHCP server's root-path (option 17) names" in text
+
+
+@pytest.mark.root
+def test_root_dhcp_mounts_the_root_the_dhcp_server_names(tmp_path: Path) -> None:
+    """dnsmasq in a namespace names the root in option 17; `kiwi-overlay mount --cmdline root=dhcp` runs in the client namespace.
+
+    `ip netns exec` gives the client its own mount namespace (a tmpfs on /run there keeps the lease
+    files off the host's /run) and its own resolv.conf; the mounts end with it, so they are checked inside.
+    """
+    from test_net import Lab
+
+    image = make_image("squashfs", tmp_path / "root.squashfs", tree=make_tree(tmp_path / "tree", marker="from root-path"))
+    lab = Lab(tmp_path)
+    try:
+        with loop_device(image, read_only=True) as device:
+            lab.link("ko-a", 61, options=(f"option:root-path,overlay:UNIXNODE={device.name}",))
+            lab.own_resolv_conf()
+            run_dir, sysroot = tmp_path / "run-dir", tmp_path / "sysroot"
+            script = (
+                'sysroot=$1 run_dir=$2; shift 2; mount -t tmpfs tmpfs /run && "$@" && cat "$sysroot/etc/marker" '
+                '&& findmnt -n -o SOURCE "$run_dir/rootfsbase"; status=$?; umount -R "$sysroot" "$run_dir"; exit $status'
+            )
+            argv = [sys.executable, "-m", "kiwi_overlay", "mount", "--cmdline", "root=dhcp", "--sysroot", str(sysroot)]
+            argv += ["--run-dir", str(run_dir)]
+            result = subprocess.run(
+                ["ip", "netns", "exec", lab.ns, "sh", "-c", script, "sh", str(sysroot), str(run_dir), *argv],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+    finally:
+        lab.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["from root-path", str(device)]
+    assert f"kiwi-overlay: root=dhcp: ko-a's lease names the root overlay:UNIXNODE={device.name}" in result.stderr
+
+
+@pytest.mark.root
+def test_root_dhcp_without_a_root_path_is_one_line(tmp_path: Path) -> None:
+    from test_net import Lab
+
+    lab = Lab(tmp_path)
+    try:
+        lab.link("ko-a", 62)
+        lab.own_resolv_conf()
+        script = 'mount -t tmpfs tmpfs /run && exec "$@"'
+        argv = [sys.executable, "-m", "kiwi_overlay", "mount", "--cmdline", "root=dhcp rd.root.overlay.timeout=20"]
+        argv += ["--sysroot", str(tmp_path / "sysroot"), "--run-dir", str(tmp_path / "run-dir")]
+        result = subprocess.run(
+            ["ip", "netns", "exec", lab.ns, "sh", "-c", script, "sh", *argv], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        lab.close()
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kiwi-overlay: root=dhcp: the DHCP server sent no root-path (option 17) in the lease on ko-a; "
+        "set one, e.g. dnsmasq --dhcp-option=option:root-path,overlay:nbd=192.168.1.1:rootfs"
+    )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import NbdRoot, Network, Plan
+from kiwi_overlay.config import DhcpRoot, NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease
@@ -118,19 +118,20 @@ def bring_up(
     timeout: float,
     lease_dir: Path = LEASE_DIR,
     resolv_conf: Path = RESOLV_CONF,
-) -> None:
+) -> tuple[DhcpLease, ...]:
     """Make the root server reachable as ip= says, within TIMEOUT seconds; raise KiwiOverlayError if not.
 
-    Does nothing when the plan needs no IP configuration or the network is already up.
+    Does nothing when the plan needs no IP configuration or the network is already up (except for
+    root=dhcp, which needs a lease of its own). Returns the DHCP leases it applied.
     """
     network = plan.network
     if not network.needs_ip:
-        return
+        return ()
     started = time.monotonic()
     server = plan.root.host if isinstance(plan.root, NbdRoot) else None
-    if already_up(network, server):
+    if not isinstance(plan.root, DhcpRoot) and already_up(network, server):
         log.info(f"network already up ({f'route to {server}' if server else 'interfaces configured'}): nothing to change")
-        return
+        return ()
     configs = [config for config in network.configs if config.method != "off"]
     if not configs:
         raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
@@ -140,10 +141,11 @@ def bring_up(
                 f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
                 "(it works when the initrd's network stack configures the interface first); use dhcp, auto6 or a static address"
             )
-    _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
+    leases = _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None:
         _check_server(server)
     log.info(f"network up in {time.monotonic() - started:.3f} s")
+    return leases
 
 
 class _Bringup:
@@ -164,7 +166,7 @@ class _Bringup:
     def elapsed(self) -> str:
         return f"{time.monotonic() - self.started:.3f} s"
 
-    def run(self, configs: Sequence[IpConfig]) -> None:
+    def run(self, configs: Sequence[IpConfig]) -> tuple[DhcpLease, ...]:
         from pyroute2 import IPRoute
 
         with _netlink("preparing the links"), IPRoute() as ipr:
@@ -209,6 +211,7 @@ class _Bringup:
         domain = next((lease.domain for lease in leases if lease.domain), None)
         if nameservers:
             _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
+        return tuple(leases)
 
     def _candidates(self) -> tuple[str, ...]:
         """The interfaces ip= without a name may use: the BOOTIF one, else every Ethernet link not named elsewhere."""

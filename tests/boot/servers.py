@@ -5,6 +5,7 @@
   on the same port while a guest runs (server down / restarted scenarios).
 - AoeTarget: vblade in a network namespace, its veth's host end and a tap device on one bridge;
   a guest gets the tap (`Guest(taps=(target.tap,))`). AoE frames never leave that bridge.
+- DhcpSegment: the same bridge and namespace, with dnsmasq (DHCP, a root-path) and qemu-nbd there.
 All are context managers; leaving the block removes everything they created, also on errors.
 Names on the host start with PREFIX (ko-bt-) plus a short random part, so runs do not collide.
 """
@@ -282,3 +283,67 @@ class AoeTarget:
         self.stop()
         _remove_segment(self.names)
 
+
+class DhcpSegment:
+    """dnsmasq (DHCP, with ROOT_PATH as option 17 when given) and qemu-nbd exporting IMAGE as NAME, in a
+    namespace at SERVER_ADDRESS behind a bridge that a guest's tap joins (`Guest(user_net=False, taps=(segment.tap,))`)."""
+
+    SERVER_ADDRESS = "10.43.0.1"  # inside the namespace only
+    NBD_PORT = 10809
+
+    def __init__(self, image: Path, *, root_path: str | None, name: str = "root") -> None:
+        self.image = image
+        self.root_path = root_path
+        self.name = name
+        self.names = AoeNames.fresh()
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}dhcp-")
+        self.log = Path(self._workdir.name) / "servers.log"
+        self._processes: list[int] = []
+
+    @property
+    def tap(self) -> str:
+        return self.names.tap
+
+    def url(self) -> str:
+        return f"nbd://{self.SERVER_ADDRESS}:{self.NBD_PORT}/{self.name}"
+
+    def __enter__(self) -> Self:
+        try:
+            self._create()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self._remove()
+
+    def _create(self) -> None:
+        n = self.names
+        _make_segment(n)
+        run(["ip", "-n", n.namespace, "addr", "add", f"{self.SERVER_ADDRESS}/24", "dev", n.veth_target])
+        prefix = self.SERVER_ADDRESS.rpartition(".")[0]
+        dnsmasq = ["dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp"]
+        dnsmasq += [f"--interface={n.veth_target}", "--bind-interfaces", f"--dhcp-range={prefix}.50,{prefix}.99,255.255.255.0,1h"]
+        dnsmasq += [f"--dhcp-leasefile={Path(self._workdir.name) / 'leases'}"]
+        dnsmasq += [f"--dhcp-option=option:root-path,{self.root_path}"] if self.root_path else []
+        nbd = ["qemu-nbd", f"--bind={self.SERVER_ADDRESS}", f"--port={self.NBD_PORT}", f"--export-name={self.name}", "--format=raw"]
+        nbd += ["--persistent", "--shared=8", "--read-only", str(self.image)]
+        with self.log.open("ab") as log:
+            for argv in (dnsmasq, nbd):
+                process = subprocess.Popen(
+                    ["ip", "netns", "exec", n.namespace, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+                self._processes.append(process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while f":{self.NBD_PORT}" not in run(["ip", "netns", "exec", n.namespace, "ss", "-Hltn"], capture=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"qemu-nbd not listening in {n.namespace}: {self.log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    def _remove(self) -> None:
+        for pid in self._processes:
+            _stop_group(pid)
+        self._processes = []
+        _remove_segment(self.names)
+        self._workdir.cleanup()
