@@ -133,8 +133,9 @@ def _copy_to_ram(undo: ExitStack, step: Mount, device: Path, image: Path) -> Non
     """rd.root.overlay.ram: DEVICE copied to IMAGE, in the tmpfs of STEP sized to it (after checking the memory)."""
     from kiwi_overlay import ram
 
-    size = ram.device_size(device)
-    ram.check_fits(size, available=ram.available_memory(), device=device)
+    size, available = ram.device_size(device), ram.available_memory()
+    ram.check_fits(size, available=available, device=device)
+    log.info(f"copying the read layer {device} ({ram.mib(size)}) into RAM, {ram.mib(available)} available ({ram.OPTION})")
     step.target.mkdir()
     _mount_undoably(undo, replace(step, options=(*step.options, f"size={-(-size // 4096) * 4096}")), "tmpfs")
     ram.copy_image(device, image, size=size)

@@ -1,4 +1,4 @@
-"""Issue 15's root forms in QEMU: a root on a partition of a whole-disk export, and the image in RAM.
+"""Issue 15's root forms in QEMU: a root on a partition of a whole-disk export, the image in RAM, root=dhcp.
 
 The export is tests/boot/rootfs.py's gpt_disk(): GPT, partition 1 "esp", partition 2 "system"
 holding the test root. Served over NBD (nbd-server) and AoE (vblade); the initrd is the session's
@@ -12,8 +12,8 @@ import re
 import pytest
 
 from tests.boot.qemu import Guest, RunningGuest, boot, log_path
-from tests.boot.rootfs import GPT_PARTLABEL, LABEL, gpt_disk
-from tests.boot.servers import AoeTarget, NbdServer
+from tests.boot.rootfs import GPT_PARTLABEL, LABEL, gpt_disk, root_image
+from tests.boot.servers import AoeTarget, DhcpSegment, NbdServer
 from tests.test_boot_kiwi import BOOT_TIMEOUT, busybox_sha256, initrd, mounted
 
 pytestmark = pytest.mark.boot
@@ -63,3 +63,13 @@ def test_15_aoe_root_on_a_partition_by_partlabel_in_ram_survives_vblade_stopping
     console = result.console()
     assert "kiwi-overlay: read layer on partition /dev/etherd/e0.1p2 of /dev/etherd/e0.1" in console, result.describe()
     assert "kiwi-overlay: detached /dev/etherd/e0.1: the root runs from RAM (rd.root.overlay.ram)" in console, result.describe()
+
+
+def test_16_root_dhcp_boots_the_root_that_dnsmasqs_root_path_names() -> None:
+    """dnsmasq (in a namespace behind the guest's tap) sends option 17 in KIWI's form; the guest has no other network."""
+    with DhcpSegment(root_image("squashfs"), root_path=f"overlay:nbd={DhcpSegment.SERVER_ADDRESS}:root") as segment:
+        guest = Guest(initrd(), "root=dhcp ko.test=checksum", user_net=False, taps=(segment.tap,))
+        result = boot(guest, name="kiwi-16-root-dhcp", timeout=BOOT_TIMEOUT)
+    result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
+    assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
+    assert f"kiwi-overlay: root=dhcp: eth0's lease names the root overlay:nbd={DhcpSegment.SERVER_ADDRESS}:root" in result.console()

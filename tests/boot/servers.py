@@ -205,38 +205,15 @@ class AoeNames:
         return cls(f"{PREFIX}aoe{tag}", f"{PREFIX}br{tag}", f"{PREFIX}tap{tag}", f"{PREFIX}vh{tag}", f"{PREFIX}vt{tag}")
 
 
-def _make_segment(n: AoeNames) -> None:
-    """Namespace N.namespace behind veth N.veth_target, and the tap a guest gets, on one bridge of their own."""
-    run(["ip", "netns", "add", n.namespace])
-    run(["ip", "link", "add", n.bridge, "type", "bridge"])
-    run(["ip", "tuntap", "add", "dev", n.tap, "mode", "tap"])
-    run(["ip", "link", "add", n.veth_host, "type", "veth", "peer", "name", n.veth_target, "netns", n.namespace])
-    for link in (n.bridge, n.tap, n.veth_host):
-        # No addresses and no IPv6 on the host side: the only traffic here is the guest's.
-        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
-    for port in (n.tap, n.veth_host):
-        run(["ip", "link", "set", port, "master", n.bridge])
-        run(["ip", "link", "set", port, "up"])
-    run(["ip", "link", "set", n.bridge, "up"])
-    run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+class _Segment:
+    """A namespace behind a veth and the tap a guest gets (`Guest(taps=(segment.tap,))`), on one bridge of their own.
 
+    Subclasses start their servers in the namespace (`_start`) and end them (`stop`); leaving the
+    block removes everything, also on errors.
+    """
 
-def _remove_segment(n: AoeNames) -> None:
-    for link in (n.tap, n.veth_host, n.bridge):
-        run(["ip", "link", "delete", link], check=False, capture=True)
-    run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
-
-
-class AoeTarget:
-    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
-
-    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
-        self.image = image
-        self.shelf = shelf
-        self.slot = slot
-        self.readonly = readonly
+    def __init__(self) -> None:
         self.names = AoeNames.fresh()
-        self._vblade: subprocess.Popen[bytes] | None = None
 
     @property
     def tap(self) -> str:
@@ -246,13 +223,10 @@ class AoeTarget:
     def bridge(self) -> str:
         return self.names.bridge
 
-    @property
-    def target(self) -> str:
-        return f"e{self.shelf}.{self.slot}"
-
     def __enter__(self) -> Self:
         try:
-            self._create()
+            self._make()
+            self._start()
         except BaseException:
             self._remove()
             raise
@@ -261,9 +235,52 @@ class AoeTarget:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._remove()
 
-    def _create(self) -> None:
+    def _make(self) -> None:
         n = self.names
-        _make_segment(n)
+        run(["ip", "netns", "add", n.namespace])
+        run(["ip", "link", "add", n.bridge, "type", "bridge"])
+        run(["ip", "tuntap", "add", "dev", n.tap, "mode", "tap"])
+        run(["ip", "link", "add", n.veth_host, "type", "veth", "peer", "name", n.veth_target, "netns", n.namespace])
+        for link in (n.bridge, n.tap, n.veth_host):
+            # No addresses and no IPv6 on the host side: the only traffic here is the guest's.
+            Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
+        for port in (n.tap, n.veth_host):
+            run(["ip", "link", "set", port, "master", n.bridge])
+            run(["ip", "link", "set", port, "up"])
+        run(["ip", "link", "set", n.bridge, "up"])
+        run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        self.stop()
+        n = self.names
+        for link in (n.tap, n.veth_host, n.bridge):
+            run(["ip", "link", "delete", link], check=False, capture=True)
+        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+
+
+class AoeTarget(_Segment):
+    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+
+    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
+        super().__init__()
+        self.image = image
+        self.shelf = shelf
+        self.slot = slot
+        self.readonly = readonly
+        self._vblade: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+    def _start(self) -> None:
+        n = self.names
         argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
         with tempfile.TemporaryFile() as log:
@@ -279,12 +296,8 @@ class AoeTarget:
             _stop_group(self._vblade.pid)
         self._vblade = None
 
-    def _remove(self) -> None:
-        self.stop()
-        _remove_segment(self.names)
 
-
-class DhcpSegment:
+class DhcpSegment(_Segment):
     """dnsmasq (DHCP, with ROOT_PATH as option 17 when given) and qemu-nbd exporting IMAGE as NAME, in a
     namespace at SERVER_ADDRESS behind a bridge that a guest's tap joins (`Guest(user_net=False, taps=(segment.tap,))`)."""
 
@@ -292,35 +305,19 @@ class DhcpSegment:
     NBD_PORT = 10809
 
     def __init__(self, image: Path, *, root_path: str | None, name: str = "root") -> None:
+        super().__init__()
         self.image = image
         self.root_path = root_path
         self.name = name
-        self.names = AoeNames.fresh()
         self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}dhcp-")
         self.log = Path(self._workdir.name) / "servers.log"
         self._processes: list[int] = []
 
-    @property
-    def tap(self) -> str:
-        return self.names.tap
-
     def url(self) -> str:
         return f"nbd://{self.SERVER_ADDRESS}:{self.NBD_PORT}/{self.name}"
 
-    def __enter__(self) -> Self:
-        try:
-            self._create()
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self._remove()
-
-    def _create(self) -> None:
+    def _start(self) -> None:
         n = self.names
-        _make_segment(n)
         run(["ip", "-n", n.namespace, "addr", "add", f"{self.SERVER_ADDRESS}/24", "dev", n.veth_target])
         prefix = self.SERVER_ADDRESS.rpartition(".")[0]
         dnsmasq = ["dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp"]
@@ -341,9 +338,12 @@ class DhcpSegment:
                 raise RuntimeError(f"qemu-nbd not listening in {n.namespace}: {self.log.read_text(errors='replace')}")
             time.sleep(0.05)
 
-    def _remove(self) -> None:
+    def stop(self) -> None:
+        """End dnsmasq and qemu-nbd (the links stay)."""
         for pid in self._processes:
             _stop_group(pid)
         self._processes = []
-        _remove_segment(self.names)
+
+    def _remove(self) -> None:
+        super()._remove()
         self._workdir.cleanup()
