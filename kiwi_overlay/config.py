@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, decimal_number, whole_number
 from kiwi_overlay.errors import OptionError
+from kiwi_overlay.foreign import foreign_option_notes
 from kiwi_overlay.net.grammar import (
     Bond,
     Bridge,
@@ -106,7 +107,19 @@ class LocalRoot:
     transport: Literal["local"] = "local"
 
 
-Root = NbdRoot | AoeRoot | LocalRoot
+@dataclass(frozen=True)
+class DhcpRoot:
+    """root=dhcp: the root is named by the DHCP server's root-path option (17), known after the lease."""
+
+    cmdline: str  # the command line, for the options of the root the server names
+    transport: Literal["dhcp"] = "dhcp"
+
+    @property
+    def device(self) -> None:
+        return None
+
+
+Root = NbdRoot | AoeRoot | LocalRoot | DhcpRoot
 
 
 def _bytes(size: re.Match[str]) -> int:
@@ -149,6 +162,18 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Partition:
+    """rd.root.overlay.partition: the partition of the attached device that holds the read layer."""
+
+    by: Literal["number", "PARTLABEL", "PARTUUID", "LABEL", "UUID"]
+    value: str  # the number, label or UUID
+
+    @property
+    def text(self) -> str:
+        return self.value if self.by == "number" else f"{self.by}={self.value}"
+
+
+@dataclass(frozen=True)
 class Plan:
     root: Root | None
     write: WriteLayer
@@ -158,6 +183,9 @@ class Plan:
     rootflags: str | None
     timeout: float
     debug: bool
+    partition: Partition | None = None
+    ram: bool = False  # rd.root.overlay.ram: the read layer copied into RAM, the device detached
+    notes: tuple[str, ...] = ()  # one line per option of dracut's own modules that kiwi-overlay does not read
 
 
 def _positive_number(cmdline: KernelCmdline, option: str, default: float | None, example: str) -> float | None:
@@ -340,6 +368,29 @@ def device_from_spec(
     return Path(directory + (escape_by_name(name) if escaped else name))
 
 
+def root_from_root_path(root_path: str, cmdline_text: str) -> NbdRoot | AoeRoot | LocalRoot:
+    """The root a DHCP root-path names: `overlay:...` (any root=overlay: form), `nbd://`/`nbds://`, or dracut's `nbd:`."""
+    from kiwi_overlay.foreign import nbd_uri_from_dracut
+
+    fail = _Fail("root", "dhcp", "a root-path of overlay:nbd=192.168.1.1:rootfs or nbd://192.168.1.1/rootfs")
+    spec = root_path.strip()
+    if spec.startswith(("nbd://", "nbds://")):
+        spec = "overlay:" + spec
+    elif spec.startswith("nbd:"):
+        converted = nbd_uri_from_dracut(spec)
+        if converted is None:
+            raise fail(f"the DHCP root-path {root_path!r} is not dracut's nbd:SERVER:PORT/EXPORT")
+        spec = converted[0].removeprefix("root=")
+    if not spec.startswith("overlay:"):
+        raise fail(f"the DHCP root-path {root_path!r} is not an overlay root (overlay:..., nbd://, nbds:// or nbd:)")
+    try:
+        root = _parse_root(KernelCmdline(cmdline_text), spec)
+    except OptionError as error:
+        raise fail(f"the DHCP root-path {root_path!r}: {error}") from None
+    assert not isinstance(root, DhcpRoot)
+    return root
+
+
 def _parse_root(cmdline: KernelCmdline, root: str) -> Root:
     spec = root.removeprefix("overlay:")
     kind, sep, value = spec.partition("=")
@@ -398,7 +449,7 @@ def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
 def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     ip = cmdline.getargs("ip")
     neednet = cmdline.getargbool("rd.neednet")
-    if isinstance(root, NbdRoot):
+    if isinstance(root, (NbdRoot, DhcpRoot)):
         needed, needs_ip = True, True
     elif isinstance(root, AoeRoot):
         # AoE is layer 2: links up, no addresses; a DHCP wait would hang on a segment without a server.
@@ -436,15 +487,41 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     )
 
 
+_PARTITION_TAGS: tuple[Literal["PARTLABEL", "PARTUUID", "LABEL", "UUID"], ...] = ("PARTLABEL", "PARTUUID", "LABEL", "UUID")
+
+
+def _parse_partition(cmdline: KernelCmdline) -> Partition | None:
+    text = cmdline.getarg("rd.root.overlay.partition")
+    if text is None:
+        return None
+    if text.isdigit() and 1 <= int(text) <= 255:
+        return Partition(by="number", value=str(int(text)))
+    key, _, value = text.partition("=")
+    for tag in _PARTITION_TAGS:
+        if key == tag and value:
+            return Partition(by=tag, value=value)
+    raise OptionError(
+        "rd.root.overlay.partition",
+        text,
+        "needs a partition number (1-255) or " + ", ".join(f"{tag}=" for tag in _PARTITION_TAGS) + " with a value",
+        "rd.root.overlay.partition=2",
+    )
+
+
 def is_overlay_root(cmdline: KernelCmdline) -> bool:
+    """root=overlay:..., or root=dhcp (the DHCP server names an overlay root)."""
     root = cmdline.getarg("root")
-    return root is not None and root.startswith("overlay:")
+    return root is not None and (root.startswith("overlay:") or root == "dhcp")
 
 
 def parse_plan(cmdline: KernelCmdline) -> Plan:
     """The plan for CMDLINE; raises OptionError (one line) for any unusable option."""
     root_text = cmdline.getarg("root")
-    root = _parse_root(cmdline, root_text) if root_text and root_text.startswith("overlay:") else None
+    root: Root | None = None
+    if root_text == "dhcp":
+        root = DhcpRoot(cmdline=cmdline.text)
+    elif root_text and root_text.startswith("overlay:"):
+        root = _parse_root(cmdline, root_text)
     readonly = cmdline.getargbool("rd.root.overlay.readonly")
     rootfstype = cmdline.getarg("rootfstype") or None
     if rootfstype is not None and not re.fullmatch(r"[a-z0-9_.]+", rootfstype):
@@ -457,5 +534,8 @@ def parse_plan(cmdline: KernelCmdline) -> Plan:
         rootfstype=rootfstype,
         rootflags=cmdline.getarg("rootflags") or None,
         timeout=_positive_number(cmdline, "rd.root.overlay.timeout", DEFAULT_TIMEOUT, "120") or DEFAULT_TIMEOUT,
-        debug=cmdline.getargbool("rd.kiwi.debug"),
+        debug=cmdline.getargbool("rd.kiwi.debug") or cmdline.getargbool("rd.debug"),
+        partition=_parse_partition(cmdline),
+        ram=cmdline.getargbool("rd.root.overlay.ram"),
+        notes=foreign_option_notes(cmdline) if root is not None else (),
     )

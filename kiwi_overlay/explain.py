@@ -6,18 +6,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kiwi_overlay.config import AoeRoot, NbdRoot, Network, Plan, Root
+from kiwi_overlay.config import AoeRoot, DhcpRoot, NbdRoot, Network, Plan, Root
 from kiwi_overlay.layout import mounts
 from kiwi_overlay.net.grammar import IpConfig
 
 
-def _read_source(root: Root) -> str:
-    """The read layer's block device, or what it will be once attached."""
+def _device(root: Root) -> str:
+    """The root's block device, or what it will be once attached."""
     if root.device is not None:
         return str(root.device)
     if isinstance(root, NbdRoot):
         return f"(NBD device attached to {root.uri})"
+    if isinstance(root, DhcpRoot):
+        return "(the device of the root the DHCP root-path names)"
+    assert isinstance(root, AoeRoot)
     return f"(the AoE target found on {root.interface})"
+
+
+def _read_source(plan: Plan, root: Root) -> str:
+    """The read layer's block device: the root's device, or its partition (rd.root.overlay.partition)."""
+    if plan.partition is None:
+        return _device(root)
+    return f"(partition {plan.partition.text} of {_device(root)})"
 
 
 def _plain(value: Any) -> Any:
@@ -99,7 +109,10 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "rootflags": plan.rootflags,
         "timeout": plan.timeout,
         "debug": plan.debug,
-        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_source(plan.root))],
+        "partition": _plain(asdict(plan.partition)) if plan.partition else None,
+        "ram": plan.ram,
+        "notes": list(plan.notes),
+        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_source(plan, plan.root))],
     }
 
 
@@ -119,9 +132,16 @@ def describe(plan: Plan) -> str:
             lines.append(f"read layer:  the one AoE target that answers on {root.interface}")
         if root.interfaces:
             lines.append(f"             AoE interfaces: {', '.join(root.interfaces)}")
+    elif isinstance(root, DhcpRoot):
+        lines.append("read layer:  the root the DHCP server's root-path (option 17) names: overlay:..., nbd://, nbds:// or nbd:")
     else:
         lines.append(f"read layer:  {root.device} ({root.spec})")
+    if plan.partition is not None:
+        lines.append(f"             on its partition {plan.partition.text} (rd.root.overlay.partition)")
     lines.append(f"             filesystem {plan.rootfstype or 'detected from the device'}; wait up to {plan.timeout:g} s")
+    if plan.ram:
+        detached = " then detached" if isinstance(root, (NbdRoot, AoeRoot)) else ""
+        lines.append(f"             copied into RAM (rd.root.overlay.ram), the device{detached}")
     write = plan.write
     if write.kind == "none":
         lines.append("write layer: none (rd.root.overlay.readonly): / is read-only")
@@ -144,7 +164,8 @@ def describe(plan: Plan) -> str:
         lines.append(f"network:     {' '.join('ip=' + ip for ip in net.ip)}" + (" (implied)" if net.implied_dhcp else ""))
         lines.extend("             " + line for line in _network_lines(net))
     lines.append("mounts:")
-    for step in mounts(plan, _read_source(root)):
+    for step in mounts(plan, _read_source(plan, root)):
         options = ",".join(step.options) or "defaults"
         lines.append(f"  {step.target}  <- {step.source}  [{step.fstype or 'auto'}; {options}]  {step.purpose}")
+    lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import NbdRoot, Network, Plan
+from kiwi_overlay.config import DhcpRoot, NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease
@@ -119,22 +119,23 @@ def bring_up(
     lease_dir: Path = LEASE_DIR,
     resolv_conf: Path = RESOLV_CONF,
     requested: bool = False,
-) -> None:
+) -> tuple[DhcpLease, ...]:
     """Make the root server reachable as ip= says, within TIMEOUT seconds; raise KiwiOverlayError if not.
 
-    Does nothing when the network is already up, or when the plan needs no IP configuration and
-    it was not REQUESTED (`kiwi-overlay net up` asks for what ip= says even without a network root).
+    Does nothing when the network is already up (except for root=dhcp, which needs a lease of its
+    own), or when the plan needs no IP configuration and it was not REQUESTED (`kiwi-overlay net up`
+    asks for what ip= says even without a network root). Returns the DHCP leases it applied.
     """
     network = plan.network
     if not (network.needs_ip or requested):
-        return
+        return ()
     if not network.ip:
         raise KiwiOverlayError("nothing to configure: no ip=, no rd.neednet=1 and no network root on the command line; e.g. ip=eth0:dhcp")
     started = time.monotonic()
     server = plan.root.host if isinstance(plan.root, NbdRoot) else None
-    if already_up(network, server):
+    if not isinstance(plan.root, DhcpRoot) and already_up(network, server):
         log.info(f"network already up ({f'route to {server}' if server else 'interfaces configured'}): nothing to change")
-        return
+        return ()
     configs = [config for config in network.configs if config.method != "off"]
     if not configs:
         raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
@@ -149,10 +150,11 @@ def bring_up(
                 f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
                 "(it works when the initrd's network stack configures the interface first); use dhcp, auto6 or a static address"
             )
-    _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
+    leases = _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None:
         _check_server(server)
     log.info(f"network up in {time.monotonic() - started:.3f} s")
+    return leases
 
 
 class _Bringup:
@@ -173,7 +175,7 @@ class _Bringup:
     def elapsed(self) -> str:
         return f"{time.monotonic() - self.started:.3f} s"
 
-    def run(self, configs: Sequence[IpConfig]) -> None:
+    def run(self, configs: Sequence[IpConfig]) -> tuple[DhcpLease, ...]:
         from pyroute2 import IPRoute
 
         with _netlink("preparing the links"), IPRoute() as ipr:
@@ -224,6 +226,7 @@ class _Bringup:
         domain = next((lease.domain for lease in leases if lease.domain and self.network.peerdns), None)
         if nameservers:
             _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
+        return tuple(leases)
 
     def _candidates(self, used: tuple[str, ...]) -> tuple[str, ...]:
         """The interfaces ip= without a name may use: bootdev=, the BOOTIF one, else every Ethernet link

@@ -15,6 +15,7 @@ a copy to the kernel log for people reading the console. Markers, in order:
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
+                                    read-files=ok COUNT|failed FILE (every file of the root read),
                                     aoe-discover=eS.S|none, hold=SECONDS,
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))

@@ -77,6 +77,8 @@ install() {
     inst_multiple ldconfig
     # The check of an ext4 write layer before it is mounted (rd.root.overlay.write.fsck).
     inst_multiple -o e2fsck
+    # rd.root.overlay.partition=LABEL=... (and UUID, PARTLABEL, PARTUUID) asks blkid.
+    inst_multiple -o blkid
 
     inst_hook cmdline 20 "$moddir/kiwi-overlay-cmdline.sh"
     if dracut_module_included systemd; then
