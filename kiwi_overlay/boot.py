@@ -43,14 +43,24 @@ def attach_read_device(plan: Plan, *, timeout: float) -> Path:
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
-    A failure leaves nothing behind: the mounts are undone by assemble, an NBD device is detached here.
+    With rd.root.overlay.verity the read layer is the dm-verity device over the attached one.
+    A failure leaves nothing behind: the mounts are undone by assemble, the verity and NBD devices here.
     """
     device = attach_read_device(plan, timeout=plan.timeout)
     from kiwi_overlay.overlay import assemble
 
+    verified = False
     try:
-        assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+        read_device = device
+        if plan.verity:
+            from kiwi_overlay import verity
+
+            read_device = verity.open_verified(device, plan.verity)
+            verified = True
+        assemble(plan, read_device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
     except BaseException:
+        if verified:
+            verity.close()
         if isinstance(plan.root, NbdRoot):
             from kiwi_overlay import nbd
 

@@ -140,6 +140,7 @@ class Plan:
     rootflags: str | None
     timeout: float
     debug: bool
+    verity: str | None = None  # rd.root.overlay.verity: the dm-verity root hash (lowercase hex) the read layer must match
 
 
 def _positive_number(cmdline: KernelCmdline, option: str, default: float | None, example: str) -> float | None:
@@ -394,6 +395,22 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     )
 
 
+def _parse_verity(cmdline: KernelCmdline) -> str | None:
+    from kiwi_overlay.verity import ROOT_HASH_LENGTHS
+
+    value = cmdline.getarg("rd.root.overlay.verity")
+    if value is None:
+        return None
+    if len(value) not in ROOT_HASH_LENGTHS or not re.fullmatch(r"[0-9A-Fa-f]+", value):
+        raise OptionError(
+            "rd.root.overlay.verity",
+            value,
+            "needs the root hash that veritysetup format printed (64 hex digits for sha256)",
+            "rd.root.overlay.verity=" + "4f" * 32,
+        )
+    return value.lower()
+
+
 def is_overlay_root(cmdline: KernelCmdline) -> bool:
     root = cmdline.getarg("root")
     return root is not None and root.startswith("overlay:")
@@ -416,4 +433,5 @@ def parse_plan(cmdline: KernelCmdline) -> Plan:
         rootflags=cmdline.getarg("rootflags") or None,
         timeout=_positive_number(cmdline, "rd.root.overlay.timeout", DEFAULT_TIMEOUT, "120") or DEFAULT_TIMEOUT,
         debug=cmdline.getargbool("rd.kiwi.debug"),
+        verity=_parse_verity(cmdline),
     )

@@ -20,6 +20,15 @@ def _read_source(root: Root) -> str:
     return f"(the AoE target found on {root.interface})"
 
 
+def _read_layer(plan: Plan, root: Root) -> str:
+    """What the read layer is mounted from: the verity device over the read source, with rd.root.overlay.verity."""
+    if plan.verity:
+        from kiwi_overlay.verity import MAPPER
+
+        return str(MAPPER)
+    return _read_source(root)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -86,7 +95,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "rootflags": plan.rootflags,
         "timeout": plan.timeout,
         "debug": plan.debug,
-        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_source(plan.root))],
+        "verity": plan.verity,
+        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_layer(plan, plan.root))],
     }
 
 
@@ -108,6 +118,9 @@ def describe(plan: Plan) -> str:
             lines.append(f"             AoE interfaces: {', '.join(root.interfaces)}")
     else:
         lines.append(f"read layer:  {root.device} ({root.spec})")
+    if plan.verity:
+        lines.append(f"             verified by dm-verity: root hash {plan.verity} (hash tree appended to the image);")
+        lines.append("             a changed block reads as an I/O error, a changed filesystem superblock stops the boot")
     lines.append(f"             filesystem {plan.rootfstype or 'detected from the device'}; wait up to {plan.timeout:g} s")
     write = plan.write
     if write.kind == "none":
@@ -130,7 +143,7 @@ def describe(plan: Plan) -> str:
         lines.append(f"network:     {' '.join('ip=' + ip for ip in net.ip)}" + (" (implied)" if net.implied_dhcp else ""))
         lines.extend("             " + line for line in _network_lines(net))
     lines.append("mounts:")
-    for step in mounts(plan, _read_source(root)):
+    for step in mounts(plan, _read_layer(plan, root)):
         options = ",".join(step.options) or "defaults"
         lines.append(f"  {step.target}  <- {step.source}  [{step.fstype or 'auto'}; {options}]  {step.purpose}")
     return "\n".join(lines)
