@@ -86,23 +86,34 @@ def _detach(plan: Plan, device: Path) -> None:
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
-    A failure leaves nothing behind: the mounts are undone by assemble, an NBD device is detached here.
+    With rd.root.overlay.verity the read layer is the dm-verity device over the attached one (or its partition).
+    A failure leaves nothing behind: the mounts are undone by assemble, the verity and NBD devices here.
     With rd.root.overlay.ram the network device is detached once the root is in RAM.
     """
     plan, disk = attach_read_device(plan, timeout=plan.timeout)
     from kiwi_overlay.overlay import assemble
 
+    verified = False
     try:
         device = disk
         if plan.partition is not None:
             from kiwi_overlay.partitions import find_partition
 
             device = find_partition(disk, plan.partition)
+        if plan.verity:
+            from kiwi_overlay import verity
+
+            device = verity.open_verified(device, plan.verity)
+            verified = True
         assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
     except BaseException:
+        if verified:
+            verity.close()
         if isinstance(plan.root, NbdRoot):
             _detach(plan, disk)
         raise
     if plan.ram and isinstance(plan.root, (NbdRoot, AoeRoot)):
+        if verified:
+            verity.close()  # the copy in RAM was verified as it was read
         _detach(plan, disk)
         log.info(f"detached {disk}: the root runs from RAM (rd.root.overlay.ram)")

@@ -44,6 +44,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verity_format(args: argparse.Namespace) -> int:
+    """Append the hash tree to IMAGE; print the root hash and the kernel option that names it."""
+    from kiwi_overlay.verity import format_image
+
+    root_hash = format_image(args.image)
+    print(f"rd.root.overlay.verity={root_hash}")
+    return 0
+
+
 def cmd_aoe_discover(args: argparse.Namespace) -> int:
     """One line per target (`e0.1 IFACE MAC SIZE`) or JSON; exit 1 when none answered."""
     from kiwi_overlay.aoe import discover, human_size
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     aoe_discover.add_argument("--timeout", type=float, default=2.0, metavar="S", help="collect answers for S seconds (default 2)")
     aoe_discover.add_argument("--json", action="store_true", help="JSON list with every field")
     aoe_discover.set_defaults(func=cmd_aoe_discover)
+    verity = commands.add_parser("verity", help="dm-verity for the read image").add_subparsers(
+        dest="verity_command", required=True, metavar="ACTION"
+    )
+    verity_format = verity.add_parser("format", help="append veritysetup's hash tree to IMAGE, print rd.root.overlay.verity=ROOTHASH")
+    verity_format.add_argument("image", type=Path, metavar="IMAGE", help="the read image (squashfs, erofs, ext4, ...), changed in place")
+    verity_format.set_defaults(func=cmd_verity_format)
     net = commands.add_parser("net", help="network bring-up").add_subparsers(dest="net_command", required=True, metavar="ACTION")
     net_up = net.add_parser("up", help="configure the network as ip= (or a network root) says, unless it is already up")
     _add_cmdline_option(net_up)

@@ -186,6 +186,7 @@ class Plan:
     partition: Partition | None = None
     ram: bool = False  # rd.root.overlay.ram: the read layer copied into RAM, the device detached
     notes: tuple[str, ...] = ()  # one line per option of dracut's own modules that kiwi-overlay does not read
+    verity: str | None = None  # rd.root.overlay.verity: the dm-verity root hash (lowercase hex) the read layer must match
 
 
 def _positive_number(cmdline: KernelCmdline, option: str, default: float | None, example: str) -> float | None:
@@ -508,6 +509,22 @@ def _parse_partition(cmdline: KernelCmdline) -> Partition | None:
     )
 
 
+def _parse_verity(cmdline: KernelCmdline) -> str | None:
+    from kiwi_overlay.verity import ROOT_HASH_LENGTHS
+
+    value = cmdline.getarg("rd.root.overlay.verity")
+    if value is None:
+        return None
+    if len(value) not in ROOT_HASH_LENGTHS or not re.fullmatch(r"[0-9A-Fa-f]+", value):
+        raise OptionError(
+            "rd.root.overlay.verity",
+            value,
+            "needs the root hash that veritysetup format printed (64 hex digits for sha256)",
+            "rd.root.overlay.verity=" + "4f" * 32,
+        )
+    return value.lower()
+
+
 def is_overlay_root(cmdline: KernelCmdline) -> bool:
     """root=overlay:..., or root=dhcp (the DHCP server names an overlay root)."""
     root = cmdline.getarg("root")
@@ -538,4 +555,5 @@ def parse_plan(cmdline: KernelCmdline) -> Plan:
         partition=_parse_partition(cmdline),
         ram=cmdline.getargbool("rd.root.overlay.ram"),
         notes=foreign_option_notes(cmdline) if root is not None else (),
+        verity=_parse_verity(cmdline),
     )

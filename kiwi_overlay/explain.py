@@ -30,6 +30,15 @@ def _read_source(plan: Plan, root: Root) -> str:
     return f"(partition {plan.partition.text} of {_device(root)})"
 
 
+def _read_layer(plan: Plan, root: Root) -> str:
+    """What the read layer is mounted from: the verity device over the read source, with rd.root.overlay.verity."""
+    if plan.verity:
+        from kiwi_overlay.verity import MAPPER
+
+        return str(MAPPER)
+    return _read_source(plan, root)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -111,8 +120,9 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "debug": plan.debug,
         "partition": _plain(asdict(plan.partition)) if plan.partition else None,
         "ram": plan.ram,
+        "verity": plan.verity,
         "notes": list(plan.notes),
-        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_source(plan, plan.root))],
+        "mounts": [_plain(asdict(step)) for step in mounts(plan, _read_layer(plan, plan.root))],
     }
 
 
@@ -138,6 +148,9 @@ def describe(plan: Plan) -> str:
         lines.append(f"read layer:  {root.device} ({root.spec})")
     if plan.partition is not None:
         lines.append(f"             on its partition {plan.partition.text} (rd.root.overlay.partition)")
+    if plan.verity:
+        lines.append(f"             verified by dm-verity: root hash {plan.verity} (hash tree appended to the image);")
+        lines.append("             a changed block reads as an I/O error, a changed filesystem superblock stops the boot")
     lines.append(f"             filesystem {plan.rootfstype or 'detected from the device'}; wait up to {plan.timeout:g} s")
     if plan.ram:
         detached = " then detached" if isinstance(root, (NbdRoot, AoeRoot)) else ""
@@ -164,7 +177,7 @@ def describe(plan: Plan) -> str:
         lines.append(f"network:     {' '.join('ip=' + ip for ip in net.ip)}" + (" (implied)" if net.implied_dhcp else ""))
         lines.extend("             " + line for line in _network_lines(net))
     lines.append("mounts:")
-    for step in mounts(plan, _read_source(plan, root)):
+    for step in mounts(plan, _read_layer(plan, root)):
         options = ",".join(step.options) or "defaults"
         lines.append(f"  {step.target}  <- {step.source}  [{step.fstype or 'auto'}; {options}]  {step.purpose}")
     lines.extend(f"note: {note}" for note in plan.notes)

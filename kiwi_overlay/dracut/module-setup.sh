@@ -56,6 +56,10 @@ installkernel() {
     # The usual NICs of virtual machines and PCs (a hostonly initrd keeps the host's own); other
     # drivers come with add_drivers+=, or all of them with the kernel-network-modules module.
     instmods virtio_net e1000 e1000e igb r8169 vmxnet3
+    # dm-verity for rd.root.overlay.verity, when the host has veritysetup to set it up with.
+    if find_binary veritysetup > /dev/null; then
+        hostonly='' instmods dm_verity
+    fi
 }
 
 # called by dracut
@@ -87,4 +91,19 @@ install() {
         inst_hook mount 10 "$moddir/kiwi-overlay-mount.sh"
     fi
     inst_hook shutdown 45 "$moddir/kiwi-overlay-shutdown.sh"
+    if find_binary veritysetup > /dev/null; then
+        inst_multiple veritysetup
+    fi
+    _kiwi_overlay_install_tls
+}
+
+# The CA, client certificate and key that rd.root.overlay.nbd.tls.* name: every file of
+# $kiwi_overlay_tls_dir (dracut.conf.d; default /etc/kiwi-overlay/tls) goes to /etc/kiwi-overlay/tls.
+_kiwi_overlay_install_tls() {
+    local _dir="${kiwi_overlay_tls_dir:-/etc/kiwi-overlay/tls}" _file
+    [[ -d $_dir ]] || return 0
+    for _file in "$_dir"/*; do
+        [[ -f $_file ]] || continue
+        inst_simple "$_file" "/etc/kiwi-overlay/tls/${_file##*/}" || _kiwi_overlay_fail "could not install $_file"
+    done
 }

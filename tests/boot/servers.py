@@ -65,6 +65,7 @@ class _Server:
     """A server process group, stopped and started again on the same port at will."""
 
     what = "server"
+    scheme = "nbd"  # of url(): "nbds" for a server that requires TLS
 
     def __init__(self, image: Path, *, name: str, readonly: bool, port: int | None) -> None:
         self.image = image
@@ -126,25 +127,42 @@ class _Server:
         return f"nbd:{GUEST_HOST}:{self.port}:{fstype}:ro:-name,{self.name}"
 
     def url(self) -> str:
-        """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://...)."""
-        return f"nbd://{GUEST_HOST}:{self.port}/{self.name}"
+        """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://..., nbds:// with TLS)."""
+        return f"{self.scheme}://{GUEST_HOST}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A TLS server's files: its certificate and key, and the CA that client certificates must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
 
 
 class NbdServer(_Server):
     """nbd-server 3.24 with one named export, configured by a private config file.
 
     It runs as the daemon it wants to be: in the foreground (-d) it serves a single connection.
+    With TLS a client must STARTTLS before anything else (`force_tls`: 3.24 still served a plain
+    client an export marked only `tlsonly`), and must present a certificate that CLIENT_CA signed
+    (3.24 ends the session of a TLS client without one: "Error in the certificate").
     """
 
     what = "nbd-server"
 
-    def __init__(self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, tls: ServerTls | None = None
+    ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
+        self.scheme = "nbds" if tls else "nbd"
         self.config = Path(self._workdir.name) / "config"
-        self.config.write_text(
-            f"[generic]\nport = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
-            f"[{name}]\nexportname = {image}\nreadonly = {str(readonly).lower()}\n"
-        )
+        generic = f"port = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
+        export = f"exportname = {image}\nreadonly = {str(readonly).lower()}\n"
+        if tls:
+            generic += f"force_tls = true\ncertfile = {tls.cert}\nkeyfile = {tls.key}\ncacertfile = {tls.client_ca}\n"
+            export += "tlsonly = true\n"
+        self.config.write_text(f"[generic]\n{generic}[{name}]\n{export}")
         self._pidfile = Path(self._workdir.name) / "pid"
 
     def _launch(self) -> int:
@@ -168,10 +186,21 @@ class QemuNbd(_Server):
     what = "qemu-nbd"
 
     def __init__(
-        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8, trace: bool = False
+        self,
+        image: Path,
+        *,
+        name: str = "root",
+        readonly: bool = True,
+        port: int | None = None,
+        connections: int = 8,
+        trace: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.connections = connections
+        # TLS_DIR holds server-cert.pem and server-key.pem (QEMU's names); no client certificate is asked for.
+        self.tls_dir = tls_dir
+        self.scheme = "nbds" if tls_dir else "nbd"
         self.trace = trace  # qemu-nbd's nbd_* trace events (every request, with its type) into self.log
 
     def _launch(self) -> int:
@@ -185,6 +214,11 @@ class QemuNbd(_Server):
             f"--shared={self.connections}",
             *(["--read-only"] if self.readonly else []),
             *(["--trace=nbd_*"] if self.trace else []),
+            *(
+                ["--object", f"tls-creds-x509,id=tls0,dir={self.tls_dir},endpoint=server,verify-peer=off", "--tls-creds=tls0"]
+                if self.tls_dir
+                else []
+            ),
             str(self.image),
         ]
         with self.log.open("ab") as log:
