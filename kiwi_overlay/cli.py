@@ -184,6 +184,9 @@ def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
             action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
             action.add_argument("--ioctl", action="store_true", help="the old ioctl interface even where netlink exists")
+            action.add_argument(
+                "--lost", default="wait", metavar="POLICY", help="wait, fail:SECONDS or reboot:SECONDS (as rd.root.overlay.nbd.lost)"
+            )
     detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
     detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
     detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")
