@@ -241,7 +241,10 @@ class Supervisor:
             return
         self.say(f"no NBD server for {lost.seconds:g} s: I/O on the root device fails from now on ({option})", level=2)
         if give_up is not None:
-            give_up()
+            try:
+                give_up()
+            except Exception as error:  # the kernel fails I/O after SECONDS by itself; keep reconnecting
+                self.say(f"cannot make I/O fail at once: {error}")
 
     # -- messages after start -----------------------------------------------------------
 
