@@ -11,6 +11,12 @@ from pathlib import Path
 
 from kiwi_overlay.config import AoeRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.layout import Layout
+
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kiwi_overlay.watch import Started
 
 
 def attach_read_device(plan: Plan, *, timeout: float) -> Path:
@@ -44,15 +50,44 @@ def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) 
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
     A failure leaves nothing behind: the mounts are undone by assemble, an NBD device is detached here.
+    The watch of the write layer starts first, so its interpreter loads while the device is attached.
     """
-    device = attach_read_device(plan, timeout=plan.timeout)
-    from kiwi_overlay.overlay import assemble
+    watch = _start_watch(Layout(run_dir, sysroot).overlayfs) if plan.write.kind != "none" else None
+    try:
+        device = attach_read_device(plan, timeout=plan.timeout)
+        from kiwi_overlay.overlay import assemble
+
+        try:
+            assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+        except BaseException:
+            if isinstance(plan.root, NbdRoot):
+                from kiwi_overlay import nbd
+
+                nbd.detach(device)
+            raise
+    except BaseException:
+        if watch is not None:
+            watch.stop()
+        raise
+    if watch is not None:
+        try:
+            watch.confirm()
+        except KiwiOverlayError as error:
+            _no_watch(error)
+
+
+def _start_watch(write_layer: Path) -> Started | None:
+    """The warning before the write layer fills up: useful, not needed to boot."""
+    from kiwi_overlay.watch import Started
 
     try:
-        assemble(plan, device, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
-    except BaseException:
-        if isinstance(plan.root, NbdRoot):
-            from kiwi_overlay import nbd
+        return Started(write_layer)
+    except OSError as error:
+        _no_watch(error)
+        return None
 
-            nbd.detach(device)
-        raise
+
+def _no_watch(error: Exception) -> None:
+    from kiwi_overlay import log
+
+    log.info(f"no warning before the write layer fills up: {error}")

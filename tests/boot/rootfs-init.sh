@@ -137,6 +137,24 @@ action() {
             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
             exec /shutdown poweroff
             ;;
+        fill-overlay)
+            # Fill the write layer to 82, 91 and 96 %; after each, wait up to 60 s for one more warning of the watch.
+            warned=0
+            for percent in 82 91 96; do
+                total=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $2 }')
+                used=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $3 }')
+                kib=$((total * percent / 100 - used))
+                [ "$kib" -gt 0 ] && dd if=/dev/zero of="/ko-fill-$percent" bs=1k count="$kib" 2> /dev/null
+                warned=$((warned + 1))
+                i=0
+                while [ $i -lt 600 ] && [ "$(dmesg | grep -c 'kiwi-overlay-watch.* % full')" -lt $warned ]; do
+                    sleep 0.1
+                    i=$((i + 1))
+                done
+                mark "fill-overlay-$percent=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $5 }') warnings=$(dmesg | grep -c 'kiwi-overlay-watch.* % full')"
+            done
+            rm -f /ko-fill-*
+            ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
             mark "hold=${1#hold-}"
