@@ -134,6 +134,8 @@ def describe(plan: Plan) -> str:
     else:
         note = f" (rd.root.overlay.temporary overrides {write.device})" if write.device else ""
         lines.append(f"write layer: tmpfs of {write.size}{note}")
+    if write.kind != "none":
+        lines.append("             kiwi-overlay-watch warns on the console and in the journal at 80, 90 and 95 % full")
     net = plan.network
     if not net.needed:
         lines.append("network:     not needed")

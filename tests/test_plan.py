@@ -234,6 +234,7 @@ def test_human_output_names_the_parts() -> None:
     )
     assert "NBD export 'rootfs' on 10.0.0.1:10809" in result.stdout
     assert "write layer: /dev/disk/by-label/cow" in result.stdout
+    assert "kiwi-overlay-watch warns on the console and in the journal at 80, 90 and 95 % full" in result.stdout
     assert "ip=dhcp (implied)" in result.stdout
 
 

@@ -11,6 +11,8 @@ kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
                                     aoe-discover=eS.S|none, hold=SECONDS,
+                                    fill-overlay-82|91|96=USE% warnings=N (the write layer filled in
+                                    three steps, each followed by a wait for one more kiwi-overlay-watch line),
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now
