@@ -6,7 +6,8 @@ set -eu
 checkout=$1
 export PYTHONDONTWRITEBYTECODE=1
 ko() { "$checkout/.venv/bin/python" -m kiwi_overlay "$@"; }
-step() { echo "KO-NBD: $*"; }
+# Steps go to the harness's result channel (ttyS1), never the console printk writes to.
+step() { echo "KO-NBD: $*" > /dev/ttyS1; }
 
 ip link set lo up
 work=/tmp/nbd
@@ -46,7 +47,7 @@ read_sum=$(
     {
         dd if="$device" bs=1M count=16 iflag=direct status=none
         stop first
-        echo "KO-NBD: first server stopped after 16 MiB" >&2
+        step "first server stopped after 16 MiB"
         dd if="$device" bs=1M skip=16 iflag=direct status=none
     } | sha256sum
 )

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from guest_kernel import GuestKernel, guest_kernel
 from nbd_servers import make_ca, sign
 
+from tests.boot.qemu import ResultChannel
+
 pytestmark = [pytest.mark.boot, pytest.mark.root]
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -101,25 +103,34 @@ def _initramfs(kernel: GuestKernel, directory: Path, script: str) -> Path:
     return image
 
 
-def _boot(directory: Path, script: str) -> str:
-    """The console of a guest that runs tests/boot/SCRIPT; kept as DIRECTORY/console.log."""
+def _boot(directory: Path, script: str) -> tuple[str, list[str]]:
+    """The console and the result lines of a guest that runs tests/boot/SCRIPT; the console is kept as DIRECTORY/console.log."""
     kernel = guest_kernel()
     initramfs = _initramfs(kernel, directory, script)
-    result = subprocess.run(
+    channel = ResultChannel()
+    qemu = subprocess.Popen(
         [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot",
+            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot",
+            "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", *channel.serial_argv(),
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 loglevel=6",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
         ],
-        capture_output=True, text=True, timeout=900,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=channel.pass_fds,
     )  # fmt: skip
-    (directory / "console.log").write_text(result.stdout)  # kept by pytest for a look after a failure
-    return result.stdout
+    channel.started()
+    try:
+        output, _ = qemu.communicate(timeout=900)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    (directory / "console.log").write_text(output)  # kept by pytest for a look after a failure
+    return output, channel.read_all()
 
 
 def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
-    output = _boot(tmp_path, "nbd_guest.sh")
+    output, lines = _boot(tmp_path, "nbd_guest.sh")
     assert "KO-NBD-GUEST-START" in output, output[-3000:]
     assert "KO-NBD-GUEST-EXIT 0" in output, output[-6000:]
     steps = (
@@ -140,12 +151,13 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         "tls first sector ok",
         "tls detached",
     )
+    assert all(line.startswith("KO-NBD: ") for line in lines), lines
     for step in steps:
-        assert f"KO-NBD: {step}" in output, output[-6000:]
+        assert f"KO-NBD: {step}" in lines, f"{lines}\n{output[-6000:]}"
 
 
 def test_failover_and_lost_server_policies_in_a_guest(tmp_path: Path) -> None:
-    output = _boot(tmp_path, "nbd_failover_guest.sh")
+    output, lines = _boot(tmp_path, "nbd_failover_guest.sh")
     assert "KO-NBD-GUEST-START" in output, output[-3000:]
     steps = (
         "failover attached /dev/nbd0 through nbd://127.0.0.1:10809/rootfs",
@@ -159,9 +171,10 @@ def test_failover_and_lost_server_policies_in_a_guest(tmp_path: Path) -> None:
         "fail record says failing",
         "reboot attached /dev/nbd2",
     )
+    assert all(line.startswith("KO-NBD: ") for line in lines), lines
     for step in steps:
-        assert f"KO-NBD: {step}" in output, output[-6000:]
-    # QEMU runs with -no-reboot: the reboot ends it before the script does.
+        assert f"KO-NBD: {step}" in lines, f"{lines}\n{output[-6000:]}"
+    # QEMU runs with -no-reboot: the reboot ends it before the script does. The line is the supervisor's, on the console.
     assert "no NBD server for 3 s: rebooting (rd.root.overlay.nbd.lost=reboot:3)" in output, output[-6000:]
-    assert "KO-NBD: reboot did not happen" not in output
+    assert "KO-NBD: reboot did not happen" not in lines
     assert "KO-NBD-GUEST-EXIT" not in output
