@@ -12,6 +12,7 @@ from pathlib import Path
 from kiwi_overlay import log
 from kiwi_overlay.config import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.layout import Layout
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from kiwi_overlay.net.dhcp import DhcpLease
+    from kiwi_overlay.watch import Started
 
 
 def _dhcp_root(plan: Plan, root: DhcpRoot, leases: Sequence[DhcpLease]) -> Plan:
@@ -86,7 +88,25 @@ def _detach(plan: Plan, device: Path) -> None:
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
-    With rd.root.overlay.verity the read layer is the dm-verity device over the attached one (or its partition).
+    The watch of the write layer starts first, so its interpreter loads while the device is attached.
+    """
+    watch = _start_watch(Layout(run_dir, sysroot).overlayfs) if plan.write.kind != "none" else None
+    try:
+        _attach_and_assemble(plan, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+    except BaseException:
+        if watch is not None:
+            watch.stop()
+        raise
+    if watch is not None:
+        try:
+            watch.confirm()
+        except KiwiOverlayError as error:
+            _no_watch(error)
+
+
+def _attach_and_assemble(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
+    """Attach the read device and assemble the layers on it (or on its partition, or its dm-verity device).
+
     A failure leaves nothing behind: the mounts are undone by assemble, the verity and NBD devices here.
     With rd.root.overlay.ram the network device is detached once the root is in RAM.
     """
@@ -117,3 +137,18 @@ def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) 
             verity.close()  # the copy in RAM was verified as it was read
         _detach(plan, disk)
         log.info(f"detached {disk}: the root runs from RAM (rd.root.overlay.ram)")
+
+
+def _start_watch(write_layer: Path) -> Started | None:
+    """The warning before the write layer fills up: useful, not needed to boot."""
+    from kiwi_overlay.watch import Started
+
+    try:
+        return Started(write_layer)
+    except OSError as error:
+        _no_watch(error)
+        return None
+
+
+def _no_watch(error: Exception) -> None:
+    log.info(f"no warning before the write layer fills up: {error}")

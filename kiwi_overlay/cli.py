@@ -105,6 +105,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from kiwi_overlay.status import collect, describe
+
+    status = collect(run_dir=args.run_dir)
+    if args.json:
+        import json
+
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(describe(status))
+    return 0 if status["overlay"] else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from kiwi_overlay.watch import watch
+
+    watch(args.directory, interval=args.interval)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from kiwi_overlay.cmdline import KernelCmdline
     from kiwi_overlay.generator import generate
@@ -196,6 +216,9 @@ def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
             action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
             action.add_argument("--ioctl", action="store_true", help="the old ioctl interface even where netlink exists")
+            action.add_argument(
+                "--lost", default="wait", metavar="POLICY", help="wait, fail:SECONDS or reboot:SECONDS (as rd.root.overlay.nbd.lost)"
+            )
     detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
     detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
     detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")
@@ -240,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         _add_layout_options(command)
         command.set_defaults(func=cmd_prepare)
+    from kiwi_overlay.config import RUN_DIR
+
+    status = commands.add_parser("status", help="the running overlay root: layers, device, server, connection, fill level (exit 1: none)")
+    status.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers are (default {RUN_DIR})")
+    status.add_argument("--json", action="store_true", help="JSON with every field")
+    status.set_defaults(func=cmd_status)
+    watch = commands.add_parser("watch", help="warn on the kernel log at 80, 90, 95 %% fill of DIRECTORY's filesystem (runs until killed)")
+    watch.add_argument("directory", type=Path, metavar="DIRECTORY", help="e.g. /run/overlay/overlayfs, the write layer")
+    watch.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between checks (default 5)")
+    watch.set_defaults(func=cmd_watch)
     generator = commands.add_parser("generate", help="systemd generator: units that mount an overlay root")
     generator.add_argument("normal_dir", type=Path, metavar="NORMAL_DIR")
     generator.add_argument("early_dir", type=Path, nargs="?", help=argparse.SUPPRESS)

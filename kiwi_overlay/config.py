@@ -7,7 +7,7 @@ the effects (network, attach, mounts) consume.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, decimal_number, whole_number
@@ -58,19 +58,46 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(
 _SIZE = re.compile(r"([0-9]{1,19})([kmgt]?)", re.IGNORECASE)
 _PERCENT = re.compile(r"([0-9]{1,3})%")
 _MAX_TMPFS_BYTES = 1 << 62
+_SECONDS = re.compile(r"[0-9]{1,7}(\.[0-9]{1,3})?")
+# A comma that starts another URI in root=overlay:nbd://A/x,nbd://B/x
+_URI_LIST = re.compile(r",(?=nbds?://)")
+MAX_NBD_SERVERS = 8
+MAX_LOST_SECONDS = 86400
+
+
+@dataclass(frozen=True)
+class NbdServer:
+    host: str
+    port: int
+    export: str
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT, with an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LostPolicy:
+    """rd.root.overlay.nbd.lost: what happens after SECONDS without any server."""
+
+    action: Literal["wait", "fail", "reboot"]
+    seconds: float | None  # None for wait
+
+
+WAIT_FOREVER = LostPolicy(action="wait", seconds=None)
 
 
 @dataclass(frozen=True)
 class NbdRoot:
-    host: str
-    port: int
-    export: str
+    servers: tuple[NbdServer, ...]  # serving the same image: attach through the first that answers, reconnect to any
     tls: bool
     connections: int
     io_timeout: float | None
     tls_ca: Path | None
     tls_cert: Path | None
     tls_key: Path | None
+    lost: LostPolicy = WAIT_FOREVER
     transport: Literal["nbd"] = "nbd"
 
     @property
@@ -78,14 +105,33 @@ class NbdRoot:
         """The kernel picks the /dev/nbdN at attach time."""
         return None
 
+    # The first server: where the network bring-up looks for a route, what messages name the root by.
+    @property
+    def host(self) -> str:
+        return self.servers[0].host
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].port
+
+    @property
+    def export(self) -> str:
+        return self.servers[0].export
+
     @property
     def address(self) -> str:
-        """HOST:PORT, with an IPv6 host in brackets."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return self.servers[0].address
 
     @property
     def uri(self) -> str:
-        return f"{'nbds' if self.tls else 'nbd'}://{self.address}/{self.export}"
+        return self.server_uri(self.servers[0])
+
+    def server_uri(self, server: NbdServer) -> str:
+        return f"{'nbds' if self.tls else 'nbd'}://{server.address}/{server.export}"
+
+    def through(self, server: NbdServer) -> NbdRoot:
+        """This root reached through SERVER only (what a single connection attempt uses)."""
+        return replace(self, servers=(server,))
 
 
 @dataclass(frozen=True)
@@ -271,8 +317,56 @@ def parse_nbd_address(address: str, *, option: str = "URI", shown: str | None = 
     return _check_host(host, fail), NBD_DEFAULT_PORT, export, False
 
 
+def parse_nbd_servers(address: str, *, option: str = "URI", shown: str | None = None) -> tuple[tuple[NbdServer, ...], bool]:
+    """The servers and TLS of `HOST1,HOST2:EXPORT` or `URI1,URI2` (one server: any parse_nbd_address form).
+
+    URIs are split only where a comma starts another nbd:// or nbds:// (an export name may hold commas);
+    all of them use TLS or none.
+    """
+    example = "root=overlay:nbd=10.0.0.1,10.0.0.2:rootfs" if option == "root" else "nbd://10.0.0.1/rootfs,nbd://10.0.0.2/rootfs"
+    fail = _Fail(option, address if shown is None else shown, example)
+    if "://" in address:
+        parsed = [parse_nbd_address(uri, option=option, shown=shown or address) for uri in _URI_LIST.split(address)]
+    else:
+        colon = _export_colon(address)
+        if colon < 0:
+            parsed = [parse_nbd_address(address, option=option, shown=shown)]
+        else:
+            export = address[colon:]
+            parsed = [parse_nbd_address(host + export, option=option, shown=shown or address) for host in address[:colon].split(",")]
+    if len({tls for *_, tls in parsed}) > 1:
+        raise fail("nbd:// and nbds:// mixed: all servers use TLS or none")
+    servers = [NbdServer(host, port, export) for host, port, export, _ in parsed]
+    if len(servers) > MAX_NBD_SERVERS:
+        raise fail(f"{len(servers)} servers; at most {MAX_NBD_SERVERS}")
+    if len(set(servers)) < len(servers):
+        raise fail("a server is named twice")
+    return tuple(servers), parsed[0][3]
+
+
+def _export_colon(address: str) -> int:
+    """Where the export starts in `HOST1,[IPV6]:EXPORT`: the first ':' outside brackets; -1 without one."""
+    inside = False
+    for index, char in enumerate(address):
+        if char in "[]":
+            inside = char == "["
+        elif char == ":" and not inside:
+            return index
+    return -1
+
+
+def parse_lost_policy(value: str | None, *, option: str = "rd.root.overlay.nbd.lost") -> LostPolicy:
+    """`wait`, `fail:SECONDS` or `reboot:SECONDS` (None: wait)."""
+    if value is None or value == "wait":
+        return WAIT_FOREVER
+    action, colon, seconds = value.partition(":")
+    if action not in ("fail", "reboot") or not colon or not _SECONDS.fullmatch(seconds) or not 1 <= float(seconds) <= MAX_LOST_SECONDS:
+        raise OptionError(option, value, f"must be wait, fail:SECONDS or reboot:SECONDS (1 to {MAX_LOST_SECONDS})", f"{option}=reboot:300")
+    return LostPolicy(action="fail" if action == "fail" else "reboot", seconds=float(seconds))
+
+
 def _parse_nbd(cmdline: KernelCmdline, root: str, address: str) -> NbdRoot:
-    host, port, export, tls = parse_nbd_address(address, option="root", shown=root)
+    servers, tls = parse_nbd_servers(address, option="root", shown=root)
     connections_text = cmdline.getarg("rd.root.overlay.nbd.connections")
     connections = 1
     if connections_text is not None:
@@ -301,15 +395,14 @@ def _parse_nbd(cmdline: KernelCmdline, root: str, address: str) -> NbdRoot:
             "rd.root.overlay.nbd.tls.cert=/etc/c.pem rd.root.overlay.nbd.tls.key=/etc/k.pem",
         )
     return NbdRoot(
-        host=host,
-        port=port,
-        export=export,
+        servers=servers,
         tls=tls or any(tls_files.values()),
         connections=connections,
         io_timeout=_positive_number(cmdline, "rd.root.overlay.nbd.timeout", None, "30"),
         tls_ca=tls_files["ca"],
         tls_cert=tls_files["cert"],
         tls_key=tls_files["key"],
+        lost=parse_lost_policy(cmdline.getarg("rd.root.overlay.nbd.lost")),
     )
 
 

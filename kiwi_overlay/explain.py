@@ -99,6 +99,14 @@ def _network_lines(net: Network) -> list[str]:
     return lines
 
 
+def _lost_line(root: NbdRoot) -> str:
+    lost = root.lost
+    if lost.action == "wait":
+        return "server lost: I/O waits until a server answers again (rd.root.overlay.nbd.lost=wait)"
+    what = "I/O on the root fails" if lost.action == "fail" else "the machine reboots"
+    return f"server lost: {what} after {lost.seconds:g} s without a server (rd.root.overlay.nbd.lost={lost.action}:{lost.seconds:g})"
+
+
 def plan_dict(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready data; `{"root": None}` when the command line is not for kiwi-overlay."""
     if plan.root is None:
@@ -106,7 +114,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     root = _plain(asdict(plan.root))
     root["device"] = _plain(plan.root.device)
     if isinstance(plan.root, NbdRoot):
-        root["uri"] = plan.root.uri
+        # The first server's fields stay where they were before several servers could be named.
+        root |= {"host": plan.root.host, "port": plan.root.port, "export": plan.root.export, "uri": plan.root.uri}
     write = _plain(asdict(plan.write))
     write["size_bytes"] = plan.write.size_bytes
     return {
@@ -134,7 +143,11 @@ def describe(plan: Plan) -> str:
     lines = []
     if isinstance(root, NbdRoot):
         lines.append(f"read layer:  NBD export {root.export!r} on {root.address}" + (" over TLS" if root.tls else ""))
+        if len(root.servers) > 1:
+            others = ", ".join(f"{server.export!r} on {server.address}" for server in root.servers[1:])
+            lines.append(f"             or, in this order, {others}: the first that answers; a reconnect goes to any with the same size")
         lines.append(f"             {root.connections} connection(s)" + (f", I/O timeout {root.io_timeout:g} s" if root.io_timeout else ""))
+        lines.append(f"             {_lost_line(root)}")
     elif isinstance(root, AoeRoot):
         if root.target:
             lines.append(f"read layer:  AoE target {root.target} ({root.device})")
@@ -168,6 +181,8 @@ def describe(plan: Plan) -> str:
     else:
         note = f" (rd.root.overlay.temporary overrides {write.device})" if write.device else ""
         lines.append(f"write layer: tmpfs of {write.size}{note}")
+    if write.kind != "none":
+        lines.append("             kiwi-overlay-watch warns on the console and in the journal at 80, 90 and 95 % full")
     net = plan.network
     if not net.needed:
         lines.append("network:     not needed")

@@ -17,6 +17,8 @@ a copy to the kernel log for people reading the console. Markers, in order:
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
                                     read-files=ok COUNT|failed FILE (every file of the root read),
                                     aoe-discover=eS.S|none, hold=SECONDS,
+                                    fill-overlay-82|91|96=USE% warnings=N (the write layer filled in
+                                    three steps, each followed by a wait for one more kiwi-overlay-watch line),
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now
