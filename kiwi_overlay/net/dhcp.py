@@ -53,6 +53,9 @@ async def lease(name: str, hostname: str | None) -> DhcpLease:
     """A DHCPv4 lease on NAME, configured for a boot: no release on exit, no files, no signal handlers."""
     from dataclasses import asdict
 
+    from kiwi_overlay.pyroute import skip_package_init
+
+    skip_package_init()
     from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
     from pyroute2.dhcp.fsm import State
     from pyroute2.dhcp.leases import Lease, MissingOptionError
