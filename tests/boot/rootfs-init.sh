@@ -1,14 +1,17 @@
 #!/bin/sh
 # /sbin/init of the tiny test root (busybox). It reports what the initrd built as
-# "KO-MARK name[=value]" lines on the kernel log (so each carries the kernel's timestamp and
-# reaches the serial console), runs the actions named by ko.test=A,B,... and powers off.
+# "[uptime] KO-MARK name[=value]" lines on the second serial port, the harness's result channel
+# (printk never writes there), runs the actions named by ko.test=A,B,... and powers off.
 # The marker protocol is documented in tests/boot/qemu.py.
 export PATH=/bin:/sbin
 set -f # command line words are split below, never globbed
 
 mark() {
-    # printk level 2 passes any console loglevel but "quiet"; stdout when /dev/kmsg is missing.
-    if [ -w /dev/kmsg ]; then echo "<2>KO-MARK $*" > /dev/kmsg; else echo "KO-MARK $*"; fi
+    read -r uptime _ < /proc/uptime
+    # Opened per line: closing a tty waits until its output is sent, so no marker is lost at poweroff.
+    echo "[$uptime] KO-MARK $*" > /dev/ttyS1
+    # A copy on the console for people reading the log (the harness does not parse it).
+    if [ -w /dev/kmsg ]; then echo "<2>KO-MARK $*" > /dev/kmsg; fi
 }
 
 # The initrd moves its /proc, /sys, /dev and /run here; mount what it did not.
@@ -136,6 +139,18 @@ action() {
             # /shutdown moves the old root's /proc, /sys, /dev, /run away and needs its own.
             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
             exec /shutdown poweroff
+            ;;
+        noise)
+            # The harness's result channel under printk load: a background writer floods the
+            # console with kernel messages while 200 markers with long values are written.
+            (i=0; while [ $i -lt 2000 ]; do echo "<2>ko-noise $i: console traffic that must never reach a result line" > /dev/kmsg; i=$((i + 1)); done) &
+            noise=$!
+            i=0
+            while [ $i -lt 200 ]; do
+                mark "noise-$i=abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789-$i"
+                i=$((i + 1))
+            done
+            wait "$noise"
             ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).

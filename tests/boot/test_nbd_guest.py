@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from guest_kernel import GuestKernel, guest_kernel
 from nbd_servers import make_ca, sign
 
+from tests.boot.qemu import ResultChannel
+
 pytestmark = [pytest.mark.boot, pytest.mark.root]
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -99,16 +101,25 @@ def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
 def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
     kernel = guest_kernel()
     initramfs = _initramfs(kernel, tmp_path)
-    result = subprocess.run(
+    channel = ResultChannel()
+    qemu = subprocess.Popen(
         [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot",
+            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot",
+            "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", *channel.serial_argv(),
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 loglevel=6",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
         ],
-        capture_output=True, text=True, timeout=900,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=channel.pass_fds,
     )  # fmt: skip
-    output = result.stdout
+    channel.started()
+    try:
+        output, _ = qemu.communicate(timeout=900)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    lines = channel.read_all()
     (tmp_path / "console.log").write_text(output)  # kept by pytest for a look after a failure
     assert "KO-NBD-GUEST-START" in output, output[-3000:]
     assert "KO-NBD-GUEST-EXIT 0" in output, output[-6000:]
@@ -130,5 +141,6 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         "tls first sector ok",
         "tls detached",
     )
+    assert all(line.startswith("KO-NBD: ") for line in lines), lines
     for step in steps:
-        assert f"KO-NBD: {step}" in output, output[-6000:]
+        assert f"KO-NBD: {step}" in lines, f"{lines}\n{output[-6000:]}"
