@@ -137,6 +137,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from kiwi_overlay.shutdown import RUN_DIRS, shutdown
+
+    shutdown(run_dirs=tuple(args.run_dir) or RUN_DIRS, nbd_state_dir=args.nbd_state_dir)
+    return 0
+
+
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
     from kiwi_overlay.config import RUN_DIR, SYSROOT
 
@@ -279,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     generator.add_argument("late_dir", nargs="?", help=argparse.SUPPRESS)
     _add_layout_options(generator)
     generator.set_defaults(func=cmd_generate)
+    stop = commands.add_parser("shutdown", help="shutdown hook: leave the write layer clean, detach the NBD devices")
+    stop.add_argument("--run-dir", type=Path, action="append", default=[], metavar="DIR", help="where the layers are (repeatable)")
+    stop.add_argument("--nbd-state-dir", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    stop.set_defaults(func=cmd_shutdown)
     _add_dracut_commands(commands)
     _add_nbd_parser(commands)
     return parser

@@ -14,7 +14,7 @@ NEED_SHUTDOWN = Path("run/initramfs/.need_shutdown")
 
 
 def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
-    """True when PLAN boots an overlay root; for NBD, ask dracut for the network and the shutdown initramfs.
+    """True when PLAN boots an overlay root; for NBD, ask dracut for the network; for NBD or a write device, the shutdown initramfs.
 
     NBD needs an address: rd.neednet=1, and ip=dhcp unless ip= is given (as KIWI does), so
     dracut's own network (where the flavour does it) helps. AoE is layer 2: no IP at all.
@@ -28,8 +28,11 @@ def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
         conf = "rd.neednet=1" + (" ip=dhcp" if plan.network.implied_dhcp else "")
         (root / NET_CONF).parent.mkdir(parents=True, exist_ok=True)
         (root / NET_CONF).write_text(conf + "\n")
+        log.debug(f"dracut cmdline: wrote {conf!r} to /{NET_CONF}")
+    if isinstance(plan.root, NbdRoot) or plan.write.kind == "device":
+        # The shutdown hook detaches NBD and leaves a persistent write layer clean (any transport).
         (root / NEED_SHUTDOWN).parent.mkdir(parents=True, exist_ok=True)
         (root / NEED_SHUTDOWN).touch()
-        log.debug(f"dracut cmdline: wrote {conf!r} to /{NET_CONF}; need_shutdown for the NBD detach")
+        log.debug("dracut cmdline: need_shutdown for the shutdown hook")
     log.debug(f"dracut cmdline: overlay root over {plan.root.transport}")
     return True

@@ -1,3 +1,4 @@
 #!/bin/sh
-# shutdown hook: detach the NBD devices once the real root is unmounted (non-zero: dracut retries).
-/usr/bin/kiwi-overlay nbd detach --all
+# shutdown hook, once the real root is unmounted: leave a persistent write layer clean (synced,
+# unmounted or read-only) and detach the NBD devices (non-zero: dracut retries).
+/usr/bin/kiwi-overlay shutdown
