@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.boot.qemu import RESULT_PORT, ResultChannel
+
 sys.path.insert(0, str(Path(__file__).parent / "boot"))
 from guest_kernel import GuestKernel, guest_kernel
 
@@ -54,7 +56,9 @@ MODPROBE = """#!/bin/sh
 exec /usr/sbin/modprobe -d {root} "$@"
 """
 
+# Results go to the harness's result channel (RESULT_PORT), never the console printk writes to.
 PROGRAM = """
+import functools
 from pathlib import Path
 from kiwi_overlay import log
 from kiwi_overlay.aoe import attach_root
@@ -62,22 +66,23 @@ from kiwi_overlay.config import AoeRoot
 from kiwi_overlay.errors import KiwiOverlayError
 
 log.configure(debug=True, log_file=Path("/run/kiwi-overlay.log"))
+print = functools.partial(print, file=open({result_port!r}, "w"), flush=True)
 # e7.7 (the test responder) answers Query Config but never ATA: the driver makes no device.
 try:
     attach_root(AoeRoot(target="e7.7", interface=None, interfaces=()), timeout=15)
 except KiwiOverlayError as error:
-    print("RESULT no-device", error, flush=True)
-print("RESULT unloaded", not Path("/sys/module/aoe").exists(), flush=True)
+    print("RESULT no-device", error)
+print("RESULT unloaded", not Path("/sys/module/aoe").exists())
 device = attach_root(AoeRoot(target="e0.1", interface=None, interfaces=()), timeout=90)
-print("RESULT device", device, device.is_block_device(), device.open("rb").read({marker}) == {marker_bytes!r}, flush=True)
-print("RESULT iflist", repr(Path("/sys/module/aoe/parameters/aoe_iflist").read_text().strip()), flush=True)
+print("RESULT device", device, device.is_block_device(), device.open("rb").read({marker}) == {marker_bytes!r})
+print("RESULT iflist", repr(Path("/sys/module/aoe/parameters/aoe_iflist").read_text().strip()))
 # The module is loaded now: the interface list goes to /dev/etherd/interfaces.
-print("RESULT loaded", attach_root(AoeRoot(target="e0.1", interface=None, interfaces=("eth0",)), timeout=60), flush=True)
+print("RESULT loaded", attach_root(AoeRoot(target="e0.1", interface=None, interfaces=("eth0",)), timeout=60))
 for root in (AoeRoot(target=None, interface="eth0", interfaces=("eth0",)), AoeRoot(target="e0.9", interface=None, interfaces=())):
     try:
         attach_root(root, timeout=3)
     except KiwiOverlayError as error:
-        print("RESULT", root.target or root.interface, error, flush=True)
+        print("RESULT", root.target or root.interface, error)
 """
 
 
@@ -111,7 +116,7 @@ def _initramfs(kernel: GuestKernel, work: Path) -> Path:
     (bin_dir / "modprobe").write_text(MODPROBE.format(root=kernel.root))
     (bin_dir / "modprobe").chmod(0o755)
     program = work / "guest.py"
-    program.write_text(PROGRAM.format(marker=len(MARKER), marker_bytes=MARKER))
+    program.write_text(PROGRAM.format(marker=len(MARKER), marker_bytes=MARKER, result_port=RESULT_PORT))
     python = CHECKOUT / ".venv/bin/python"
     (root / "init").write_text(INIT.format(bin=bin_dir, python=python if python.exists() else sys.executable, program=program))
     (root / "init").chmod(0o755)
@@ -145,13 +150,16 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
         handle.write(MARKER)
         handle.truncate(16 * 2**20)
     tap = "ko-aoe-tap0"
+    channel = ResultChannel()
     qemu = subprocess.Popen(
-        ["ip", "netns", "exec", namespace, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot",
+        ["ip", "netns", "exec", namespace, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-no-reboot",
+         "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", *channel.serial_argv(),
          "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1 quiet",
          "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
          "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=channel.pass_fds,
     )  # fmt: skip
+    channel.started()
     helpers: list[subprocess.Popen[str]] = []
     try:
         deadline = time.monotonic() + 30
@@ -170,12 +178,15 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
         helpers.append(responder)
         assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
         console, _ = qemu.communicate(timeout=600)
+        lines = channel.read_all()
     finally:
         for process in (qemu, *helpers):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    results = dict(re.findall(r"^RESULT (\S+) (.*?)\r?$", console, re.MULTILINE))
+    (tmp_path / "console.log").write_text(console)
+    results = dict(line.removeprefix("RESULT ").split(" ", 1) for line in lines)
+    assert all(line.startswith("RESULT ") for line in lines) and len(results) == len(lines) == 7, lines
     assert "GUEST-EXIT 0" in console, console[-4000:]
     assert results["no-device"].startswith(
         "/dev/etherd/e7.7 did not appear within 15 s (aoe driver on eth0); targets that answered the wire probe: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kiwi_overlay.cmdline import KernelCmdline
+from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.errors import OptionError
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
@@ -117,19 +117,21 @@ def _prefix_of(mask: str, address: str, value: str) -> int:
     """The prefix length of a netmask given as a number or (IPv4) a dotted mask."""
     version = 6 if ":" in address else 4
     limit = 128 if version == 6 else 32
-    if mask.isdigit() and 0 < int(mask) <= limit:
-        return int(mask)
+    prefix = whole_number(mask, low=1, high=limit)
+    if prefix is not None:
+        return prefix
     if version == 4 and _address(mask, family=4):
         bits = "".join(f"{int(octet):08b}" for octet in mask.split("."))
         if "01" not in bits and "1" in bits:
             return bits.count("1")
-    raise OptionError("ip", value, f"netmask {mask!r} is not a prefix length (1-{limit}) or a dotted netmask", _STATIC_EXAMPLE)
+    raise OptionError("ip", value, f"netmask {mask[:20]!r} is not a prefix length (1-{limit}) or a dotted netmask", _STATIC_EXAMPLE)
 
 
 def _mtu(text: str, value: str) -> int:
-    if not text.isdigit() or not 68 <= int(text) <= 65535:
-        raise OptionError("ip", value, f"MTU {text!r} is not a number from 68 to 65535", "ip=eth0:dhcp:9000")
-    return int(text)
+    mtu = whole_number(text, low=68, high=65535)
+    if mtu is None:
+        raise OptionError("ip", value, f"MTU {text[:20]!r} is not a number from 68 to 65535", "ip=eth0:dhcp:9000")
+    return mtu
 
 
 def _mtu_and_mac(rest: list[str], value: str) -> tuple[int | None, str | None]:
@@ -243,8 +245,8 @@ def parse_route(value: str) -> StaticRoute:
     network, slash, prefix = destination.partition("/")
     address = _address(network)
     limit = 128 if address and ":" in address else 32
-    if address is None or (slash and not (prefix.isdigit() and int(prefix) <= limit)):
-        raise OptionError("rd.route", value, f"{destination!r} is not NET/PREFIX", example)
+    if address is None or (slash and whole_number(prefix, low=0, high=limit) is None):
+        raise OptionError("rd.route", value, f"{destination[:60]!r} is not NET/PREFIX", example)
     family = 6 if ":" in address else 4
     if gateway and _address(gateway, family=family) is None:
         raise OptionError("rd.route", value, f"gateway {gateway!r} is not an IPv{family} address", example)

@@ -5,7 +5,8 @@
     initrd.py        build_initrd(output=, systemd=, modules=, module_dirs=, ...) -> Path; stock_nbd_initrd()
     servers.py       NbdServer / QemuNbd (127.0.0.1, free port, stop()/start()), AoeTarget (vblade, bridge, tap)
     qemu.py          Guest(...), boot(guest, name=) -> BootResult; RunningGuest for acting mid-boot;
-                     Disk(image, serial, readonly); initrd_disk(); the KO-MARK marker protocol
+                     Disk(image, serial, readonly); initrd_disk(); the KO-MARK marker protocol on
+                     the result channel (ttyS1, never printk's console); ResultChannel for own QEMUs
     demo.py          `make demo`
 
 A scenario is: an initrd (built once per session), a root image, the servers, a Guest with the

@@ -6,7 +6,8 @@ set -eu
 checkout=$1
 export PYTHONDONTWRITEBYTECODE=1
 ko() { "$checkout/.venv/bin/python" -m kiwi_overlay "$@"; }
-step() { echo "KO-NBD: $*"; }
+# Steps go to the harness's result channel (ttyS1), never the console printk writes to.
+step() { echo "KO-NBD: $*" > /dev/ttyS1; }
 supervisor_pid() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' /run/kiwi-overlay/nbd/nbd0.json; }
 
 ip link set lo up

@@ -1,8 +1,13 @@
-"""Boot a guest in QEMU (TCG) and read what happened from its serial console.
+"""Boot a guest in QEMU (TCG) and read what happened from its serial ports.
 
-Marker protocol: the test root's init (tests/boot/rootfs-init.sh) writes `KO-MARK NAME[=VALUE]`
-(or `KO-MARK NAME VALUE`) lines to the kernel log, so each arrives on the console with the
-kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
+The console (ttyS0) carries the kernel's and the initrd's messages, kept in the boot's log. Results
+go on a channel of their own, the second serial port ttyS1 (RESULT_PORT in the guest), which
+printk never writes to: a kernel message can never land inside a result line (issue 14 item 12).
+The harness reads it through a pipe (ResultChannel) and parses it line by line, exactly.
+
+Marker protocol: the test root's init (tests/boot/rootfs-init.sh) writes `[UPTIME] KO-MARK NAME[=VALUE]`
+(or `... KO-MARK NAME VALUE`) lines to ttyS1, UPTIME being the guest's /proc/uptime in seconds, and
+a copy to the kernel log for people reading the console. Markers, in order:
     init uptime=S                   the root's init started: the root was reached
     root-source=DEV root-fstype=T root-options=O     the mount on /
     mounts-begin, mount LINE (one per /proc/mounts line), mounts-end
@@ -10,7 +15,10 @@ kernel's timestamp `[   12.345678]` (guest uptime, seconds). Markers, in order:
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
+                                    read-files=ok COUNT|failed FILE (every file of the root read),
                                     aoe-discover=eS.S|none, hold=SECONDS,
+                                    fill-overlay-82|91|96=USE% warnings=N (the write layer filled in
+                                    three steps, each followed by a wait for one more kiwi-overlay-watch line),
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now
@@ -28,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +51,8 @@ RESULTS = Path(os.environ.get("KIWI_OVERLAY_BOOT_RESULTS", Path(__file__).resolv
 BASE_CMDLINE = "console=ttyS0,115200 printk.time=1 printk.devkmsg=on panic=1 rd.shell=0 rd.emergency=poweroff"
 DEFAULT_TIMEOUT = 180.0
 USER_MAC = "52:54:00:12:34:56"
-_MARK = re.compile(r"(?:\[\s*(?P<time>\d+\.\d+)\]\s*)?KO-MARK (?P<name>[^=\s]+)(?:[= ](?P<value>.*))?$")
+RESULT_PORT = "/dev/ttyS1"  # the guest's end of the result channel
+_MARK = re.compile(r"\[\s*(?P<time>\d+\.\d+)\] KO-MARK (?P<name>[^=\s]+)(?:[= ](?P<value>.*))?")
 _TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
 # The kernel's last words when a guest halts instead of powering off (systemd's emergency path
 # can): QEMU then idles until the time limit, so the harness ends it.
@@ -79,10 +88,13 @@ class Guest:
     memory_mb: int = 1024
     kernel: GuestKernel | None = None
 
-    def argv(self) -> list[str]:
+    def argv(self, *, results: ResultChannel | None = None) -> list[str]:
+        """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
         kernel = self.kernel or guest_kernel()
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(self.memory_mb)]
-        argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+        argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio"]
+        argv += results.serial_argv() if results else ["-serial", "null"]
+        argv += ["-no-reboot"]
         argv += ["-kernel", str(kernel.vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
         for number, disk in enumerate(self.disks):
             readonly = "on" if disk.readonly else "off"
@@ -118,24 +130,62 @@ def mac(number: int) -> str:
 class Mark:
     name: str
     value: str
-    time: float | None  # guest uptime from the kernel timestamp; None without printk.time
+    time: float  # guest uptime (/proc/uptime) when the guest wrote it
 
 
 def parse_mark(line: str) -> Mark | None:
-    """The marker on a console LINE, if any (see the protocol above)."""
-    found = _MARK.search(line)
+    """The marker a result-channel LINE is, if the whole line is one (see the protocol above)."""
+    found = _MARK.fullmatch(line)
     if not found:
         return None
-    return Mark(found["name"], found["value"] or "", float(found["time"]) if found["time"] else None)
+    return Mark(found["name"], found["value"] or "", float(found["time"]))
+
+
+class ResultChannel:
+    """The pipe behind the guest's second serial port (RESULT_PORT): results apart from printk's console.
+
+    QEMU writes what the guest sends to ttyS1 into the pipe (`-serial file:/dev/fd/N`); the harness
+    reads whole lines until QEMU exits. For boots the harness does not start itself:
+
+        channel = ResultChannel()
+        process = subprocess.Popen([..., *channel.serial_argv()], pass_fds=channel.pass_fds, ...)
+        channel.started()
+        lines = channel.read_all()   # every line the guest wrote, once QEMU has exited
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_inheritable(self._write_fd, True)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._write_fd,)
+
+    def serial_argv(self) -> list[str]:
+        return ["-serial", f"file:/dev/fd/{self._write_fd}"]
+
+    def started(self) -> None:
+        """QEMU has its end now: drop ours, so the pipe ends when QEMU does."""
+        os.close(self._write_fd)
+
+    def lines(self) -> Iterator[str]:
+        """Each line as the guest wrote it (the tty's CR removed), until QEMU exits."""
+        with os.fdopen(self._read_fd, "rb") as pipe:
+            for raw in pipe:
+                yield raw.decode(errors="replace").rstrip("\r\n")
+
+    def read_all(self) -> list[str]:
+        return list(self.lines())
 
 
 @dataclass(frozen=True)
 class BootResult:
-    log: Path  # the whole console, kept
+    log: Path  # the whole console, kept; the result channel next to it (.results)
     marks: tuple[Mark, ...]
     returncode: int | None  # None when the time limit killed QEMU
     seconds: float  # wall clock, QEMU start to exit
     last_timestamp: float | None  # the last kernel timestamp seen (guest uptime at the end)
+    stray: tuple[str, ...] = ()  # result-channel lines that are no marker (a broken writer)
 
     @property
     def timed_out(self) -> bool:
@@ -178,30 +228,41 @@ class BootResult:
         """Assert marker values (names with - written as _), with the console tail on failure."""
         wrong = {name: self.value(name.replace("_", "-")) for name in expected}
         wrong = {name: got for name, got in wrong.items() if got != expected[name]}
-        if wrong or not self.reached_root:
+        if wrong or not self.reached_root or self.stray:
             got = ", ".join(f"{name.replace('_', '-')}={got!r} (expected {expected[name]!r})" for name, got in wrong.items())
-            raise AssertionError(f"{got or 'root not reached'}\n{self.describe()}")
+            stray = f"; result lines that are no marker: {self.stray!r}" if self.stray else ""
+            raise AssertionError(f"{got or ('root not reached' if not self.reached_root else '')}{stray}\n{self.describe()}")
 
 
 class RunningGuest:
-    """A booting guest: its console read on a thread into LOG (and ECHO), its markers collected."""
+    """A booting guest: its console read on a thread into LOG (and ECHO), its result channel on another."""
 
     def __init__(self, guest: Guest, *, log: Path, echo: TextIO | None = None, on_mark: Callable[[Mark], None] | None = None) -> None:
         self.log = log
         self._echo = echo
         self._on_mark = on_mark
         self._marks: list[Mark] = []
+        self._stray: list[str] = []
         self._last_timestamp: float | None = None
         self._changed = threading.Condition()
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = guest.argv()
+        channel = ResultChannel()
+        argv = guest.argv(results=channel)
         log.write_text(f"# {shlex.join(argv)}\n")
         self._started = time.monotonic()
         self._process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=channel.pass_fds,
         )
+        channel.started()
         self._reader = threading.Thread(target=self._read, name=f"console {log.name}", daemon=True)
         self._reader.start()
+        self._result_reader = threading.Thread(target=self._read_results, args=(channel,), name=f"results {log.name}", daemon=True)
+        self._result_reader.start()
 
     def _read(self) -> None:
         assert self._process.stdout is not None
@@ -212,23 +273,29 @@ class RunningGuest:
                 log.flush()
                 if self._echo is not None:
                     print(line, file=self._echo, flush=True)
-                self._parse(line)
+                stamp = _TIMESTAMP.match(line)
+                if stamp:
+                    with self._changed:
+                        self._last_timestamp = float(stamp[1])
                 if _HALTED in line:
                     self.kill()
+
+    def _read_results(self, channel: ResultChannel) -> None:
+        with self.log.with_suffix(".results").open("w") as copy:
+            for line in channel.lines():
+                copy.write(line + "\n")
+                copy.flush()
+                mark = parse_mark(line)
+                with self._changed:
+                    if mark:
+                        self._marks.append(mark)
+                    else:
+                        self._stray.append(line)
+                    self._changed.notify_all()
+                if mark and self._on_mark is not None:
+                    self._on_mark(mark)
         with self._changed:
             self._changed.notify_all()
-
-    def _parse(self, line: str) -> None:
-        stamp = _TIMESTAMP.match(line)
-        mark = parse_mark(line)
-        with self._changed:
-            if stamp:
-                self._last_timestamp = float(stamp[1])
-            if mark:
-                self._marks.append(mark)
-                self._changed.notify_all()
-        if mark and self._on_mark is not None:
-            self._on_mark(mark)
 
     def wait_for_mark(self, name: str, *, timeout: float) -> Mark:
         """Block until the guest prints marker NAME; AssertionError when it ends or TIMEOUT passes first."""
@@ -239,7 +306,7 @@ class RunningGuest:
                 if found:
                     return found
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
+                if remaining <= 0 or not self._result_reader.is_alive():
                     raise AssertionError(f"no KO-MARK {name} within {timeout:g} s; console log {self.log}")
                 self._changed.wait(min(remaining, 1.0))
 
@@ -252,12 +319,13 @@ class RunningGuest:
             self.kill()
             returncode = None
         self._reader.join(timeout=10)
+        self._result_reader.join(timeout=10)
         seconds = time.monotonic() - self._started
         if returncode is None:
             with self.log.open("a") as log:
                 log.write(f"# killed by the harness after {timeout:g} s\n")
         with self._changed:
-            return BootResult(self.log, tuple(self._marks), returncode, seconds, self._last_timestamp)
+            return BootResult(self.log, tuple(self._marks), returncode, seconds, self._last_timestamp, tuple(self._stray))
 
     def kill(self) -> None:
         if self._process.poll() is None:

@@ -1,14 +1,17 @@
 #!/bin/sh
 # /sbin/init of the tiny test root (busybox). It reports what the initrd built as
-# "KO-MARK name[=value]" lines on the kernel log (so each carries the kernel's timestamp and
-# reaches the serial console), runs the actions named by ko.test=A,B,... and powers off.
+# "[uptime] KO-MARK name[=value]" lines on the second serial port, the harness's result channel
+# (printk never writes there), runs the actions named by ko.test=A,B,... and powers off.
 # The marker protocol is documented in tests/boot/qemu.py.
 export PATH=/bin:/sbin
 set -f # command line words are split below, never globbed
 
 mark() {
-    # printk level 2 passes any console loglevel but "quiet"; stdout when /dev/kmsg is missing.
-    if [ -w /dev/kmsg ]; then echo "<2>KO-MARK $*" > /dev/kmsg; else echo "KO-MARK $*"; fi
+    read -r uptime _ < /proc/uptime
+    # Opened per line: closing a tty waits until its output is sent, so no marker is lost at poweroff.
+    echo "[$uptime] KO-MARK $*" > /dev/ttyS1
+    # A copy on the console for people reading the log (the harness does not parse it).
+    if [ -w /dev/kmsg ]; then echo "<2>KO-MARK $*" > /dev/kmsg; fi
 }
 
 # The initrd moves its /proc, /sys, /dev and /run here; mount what it did not.
@@ -136,6 +139,48 @@ action() {
             # /shutdown moves the old root's /proc, /sys, /dev, /run away and needs its own.
             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
             exec /shutdown poweroff
+            ;;
+        read-files)
+            # Every file of the root read back (the page cache dropped first): "ok COUNT" or the first that failed.
+            sync
+            echo 3 > /proc/sys/vm/drop_caches
+            count=0 failed=
+            find / -xdev -type f > /run/ko-files # /run: not on the root
+            while read -r file; do
+                if cat "$file" > /dev/null 2>&1; then count=$((count + 1)); else failed=${failed:-$file}; fi
+            done < /run/ko-files
+            rm -f /run/ko-files
+            if [ -z "$failed" ]; then mark "read-files=ok $count"; else mark "read-files=failed $failed"; fi
+            ;;
+        fill-overlay)
+            # Fill the write layer to 82, 91 and 96 %; after each, wait up to 60 s for one more warning of the watch.
+            warned=0
+            for percent in 82 91 96; do
+                total=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $2 }')
+                used=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $3 }')
+                kib=$((total * percent / 100 - used))
+                [ "$kib" -gt 0 ] && dd if=/dev/zero of="/ko-fill-$percent" bs=1k count="$kib" 2> /dev/null
+                warned=$((warned + 1))
+                i=0
+                while [ $i -lt 600 ] && [ "$(dmesg | grep -c 'kiwi-overlay-watch.* % full')" -lt $warned ]; do
+                    sleep 0.1
+                    i=$((i + 1))
+                done
+                mark "fill-overlay-$percent=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $5 }') warnings=$(dmesg | grep -c 'kiwi-overlay-watch.* % full')"
+            done
+            rm -f /ko-fill-*
+            ;;
+        noise)
+            # The harness's result channel under printk load: a background writer floods the
+            # console with kernel messages while 200 markers with long values are written.
+            (i=0; while [ $i -lt 2000 ]; do echo "<2>ko-noise $i: console traffic that must never reach a result line" > /dev/kmsg; i=$((i + 1)); done) &
+            noise=$!
+            i=0
+            while [ $i -lt 200 ]; do
+                mark "noise-$i=abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789-$i"
+                i=$((i + 1))
+            done
+            wait "$noise"
             ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
