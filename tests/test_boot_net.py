@@ -15,6 +15,7 @@ import pytest
 from tests.boot.initrd import session_initrd
 from tests.boot.qemu import Guest, boot
 from tests.boot.rootfs import root_image
+from tests.boot.servers import NbdServer, QemuNbd
 from tests.boot.vlan import VlanSegment
 
 pytestmark = pytest.mark.boot
@@ -38,3 +39,26 @@ def test_nbd_root_through_a_vlan() -> None:
     assert "eth0.42: VLAN 42 on eth0" in console, result.describe()
     assert "eth0.42: DHCP lease 10.42.0." in console, result.describe()
     assert tagged > 100, f"only {tagged} tagged frames\n{result.describe()}"  # the root was read through the VLAN
+
+
+def test_nbd_root_through_a_bond() -> None:
+    """bond=bond0:eth0,eth1 in active-backup over two user-networking NICs; the lease is the bond's."""
+    with NbdServer(root_image("squashfs")) as server:
+        bond = "bond=bond0:eth0,eth1:mode=active-backup,miimon=100,primary=eth0"
+        cmdline = f"root=overlay:{server.url()} {bond} ip=bond0:dhcp ko.test=checksum"
+        result = boot(Guest(session_initrd(systemd=False), cmdline, netdevs=("user",)), name="net-bond-nbd", timeout=BOOT_TIMEOUT)
+    result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
+    console = result.console()
+    assert "bond0: bond of eth0, eth1 (mode=active-backup, miimon=100, primary=eth0)" in console, result.describe()
+    assert "bond0: DHCP lease 10.0.2.15/24" in console, result.describe()
+
+
+def test_ipv6_only_nbd_root_with_auto6() -> None:
+    """nbd://[fec0::2]:PORT/root with ip=auto6: the address from QEMU's router advertisements, the server on the host's ::1."""
+    with QemuNbd(root_image("squashfs"), bind="::1") as server:
+        cmdline = f"root=overlay:{server.url()} ip=auto6 ko.test=checksum"
+        result = boot(Guest(session_initrd(systemd=False), cmdline), name="net-ipv6-nbd", timeout=BOOT_TIMEOUT)
+    result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
+    console = result.console()
+    assert "from router advertisements" in console, result.describe()
+    assert "DHCP" not in console, result.describe()  # IPv6 only

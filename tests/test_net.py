@@ -398,6 +398,7 @@ def test_a_root_server_name_resolves_through_the_dhcp_name_server(lab: Lab) -> N
     assert "network up in " in result.stderr
 
 
+@RELEASES
 def test_bridge_gets_the_lease_through_its_port(lab: Lab) -> None:
     lab.link("ko-a", 95)
     result = lab.net_up("root=overlay:nbd=10.95.0.1:rootfs bridge=ko-br:ko-a ip=dhcp", "--timeout", "30")
@@ -412,6 +413,7 @@ def test_bridge_gets_the_lease_through_its_port(lab: Lab) -> None:
     assert bridge["linkinfo"]["info_data"]["forward_delay"] == 0
 
 
+@RELEASES
 def test_a_bridge_port_that_does_not_exist_leaves_no_bridge_behind(lab: Lab) -> None:
     lab.link("ko-a", 96, dhcp=False)
     result = lab.net_up("root=overlay:nbd=10.96.0.1:rootfs bridge=ko-br:ko-a,ko-x ip=ko-br:dhcp", "--timeout", "5")
@@ -428,6 +430,7 @@ def _kernel_has(lab: Lab, *link: str) -> bool:
     return made.returncode == 0
 
 
+@RELEASES
 def test_vlan_is_created_or_refused_in_one_line(lab: Lab) -> None:
     """Where the kernel has 802.1Q (QEMU guests: tests/test_boot_net.py) the VLAN is made; else one line, nothing left."""
     lab.link("ko-a", 97, dhcp=False)

@@ -37,6 +37,7 @@ RESOLVE_TIMEOUT = 2.0
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
+RT_SCOPE_LINK = 253  # link-local and host addresses are no use for a root server; global and site-local (QEMU's fec0::/64) are
 RTMGRP_IPV6_IFADDR = 0x100
 
 
@@ -291,7 +292,7 @@ class _Bringup:
             while True:
                 for message in ipr.get_addr(family=socket.AF_INET6):
                     flags = message.get_attr("IFA_FLAGS") or message["flags"]
-                    if message["index"] in indexes and message["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                    if message["index"] in indexes and message["scope"] < RT_SCOPE_LINK and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
                         address = f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
                         log.info(f"{indexes[message['index']]}: address {address} from router advertisements ({self.elapsed()})")
                         return

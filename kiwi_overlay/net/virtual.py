@@ -46,8 +46,8 @@ def create_links(ipr: Any, network: Network, *, sys_net: Path = SYS_NET) -> tupl
 
 
 def _kind(ipr: Any, index: int) -> str | None:
-    info = ipr.get_links(index)[0].get("IFLA_LINKINFO")
-    return info.get("IFLA_INFO_KIND") if info else None
+    info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
 
 
 def _index(ipr: Any, name: str, *, option: str, text: str) -> int:

@@ -1,7 +1,7 @@
 """The servers a guest boots from, started and removed by the harness.
 
-- NbdServer / QemuNbd: an export on 127.0.0.1 at a free port. A guest on QEMU user networking
-  reaches it at GUEST_HOST (10.0.2.2) and the same port. Both can be stopped and started again
+- NbdServer / QemuNbd: an export on 127.0.0.1 (QemuNbd: or ::1) at a free port. A guest on QEMU user
+  networking reaches it at GUEST_HOST (10.0.2.2; ::1 at GUEST_HOST6, fec0::2) and the same port. Both can be stopped and started again
   on the same port while a guest runs (server down / restarted scenarios).
 - AoeTarget: vblade in a network namespace, its veth's host end and a tap device on one bridge;
   a guest gets the tap (`Guest(taps=(target.tap,))`). AoE frames never leave that bridge.
@@ -28,6 +28,7 @@ from typing import Self
 from kiwi_overlay.run import run
 
 GUEST_HOST = "10.0.2.2"  # the host as seen from a guest on QEMU user networking
+GUEST_HOST6 = "fec0::2"  # ... over IPv6 (router advertisements give the guest fec0::/64); reaches the host's ::1
 PREFIX = "ko-bt-"
 START_TIMEOUT = 10.0
 
@@ -67,8 +68,9 @@ class _Server:
     what = "server"
     scheme = "nbd"  # of url(): "nbds" for a server that requires TLS
 
-    def __init__(self, image: Path, *, name: str, readonly: bool, port: int | None) -> None:
+    def __init__(self, image: Path, *, name: str, readonly: bool, port: int | None, bind: str = "127.0.0.1") -> None:
         self.image = image
+        self.bind = bind  # 127.0.0.1, or ::1 for a guest that reaches GUEST_HOST6
         self.name = name
         self.readonly = readonly
         self.port = port or free_port()
@@ -83,21 +85,21 @@ class _Server:
     def start(self) -> None:
         if self.running:
             return
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((self.bind, self.port), timeout=1):
             # Another server there would take the guest's connections (a fixed port, e.g. NBD's 10809).
-            raise RuntimeError(f"{self.what}: 127.0.0.1:{self.port} is already in use")
+            raise RuntimeError(f"{self.what}: {self.bind} port {self.port} is already in use")
         self._pid = self._launch()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.bind, self.port), timeout=1).close()
                 return
             except OSError:
                 pass
             if not self.running or time.monotonic() > deadline:
                 self.stop()
                 output = self.log.read_text(errors="replace").strip()
-                raise RuntimeError(f"{self.what}: not listening on 127.0.0.1:{self.port} after {START_TIMEOUT:g} s: {output}")
+                raise RuntimeError(f"{self.what}: not listening on {self.bind} port {self.port} after {START_TIMEOUT:g} s: {output}")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -128,7 +130,8 @@ class _Server:
 
     def url(self) -> str:
         """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://..., nbds:// with TLS)."""
-        return f"{self.scheme}://{GUEST_HOST}:{self.port}/{self.name}"
+        host = f"[{GUEST_HOST6}]" if ":" in self.bind else GUEST_HOST
+        return f"{self.scheme}://{host}:{self.port}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,9 @@ class QemuNbd(_Server):
         connections: int = 8,
         trace: bool = False,
         tls_dir: Path | None = None,
+        bind: str = "127.0.0.1",
     ) -> None:
-        super().__init__(image, name=name, readonly=readonly, port=port)
+        super().__init__(image, name=name, readonly=readonly, port=port, bind=bind)
         self.connections = connections
         # TLS_DIR holds server-cert.pem and server-key.pem (QEMU's names); no client certificate is asked for.
         self.tls_dir = tls_dir
@@ -206,7 +210,7 @@ class QemuNbd(_Server):
     def _launch(self) -> int:
         argv = [
             "qemu-nbd",
-            "--bind=127.0.0.1",
+            f"--bind={self.bind}",
             f"--port={self.port}",
             f"--export-name={self.name}",
             "--format=raw",
