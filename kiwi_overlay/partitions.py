@@ -66,15 +66,18 @@ def _describe(found: dict[int, Path], probed: dict[int, dict[str, str]]) -> str:
     return ", ".join(parts)
 
 
-def _match(found: dict[int, Path], wanted: Partition, probed: dict[int, dict[str, str]]) -> Path | None:
-    if wanted.by == "number":
-        return found.get(int(wanted.value))
+def _probe_all(found: dict[int, Path], probed: dict[int, dict[str, str]]) -> None:
+    """Add the tags of every partition in FOUND whose node exists to PROBED (once each)."""
     for number, node in found.items():
         if number not in probed and node.exists():
             probed[number] = _probe(node)
-        if probed[number].get(wanted.by) == wanted.value:
-            return node
-    return None
+
+
+def _match(found: dict[int, Path], wanted: Partition, probed: dict[int, dict[str, str]]) -> Path | None:
+    if wanted.by == "number":
+        return found.get(int(wanted.value))
+    _probe_all(found, probed)
+    return next((found[number] for number, tags in probed.items() if number in found and tags.get(wanted.by) == wanted.value), None)
 
 
 def _max_part_note() -> str:
@@ -102,4 +105,5 @@ def find_partition(disk: Path, wanted: Partition) -> Path:
         time.sleep(_POLL_INTERVAL)
     if not found:
         raise KiwiOverlayError(f"{option}: {disk} has no partitions (no partition table the kernel reads){_max_part_note()}")
+    _probe_all(found, probed)
     raise KiwiOverlayError(f"{option}: {disk} has no such partition within {SETTLE:g} s; it has {_describe(found, probed)}")

@@ -73,3 +73,27 @@ def test_16_root_dhcp_boots_the_root_that_dnsmasqs_root_path_names() -> None:
     result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
     assert f"kiwi-overlay: root=dhcp: eth0's lease names the root overlay:nbd={DhcpSegment.SERVER_ADDRESS}:root" in result.console()
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (
+            "rd.root.overlay.partition=PARTLABEL=nope",
+            "kiwi-overlay: rd.root.overlay.partition=PARTLABEL=nope: /dev/nbd0 has no such partition within 5 s; "
+            f"it has nbd0p1 (PARTLABEL=esp), nbd0p2 (PARTLABEL={GPT_PARTLABEL} TYPE=squashfs)",
+        ),
+        (
+            "rd.root.overlay.partition=2 nbd.max_part=0",
+            "kiwi-overlay: rd.root.overlay.partition=2: /dev/nbd0 has no partitions (no partition table the kernel reads); "
+            "the nbd module was loaded with max_part=0, which hides partitions: load it with nbd.max_part=16",
+        ),
+    ],
+    ids=["no-such-partition", "max_part=0"],
+)
+def test_17_a_partition_that_is_not_there_stops_the_boot_in_one_line(extra: str, line: str) -> None:
+    with NbdServer(gpt_disk("squashfs")) as server:
+        guest = Guest(initrd(), f"root=overlay:{server.url()} {extra}")
+        result = boot(guest, name="kiwi-17-" + extra.split()[-1].replace("=", "-"), timeout=BOOT_TIMEOUT)
+    assert not result.reached_root and not result.timed_out, result.describe()
+    assert line in result.console(), result.describe()
