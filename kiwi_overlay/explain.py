@@ -109,6 +109,10 @@ def describe(plan: Plan) -> str:
     if isinstance(root, NbdRoot):
         lines.append(f"read layer:  NBD export {root.export!r} on {root.address}" + (" over TLS" if root.tls else ""))
         lines.append(f"             {root.connections} connection(s)" + (f", I/O timeout {root.io_timeout:g} s" if root.io_timeout else ""))
+        if root.tls:
+            lines.append(f"             TLS: server verified with {root.tls_ca or 'the system CAs (an initrd has none unless installed)'}")
+            if root.tls_cert:
+                lines.append(f"             TLS: client certificate {root.tls_cert}, key {root.tls_key}")
     elif isinstance(root, AoeRoot):
         if root.target:
             lines.append(f"read layer:  AoE target {root.target} ({root.device})")
