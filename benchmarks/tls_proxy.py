@@ -12,20 +12,23 @@ each client reads the whole export with NBD_CMD_READ, CHUNK bytes, one in flight
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import socket
 import ssl
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.stats import median, ratio, spread
+from benchmarks.stats import median, ratio, seconds, spread
 from benchmarks.storm import read_export
 from benchmarks.throughput import padded_image
 from kiwi_overlay.nbd import connect, root_from_uri
 from kiwi_overlay.nbd.supervisor import TlsProxy
-from tests.boot.servers import QemuNbd
+from tests.boot.servers import GUEST_HOST, QemuNbd
 from tests.nbd_servers import make_ca, sign
 
 Reader = Callable[[socket.socket], socket.socket]
@@ -34,30 +37,50 @@ VARIANTS: dict[str, tuple[bool, Reader]] = {
     "TLS through the proxy (nbds://, what the kernel reads)": (True, lambda sock: TlsProxy(sock).kernel_end),
     "TLS socket read directly (no proxy hop: about what kernel TLS would give)": (True, lambda sock: sock),
 }
-
-
 CIPHERS: set[str] = set()  # the TLS version and cipher the connections negotiated
 
 
-def _read_once(url: str, ca: Path | None, reader: Reader) -> float:
-    """MB/s of one whole-export read through READER's socket."""
-    root = root_from_uri(url, tls_ca=ca)
+@dataclass
+class Samples:
+    mb_per_second: list[float] = field(default_factory=list)  # wall clock: shared cores make it noisy
+    client_cpu_per_gib: list[float] = field(default_factory=list)  # this process, proxy threads included
+    server_cpu_per_gib: list[float] = field(default_factory=list)  # qemu-nbd
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _read_once(server: QemuNbd, ca: Path | None, reader: Reader, samples: Samples) -> None:
+    """One whole-export read through READER's socket, added to SAMPLES."""
+    root = root_from_uri(server.url().replace(GUEST_HOST, "127.0.0.1"), tls_ca=ca)
     context = connect.tls_context(root)
     sock, info = connect.open_export(root, deadline=time.monotonic() + 30, context=context)
     try:
-        sock.settimeout(60)
+        # Blocking, as the supervisor leaves it: the proxy's two threads share the SSL socket.
         if isinstance(sock, ssl.SSLSocket) and (cipher := sock.cipher()):
             CIPHERS.add(f"{cipher[1]} {cipher[0]}")
         target = reader(sock)
-        started = time.perf_counter()
+        assert server.pid is not None
+        server_cpu, own_cpu, started = _process_cpu(server.pid), _own_cpu(), time.perf_counter()
         read_export(target, info.size)
-        return info.size / (time.perf_counter() - started) / 1e6
+        wall = time.perf_counter() - started
+        gib = info.size / (1 << 30)
+        samples.mb_per_second.append(info.size / wall / 1e6)
+        samples.client_cpu_per_gib.append((_own_cpu() - own_cpu) / gib)
+        samples.server_cpu_per_gib.append((_process_cpu(server.pid) - server_cpu) / gib)
     finally:
         sock.close()
 
 
-def measure(*, runs: int, image: Path, size_mb: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {label: [] for label in VARIANTS}
+def measure(*, runs: int, image: Path, size_mb: int) -> dict[str, Samples]:
+    results = {label: Samples() for label in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="ko-bn-tls-") as scratch:
         directory = Path(scratch)
         ca = make_ca(directory, "ca")
@@ -70,18 +93,25 @@ def measure(*, runs: int, image: Path, size_mb: int) -> dict[str, list[float]]:
         with QemuNbd(padded) as plain, QemuNbd(padded, tls_dir=creds) as tls:
             for _ in range(runs):  # variants interleaved, so a busy moment hits all alike
                 for label, (use_tls, reader) in VARIANTS.items():
-                    url = f"nbds://127.0.0.1:{tls.port}/root" if use_tls else f"nbd://127.0.0.1:{plain.port}/root"
-                    results[label].append(_read_once(url, ca[0] if use_tls else None, reader))
+                    _read_once(tls if use_tls else plain, ca[0] if use_tls else None, reader, results[label])
     return results
 
 
-def table(results: dict[str, list[float]], *, size_mb: int) -> str:
-    reference_values = next(iter(results.values()))
-    reference = median(reference_values)
-    rows = [f"| client ({size_mb} MiB from qemu-nbd on 127.0.0.1) | median | range | / plain |", "|---|---|---|---|"]
-    for label, values in results.items():
-        rows.append(f"| {label} | **{median(values) or 0:.0f} MB/s** | {spread(values, 'MB/s', 0)} | {ratio(median(values), reference)} |")
-    return "\n".join([*rows, "", f"{len(reference_values)} reads each, {ssl.OPENSSL_VERSION}, {', '.join(sorted(CIPHERS))}."])
+def table(results: dict[str, Samples], *, size_mb: int) -> str:
+    reference = median(next(iter(results.values())).client_cpu_per_gib)
+    rows = [
+        f"| client ({size_mb} MiB, qemu-nbd on 127.0.0.1) | client CPU per GiB | / plain | client ceiling | server CPU per GiB | wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, samples in results.items():
+        cpu = median(samples.client_cpu_per_gib)
+        ceiling = f"{(1 << 30) / cpu / 1e6:.0f} MB/s" if cpu else "n/m"
+        rows.append(
+            f"| {label} | **{seconds(cpu, 2)}** | {ratio(cpu, reference)} | {ceiling} | {seconds(median(samples.server_cpu_per_gib), 2)} "
+            f"| {spread(samples.mb_per_second, 'MB/s', 0)} |"
+        )
+    runs = len(next(iter(results.values())).mb_per_second)
+    return "\n".join([*rows, "", f"Medians of {runs} reads each; {ssl.OPENSSL_VERSION}, {', '.join(sorted(CIPHERS))}."])
 
 
 if __name__ == "__main__":
