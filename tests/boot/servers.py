@@ -5,6 +5,7 @@
   on the same port while a guest runs (server down / restarted scenarios).
 - AoeTarget: vblade in a network namespace, its veth's host end and a tap device on one bridge;
   a guest gets the tap (`Guest(taps=(target.tap,))`). AoE frames never leave that bridge.
+- DhcpSegment: the same bridge and namespace, with dnsmasq (DHCP, a root-path) and qemu-nbd there.
 All are context managers; leaving the block removes everything they created, also on errors.
 Names on the host start with PREFIX (ko-bt-) plus a short random part, so runs do not collide.
 """
@@ -243,16 +244,15 @@ class AoeNames:
         return cls(f"{PREFIX}aoe{tag}", f"{PREFIX}br{tag}", f"{PREFIX}tap{tag}", f"{PREFIX}vh{tag}", f"{PREFIX}vt{tag}")
 
 
-class AoeTarget:
-    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+class _Segment:
+    """A namespace behind a veth and the tap a guest gets (`Guest(taps=(segment.tap,))`), on one bridge of their own.
 
-    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
-        self.image = image
-        self.shelf = shelf
-        self.slot = slot
-        self.readonly = readonly
+    Subclasses start their servers in the namespace (`_start`) and end them (`stop`); leaving the
+    block removes everything, also on errors.
+    """
+
+    def __init__(self) -> None:
         self.names = AoeNames.fresh()
-        self._vblade: subprocess.Popen[bytes] | None = None
 
     @property
     def tap(self) -> str:
@@ -262,13 +262,10 @@ class AoeTarget:
     def bridge(self) -> str:
         return self.names.bridge
 
-    @property
-    def target(self) -> str:
-        return f"e{self.shelf}.{self.slot}"
-
     def __enter__(self) -> Self:
         try:
-            self._create()
+            self._make()
+            self._start()
         except BaseException:
             self._remove()
             raise
@@ -277,7 +274,7 @@ class AoeTarget:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._remove()
 
-    def _create(self) -> None:
+    def _make(self) -> None:
         n = self.names
         run(["ip", "netns", "add", n.namespace])
         run(["ip", "link", "add", n.bridge, "type", "bridge"])
@@ -291,6 +288,38 @@ class AoeTarget:
             run(["ip", "link", "set", port, "up"])
         run(["ip", "link", "set", n.bridge, "up"])
         run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        self.stop()
+        n = self.names
+        for link in (n.tap, n.veth_host, n.bridge):
+            run(["ip", "link", "delete", link], check=False, capture=True)
+        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+
+
+class AoeTarget(_Segment):
+    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+
+    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
+        super().__init__()
+        self.image = image
+        self.shelf = shelf
+        self.slot = slot
+        self.readonly = readonly
+        self._vblade: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+    def _start(self) -> None:
+        n = self.names
         argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
         with tempfile.TemporaryFile() as log:
@@ -300,11 +329,60 @@ class AoeTarget:
                 log.seek(0)
                 raise RuntimeError(f"vblade exited with status {self._vblade.returncode}: {log.read().decode(errors='replace').strip()}")
 
-    def _remove(self) -> None:
+    def stop(self) -> None:
+        """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
             _stop_group(self._vblade.pid)
         self._vblade = None
+
+
+class DhcpSegment(_Segment):
+    """dnsmasq (DHCP, with ROOT_PATH as option 17 when given) and qemu-nbd exporting IMAGE as NAME, in a
+    namespace at SERVER_ADDRESS behind a bridge that a guest's tap joins (`Guest(user_net=False, taps=(segment.tap,))`)."""
+
+    SERVER_ADDRESS = "10.43.0.1"  # inside the namespace only
+    NBD_PORT = 10809
+
+    def __init__(self, image: Path, *, root_path: str | None, name: str = "root") -> None:
+        super().__init__()
+        self.image = image
+        self.root_path = root_path
+        self.name = name
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}dhcp-")
+        self.log = Path(self._workdir.name) / "servers.log"
+        self._processes: list[int] = []
+
+    def url(self) -> str:
+        return f"nbd://{self.SERVER_ADDRESS}:{self.NBD_PORT}/{self.name}"
+
+    def _start(self) -> None:
         n = self.names
-        for link in (n.tap, n.veth_host, n.bridge):
-            run(["ip", "link", "delete", link], check=False, capture=True)
-        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+        run(["ip", "-n", n.namespace, "addr", "add", f"{self.SERVER_ADDRESS}/24", "dev", n.veth_target])
+        prefix = self.SERVER_ADDRESS.rpartition(".")[0]
+        dnsmasq = ["dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp"]
+        dnsmasq += [f"--interface={n.veth_target}", "--bind-interfaces", f"--dhcp-range={prefix}.50,{prefix}.99,255.255.255.0,1h"]
+        dnsmasq += [f"--dhcp-leasefile={Path(self._workdir.name) / 'leases'}"]
+        dnsmasq += [f"--dhcp-option=option:root-path,{self.root_path}"] if self.root_path else []
+        nbd = ["qemu-nbd", f"--bind={self.SERVER_ADDRESS}", f"--port={self.NBD_PORT}", f"--export-name={self.name}", "--format=raw"]
+        nbd += ["--persistent", "--shared=8", "--read-only", str(self.image)]
+        with self.log.open("ab") as log:
+            for argv in (dnsmasq, nbd):
+                process = subprocess.Popen(
+                    ["ip", "netns", "exec", n.namespace, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+                self._processes.append(process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while f":{self.NBD_PORT}" not in run(["ip", "netns", "exec", n.namespace, "ss", "-Hltn"], capture=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"qemu-nbd not listening in {n.namespace}: {self.log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """End dnsmasq and qemu-nbd (the links stay)."""
+        for pid in self._processes:
+            _stop_group(pid)
+        self._processes = []
+
+    def _remove(self) -> None:
+        super()._remove()
+        self._workdir.cleanup()
