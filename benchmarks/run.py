@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput
+from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput, tls_proxy
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
@@ -35,10 +35,12 @@ class Settings:
     negotiation_runs: int
     storm_sizes: tuple[int, ...]
     net_runs: int
+    tls_runs: int = 5
 
 
 FULL = Settings(boot_runs=5, phase_runs=2, read_runs=3, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
-QUICK = Settings(boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3)
+QUICK = Settings(boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3, tls_runs=1)
+TLS_READ_MB = 256
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,23 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "`kiwi-overlay net up` in a namespace against dnsmasq --no-ping in another, each run from a link that is down "
             "(benchmarks/net_up.py).",
             lambda: net_up(s.net_runs),
+        ),
+        Section(
+            "tls", "Extra: TLS proxy against plain NBD (host)",
+            "Sequential NBD_CMD_READ (256 KiB, one in flight) of a zero-padded image from qemu-nbd on 127.0.0.1, plain and "
+            "with TLS (benchmarks/tls_proxy.py): the socket the kernel gets for nbd://, the socket-pair end the supervisor's "
+            "TlsProxy gives it for nbds://, and the TLS socket read directly in the same process (no proxy hop). CPU seconds "
+            "per GiB read are the measure (client: this process with the proxy's threads; server: qemu-nbd); wall-clock "
+            "rates depend on what else the shared cores run. Client ceiling: GiB / client CPU, what one free core would carry. "
+            "Kernel TLS (OpenSSL's KTLS; Python 3.12+ `ssl.OP_ENABLE_KTLS`, this Python is older) would let the kernel's socket "
+            "carry the TLS records after the handshake: the supervisor could hand the nbd driver the TLS socket itself, "
+            "so the socket pair, the proxy's two copies through user space and its Python threads leave the data path: the "
+            "client would pay about the direct row or less (crypto only, in the kernel, no Python) instead of the proxy row, and no "
+            "user-space process would sit between the root filesystem and the network. Caveats: kTLS needs the kernel's "
+            "`tls` module (CONFIG_TLS; not on this host), a cipher it implements (AES-GCM, ChaCha20-Poly1305), and TLS 1.3 "
+            "messages after the handshake (session tickets, key updates) reach a kernel reader as control records the nbd "
+            "driver does not expect: nbd-server's default priority allows only TLS 1.2, which sends none.",
+            lambda: tls_proxy.table(tls_proxy.measure(runs=s.tls_runs, image=image, size_mb=TLS_READ_MB), size_mb=TLS_READ_MB),
         ),
         Section(
             "initrd", "4. Initrd size",
@@ -121,7 +140,7 @@ def net_up(runs: int) -> str:
     return result.stdout.strip()
 
 
-ORDER = ("boot", "phases", "negotiation", "initrd", "throughput", "storm", "net")
+ORDER = ("boot", "phases", "negotiation", "initrd", "throughput", "tls", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:

@@ -148,6 +148,10 @@ def describe(plan: Plan) -> str:
             lines.append(f"             or, in this order, {others}: the first that answers; a reconnect goes to any with the same size")
         lines.append(f"             {root.connections} connection(s)" + (f", I/O timeout {root.io_timeout:g} s" if root.io_timeout else ""))
         lines.append(f"             {_lost_line(root)}")
+        if root.tls:
+            lines.append(f"             TLS: server verified with {root.tls_ca or 'the system CAs (an initrd has none unless installed)'}")
+            if root.tls_cert:
+                lines.append(f"             TLS: client certificate {root.tls_cert}, key {root.tls_key}")
     elif isinstance(root, AoeRoot):
         if root.target:
             lines.append(f"read layer:  AoE target {root.target} ({root.device})")

@@ -2,9 +2,10 @@
 
 The test root as squashfs with 64 KiB of free space after the filesystem (covered by the hash tree,
 read by no one but `ko.test=read-all`), formatted by `kiwi-overlay verity format`, served by
-nbd-server. Three guests: the good image boots from the verity device; a byte changed in the free
-space boots but reading it gives an I/O error and the kernel's dm-verity line; a byte changed in
-the filesystem superblock stops the boot with kiwi-overlay's one line.
+nbd-server. Four guests: the good image boots from the verity device (without and with systemd in
+the initrd); a byte changed in the free space boots but reading it gives an I/O error and the
+kernel's dm-verity line; a byte changed in the filesystem superblock stops the boot with
+kiwi-overlay's one line.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def flip_byte(image: Path, offset: int) -> None:
         handle.write(bytes([byte ^ 0xFF]))
 
 
-def boot_verity(image: Path, root_hash: str, *, name: str, actions: str) -> BootResult:
+def boot_verity(image: Path, root_hash: str, *, name: str, actions: str, systemd: bool = False) -> BootResult:
     with NbdServer(image) as server:
         cmdline = f"root=overlay:{server.url()} rd.root.overlay.verity={root_hash} ko.test={actions} ko.dev=/dev/dm-0"
-        return boot(Guest(session_initrd(systemd=False), cmdline), name=name, timeout=BOOT_TIMEOUT)
+        return boot(Guest(session_initrd(systemd=systemd), cmdline), name=name, timeout=BOOT_TIMEOUT)
 
 
 def test_verity_root_boots_from_the_verity_device(tmp_path: Path) -> None:
@@ -58,6 +59,14 @@ def test_verity_root_boots_from_the_verity_device(tmp_path: Path) -> None:
     assert mounted(result, "/run/overlay/rootfsbase") == (str(MAPPER), "squashfs"), result.describe()
     assert (result.value("read-all") or "").startswith("ok device=/dev/dm-0"), result.describe()
     assert "every read is verified by dm-verity" in result.console(), result.describe()
+
+
+def test_verity_root_boots_with_systemd_in_the_initrd(tmp_path: Path) -> None:
+    """kiwi-overlay.service opens the verity device while systemd-udevd runs (libdevmapper does not wait for it)."""
+    image, root_hash = verity_image(tmp_path)
+    result = boot_verity(image, root_hash, name="verity-good-systemd", actions="checksum", systemd=True)
+    result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
+    assert mounted(result, "/run/overlay/rootfsbase") == (str(MAPPER), "squashfs"), result.describe()
 
 
 def test_a_changed_data_byte_reads_as_an_io_error_with_the_kernels_line(tmp_path: Path) -> None:

@@ -315,3 +315,15 @@ def test_an_unexpected_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(explain, "describe", broken)
     assert cli.main(["explain", "--cmdline", "root=overlay:LABEL=r"]) == 2
     assert capsys.readouterr().err == "kiwi-overlay: explain: unexpected ValueError: broken on purpose (rd.kiwi.debug logs the traceback)\n"
+
+
+def test_explain_names_the_tls_files_and_warns_that_an_initrd_has_no_system_cas() -> None:
+    from kiwi_overlay.explain import describe
+
+    files = "rd.root.overlay.nbd.tls.ca=/etc/kiwi-overlay/tls/ca.pem rd.root.overlay.nbd.tls.cert=/c.pem rd.root.overlay.nbd.tls.key=/k.pem"
+    text = describe(parse_plan(KernelCmdline(f"root=overlay:nbds://10.0.2.2/root {files}")))
+    assert "TLS: server verified with /etc/kiwi-overlay/tls/ca.pem" in text
+    assert "TLS: client certificate /c.pem, key /k.pem" in text
+    assert "the system CAs (an initrd has none unless installed)" in describe(
+        parse_plan(KernelCmdline("root=overlay:nbds://10.0.2.2/root"))
+    )

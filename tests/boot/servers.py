@@ -109,6 +109,11 @@ class _Server:
         self._pid = None
 
     @property
+    def pid(self) -> int | None:
+        """The server process (leader of its group) while it runs."""
+        return self._pid
+
+    @property
     def running(self) -> bool:
         return self._pid is not None and _alive(self._pid)
 
