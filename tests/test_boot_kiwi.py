@@ -257,3 +257,22 @@ def test_the_watch_warns_at_80_90_95_percent_of_the_tmpfs_write_layer() -> None:
     percents = [int(percent) for percent in found]
     assert len(percents) == 3, result.describe()
     assert 80 <= percents[0] < 90 <= percents[1] < 95 <= percents[2], result.describe()
+
+
+# ---- issue 17.2: several servers -----------------------------------------------------------------------------------
+
+
+def test_the_second_server_takes_over_after_switch_root() -> None:
+    """root=overlay:URI1,URI2: the first server stops while the booted root holds; the device is read whole through the second."""
+    image = root_image("squashfs")
+    with NbdServer(image) as first, NbdServer(image) as second:
+        cmdline = f"root=overlay:{first.url()},{second.url()} ko.test=hold-15,read-all,checksum"
+        with RunningGuest(Guest(initrd(), cmdline), log=log_path("kiwi-failover")) as guest:
+            guest.wait_for_mark("hold", timeout=BOOT_TIMEOUT)
+            first.stop()
+            result = guest.wait(timeout=BOOT_TIMEOUT)
+    assert (result.value("read-all") or "").startswith("ok device=/dev/nbd0"), result.describe()
+    result.expect(checksum=busybox_sha256())
+    assert "kiwi-overlay-nbd[" in result.console() and f"{second.url()} took over from {first.url()} (same image)" in result.console(), (
+        result.describe()
+    )

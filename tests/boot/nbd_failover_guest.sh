@@ -28,6 +28,8 @@ exportname = $work/rootfs.img
 readonly = true
 CONFIG
     nbd-server -C "$work/$1.conf" -p "$work/$1.pid"
+    # nbd-server may return before it listens: the attach must find every server up.
+    until ss -Hltn "sport = :$2" | grep -q .; do sleep 0.1; done
 }
 # stop NAME: nbd-server ends the children that serve its clients too
 stop() {
