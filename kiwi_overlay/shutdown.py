@@ -24,11 +24,13 @@ _FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 
 
 def _mount_points() -> set[str]:
-    points = set()
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4]
-        points.add(point.encode().decode("unicode_escape"))  # \040 and friends
-    return points
+    import re
+
+    # The kernel writes space, tab, newline and backslash in a mount point as octal escapes (\040).
+    unescape = re.compile(r"\\([0-7]{3})")
+    return {
+        unescape.sub(lambda code: chr(int(code[1], 8)), line.split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    }
 
 
 def _freeze(point: Path) -> str | None:
