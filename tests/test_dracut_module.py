@@ -292,6 +292,7 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
         f"{stdlib}/pyudev/core.pyc",
         f"{stdlib}/psutil/__init__.pyc",
         "usr/sbin/ldconfig",
+        "usr/sbin/veritysetup",
         "usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh",
         "usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh",
     }
@@ -303,6 +304,7 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
     assert not any("/tests/" in name for name in files if name.startswith(stdlib))
     for driver in ("block/nbd.ko", "block/aoe/aoe.ko", "overlayfs/overlay.ko", "squashfs/squashfs.ko", "erofs/erofs.ko", "block/loop.ko"):
         assert any(name.endswith(driver) for name in files), driver
+    assert any(name.endswith("md/dm-verity.ko") for name in files), "dm-verity (the host has veritysetup)"
     generator = "usr/lib/systemd/system-generators/kiwi-overlay-generator"
     mount_hook = "usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
     assert (generator in files, mount_hook in files) == (systemd, not systemd)

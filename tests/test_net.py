@@ -305,12 +305,32 @@ def test_auto6_without_router_advertisements_times_out(lab: Lab) -> None:
     assert result.stderr.splitlines()[-1] == ("kiwi-overlay: ip=ko-a:auto6: no IPv6 address from router advertisements on ko-a within 2 s")
 
 
-def test_not_needed_does_nothing(lab: Lab) -> None:
-    # A local root without rd.neednet: no network, not even a link touched.
-    lab.link("ko-a", 81, dhcp=False)
-    result = lab.net_up("root=overlay:LABEL=root ip=ko-a:dhcp")
-    assert (result.returncode, result.stderr) == (0, "")
+def test_net_up_configures_an_explicit_ip_without_a_network_root(lab: Lab) -> None:
+    lab.link("ko-a", 81)
+    result = lab.net_up("ip=ko-a:dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a")[0].startswith("10.81.0.")
+
+
+def test_net_up_with_nothing_to_configure_says_so(lab: Lab) -> None:
+    lab.link("ko-a", 92, dhcp=False)
+    result = lab.net_up("root=overlay:LABEL=root")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kiwi-overlay: nothing to configure: no ip=, no rd.neednet=1 and no network root on the command line; e.g. ip=eth0:dhcp\n"
+    )
     assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_rd_neednet_without_ip_brings_every_link_up_with_dhcp(lab: Lab) -> None:
+    lab.link("ko-a", 93, dhcp=False)
+    lab.link("ko-b", 94)
+    result = lab.net_up("root=overlay:LABEL=root rd.neednet=1", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert "DHCP on ko-a, ko-b" in result.stderr
+    assert lab.addresses("ko-b")[0].startswith("10.94.0.")
+    for name in ("ko-a", "ko-b"):
+        assert "UP" in ip("-n", lab.ns, "-o", "link", "show", name).split(">")[0]
 
 
 def test_static_ipv6_is_usable_at_once(lab: Lab) -> None:
@@ -376,3 +396,100 @@ def test_a_root_server_name_resolves_through_the_dhcp_name_server(lab: Lab) -> N
     assert result.returncode == 0, result.stderr
     assert lab.resolv_conf.read_text() == "nameserver 10.91.0.1\n"
     assert "network up in " in result.stderr
+
+
+def test_bridge_gets_the_lease_through_its_port(lab: Lab) -> None:
+    lab.link("ko-a", 95)
+    result = lab.net_up("root=overlay:nbd=10.95.0.1:rootfs bridge=ko-br:ko-a ip=dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert "ko-br: bridge of ko-a" in result.stderr
+    assert "DHCP on ko-br" in result.stderr  # the port is no candidate of its own
+    assert lab.addresses("ko-br")[0].startswith("10.95.0.")
+    assert lab.addresses("ko-a") == []
+    [port] = json.loads(ip("-n", lab.ns, "-j", "link", "show", "ko-a"))
+    assert port["master"] == "ko-br"
+    [bridge] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-br"))
+    assert bridge["linkinfo"]["info_data"]["forward_delay"] == 0
+
+
+def test_a_bridge_port_that_does_not_exist_leaves_no_bridge_behind(lab: Lab) -> None:
+    lab.link("ko-a", 96, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.96.0.1:rootfs bridge=ko-br:ko-a,ko-x ip=ko-br:dhcp", "--timeout", "5")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "kiwi-overlay: bridge=ko-br:ko-a,ko-x: network interface ko-x not found"
+    assert "ko-br" not in ip("-n", lab.ns, "-o", "link", "show")
+    assert "master" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a")
+
+
+def _kernel_has(lab: Lab, *link: str) -> bool:
+    """Whether this kernel creates such a link (tried on a scratch link in the test's namespace)."""
+    made = subprocess.run(["ip", "-n", lab.ns, "link", "add", "ko-probe", *link], capture_output=True, text=True)
+    subprocess.run(["ip", "-n", lab.ns, "link", "del", "ko-probe"], capture_output=True)
+    return made.returncode == 0
+
+
+def test_vlan_is_created_or_refused_in_one_line(lab: Lab) -> None:
+    """Where the kernel has 802.1Q (QEMU guests: tests/test_boot_net.py) the VLAN is made; else one line, nothing left."""
+    lab.link("ko-a", 97, dhcp=False)
+    cmdline = "root=overlay:nbd=10.97.0.1:rootfs vlan=ko-a.42:ko-a ip=10.97.42.2:::24::ko-a.42:none"
+    if _kernel_has(lab, "link", "lo", "type", "vlan", "id", "7"):
+        result = lab.net_up(cmdline, "--timeout", "10")
+        [vlan] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-a.42"))
+        assert (vlan["link"], vlan["linkinfo"]["info_data"]["id"]) == ("ko-a", 42)
+        assert lab.addresses("ko-a.42") == ["10.97.42.2/24"]
+    else:
+        result = lab.net_up(cmdline, "--timeout", "10")
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == (
+            "kiwi-overlay: vlan=ko-a.42:ko-a: this kernel cannot create vlan links (is the 8021q module in the initrd?)"
+        )
+        assert "ko-a.42" not in ip("-n", lab.ns, "-o", "link", "show")
+
+
+def test_bond_is_created_or_refused_in_one_line(lab: Lab) -> None:
+    """Where the kernel has bonding (QEMU guests: tests/test_boot_net.py) the bond is made; else one line, nothing left."""
+    lab.link("ko-a", 98)
+    lab.link("ko-b", 99, dhcp=False)
+    cmdline = "root=overlay:nbd=10.98.0.1:rootfs bond=ko-bond:ko-a,ko-b:mode=active-backup,miimon=100,primary=ko-a ip=ko-bond:dhcp"
+    result = lab.net_up(cmdline, "--timeout", "30")
+    if _kernel_has(lab, "type", "bond"):
+        assert result.returncode == 0, result.stderr
+        assert lab.addresses("ko-bond")[0].startswith("10.98.0.")
+        [bond] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-bond"))
+        assert bond["linkinfo"]["info_data"]["mode"] == "active-backup"
+    else:
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == (
+            "kiwi-overlay: bond=ko-bond:ko-a,ko-b:mode=active-backup,miimon=100,primary=ko-a: "
+            "this kernel cannot create bond links (is the bonding module in the initrd?)"
+        )
+        assert "ko-bond" not in ip("-n", lab.ns, "-o", "link", "show")
+
+
+def test_team_is_refused_in_one_line_before_touching_a_link(lab: Lab) -> None:
+    lab.link("ko-a", 100, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.100.0.1:rootfs team=team0:ko-a ip=team0:dhcp", "--timeout", "5")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kiwi-overlay: team=team0:ko-a: teaming needs teamd, which kiwi-overlay does not run; "
+        "use bond= (e.g. bond=bond0:eth0,eth1:mode=active-backup)\n"
+    )
+    assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_bootdev_names_the_interface_for_ip_dhcp(lab: Lab) -> None:
+    other = lab.link("ko-a", 101)
+    lab.link("ko-b", 102)
+    result = lab.net_up("root=overlay:nbd=10.102.0.1:rootfs bootdev=ko-b ip=dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-b")[0].startswith("10.102.0.")
+    assert lab.addresses("ko-a") == []
+    assert "DHCPDISCOVER" not in other.read_text()
+
+
+def test_rd_peerdns_0_keeps_the_dhcp_name_servers_out(lab: Lab) -> None:
+    lab.link("ko-a", 103)
+    result = lab.net_up("root=overlay:nbd=10.103.0.1:rootfs ip=ko-a:dhcp rd.peerdns=0 nameserver=10.103.0.54", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a")[0].startswith("10.103.0.")
+    assert lab.resolv_conf.read_text() == "nameserver 10.103.0.54\n"  # not dnsmasq's 10.103.0.53

@@ -51,9 +51,15 @@ depends() {
 installkernel() {
     # Transports and file systems, whatever the build host has loaded.
     hostonly='' instmods nbd aoe overlay squashfs erofs loop af_packet
+    # vlan=, bond=, bridge= (the kernel loads them when kiwi-overlay creates such a link).
+    hostonly='' instmods 8021q bonding bridge
     # The usual NICs of virtual machines and PCs (a hostonly initrd keeps the host's own); other
     # drivers come with add_drivers+=, or all of them with the kernel-network-modules module.
     instmods virtio_net e1000 e1000e igb r8169 vmxnet3
+    # dm-verity for rd.root.overlay.verity, when the host has veritysetup to set it up with.
+    if find_binary veritysetup > /dev/null; then
+        hostonly='' instmods dm_verity
+    fi
 }
 
 # called by dracut
@@ -73,6 +79,10 @@ install() {
     # (dracut writes the initrd's ld.so.cache).
     inst_libdir_file libudev.so.1
     inst_multiple ldconfig
+    # The check of an ext4 write layer before it is mounted (rd.root.overlay.write.fsck).
+    inst_multiple -o e2fsck
+    # rd.root.overlay.partition=LABEL=... (and UUID, PARTLABEL, PARTUUID) asks blkid.
+    inst_multiple -o blkid
 
     inst_hook cmdline 20 "$moddir/kiwi-overlay-cmdline.sh"
     if dracut_module_included systemd; then
@@ -81,4 +91,19 @@ install() {
         inst_hook mount 10 "$moddir/kiwi-overlay-mount.sh"
     fi
     inst_hook shutdown 45 "$moddir/kiwi-overlay-shutdown.sh"
+    if find_binary veritysetup > /dev/null; then
+        inst_multiple veritysetup
+    fi
+    _kiwi_overlay_install_tls
+}
+
+# The CA, client certificate and key that rd.root.overlay.nbd.tls.* name: every file of
+# $kiwi_overlay_tls_dir (dracut.conf.d; default /etc/kiwi-overlay/tls) goes to /etc/kiwi-overlay/tls.
+_kiwi_overlay_install_tls() {
+    local _dir="${kiwi_overlay_tls_dir:-/etc/kiwi-overlay/tls}" _file
+    [[ -d $_dir ]] || return 0
+    for _file in "$_dir"/*; do
+        [[ -f $_file ]] || continue
+        inst_simple "$_file" "/etc/kiwi-overlay/tls/${_file##*/}" || _kiwi_overlay_fail "could not install $_file"
+    done
 }
