@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.boot.guest_kernel import GuestKernel
 from tests.boot.initrd import kiwi_overlay_initrd, session_initrd
 from tests.boot.qemu import BootResult, Disk, Guest, RunningGuest, boot, initrd_disk, log_path
 from tests.boot.rootfs import LABEL, blank_disk, ext4_disk, root_image
@@ -49,10 +50,14 @@ def busybox_sha256() -> str:
 
 
 def test_1_nbd_root_with_tmpfs_write_layer_and_nothing_else_on_the_command_line() -> None:
-    """No rd.driver.pre=nbd, no ip=: the module loads nbd and brings the network up itself."""
+    scenario_1(initrd(), name="kiwi-1-nbd-tmpfs")
+
+
+def scenario_1(initrd: Path, *, name: str, kernel: GuestKernel | None = None) -> None:
+    """No rd.driver.pre=nbd, no ip=: the module loads nbd and brings the network up itself (also tests/test_boot_distro.py)."""
     with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
         cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} ko.test=write-16M,checksum"
-        result = boot(Guest(initrd(), cmdline), name="kiwi-1-nbd-tmpfs", timeout=BOOT_TIMEOUT)
+        result = boot(Guest(initrd, cmdline, kernel=kernel), name=name, timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="overlay", write="ok", write_16M="ok", checksum=busybox_sha256())
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()  # the write layer is in RAM
@@ -83,19 +88,26 @@ def test_2_nbd_uri_with_a_port_and_two_connections() -> None:
 # ---- 3, 4: a write device -----------------------------------------------------------------------------------------
 
 
-def nbd_with_write_disk(server: NbdServer, cow: Path, extra: str) -> Guest:
+def nbd_with_write_disk(server: NbdServer, cow: Path, extra: str, *, image: Path | None = None, kernel: GuestKernel | None = None) -> Guest:
     """The NBD root with COW as the guest's second disk (the first is a blank scratch disk)."""
     scratch = blank_disk(cow.with_name("scratch.img"), size_mb=8)
     disks = (Disk(scratch, serial="koscratch"), Disk(cow, serial=COW_LABEL))
-    return Guest(initrd(), f"root=overlay:{server.url()} rd.root.overlay.write=LABEL={COW_LABEL} {extra}", disks=disks)
+    cmdline = f"root=overlay:{server.url()} rd.root.overlay.write=LABEL={COW_LABEL} {extra}"
+    return Guest(image or initrd(), cmdline, disks=disks, kernel=kernel)
 
 
 def test_3_nbd_root_with_a_persistent_write_layer_on_the_second_disk(tmp_path: Path) -> None:
+    scenario_3(initrd(), tmp_path=tmp_path, name="kiwi-3-persistent")
+
+
+def scenario_3(initrd: Path, *, tmp_path: Path, name: str, kernel: GuestKernel | None = None) -> None:
+    """Two boots with one write device: what the first wrote, the second finds (also tests/test_boot_distro.py)."""
     cow = ext4_disk(tmp_path / "cow.img", size_mb=64, label=COW_LABEL)
     with NbdServer(root_image("squashfs")) as server:
-        first = boot(nbd_with_write_disk(server, cow, "ko.test=marker-file"), name="kiwi-3-persistent-1", timeout=BOOT_TIMEOUT)
+        guest = nbd_with_write_disk(server, cow, "ko.test=marker-file", image=initrd, kernel=kernel)
+        first = boot(guest, name=f"{name}-1", timeout=BOOT_TIMEOUT)
         first.expect(root_fstype="overlay", write="ok", marker_file="created")
-        second = boot(nbd_with_write_disk(server, cow, "ko.test=marker-file"), name="kiwi-3-persistent-2", timeout=BOOT_TIMEOUT)
+        second = boot(guest, name=f"{name}-2", timeout=BOOT_TIMEOUT)
     second.expect(root_fstype="overlay")
     assert (second.value("marker-file") or "").startswith("found boot-id="), second.describe()
     assert mounted(second, "/run/overlay/overlayfs") == ("/dev/vdb", "ext4"), second.describe()
@@ -139,10 +151,15 @@ def test_6_a_small_write_layer_fills_up_with_enospc_and_the_system_stays_up() ->
 
 @pytest.mark.parametrize("by", ["target", "interface"])
 def test_7_aoe_root_by_target_and_by_interface(by: str) -> None:
+    scenario_7(initrd(), by=by, name=f"kiwi-7-aoe-{by}")
+
+
+def scenario_7(initrd: Path, *, by: str, name: str, kernel: GuestKernel | None = None) -> None:
+    """The root from vblade, found by target (e0.1) or by interface (also tests/test_boot_distro.py)."""
     with AoeTarget(root_image("squashfs"), shelf=0, slot=1) as target:
         source = target.target if by == "target" else "eth0"
-        guest = Guest(initrd(), f"root=overlay:aoe={source} ko.test=checksum", user_net=False, taps=(target.tap,))
-        result = boot(guest, name=f"kiwi-7-aoe-{by}", timeout=BOOT_TIMEOUT)
+        guest = Guest(initrd, f"root=overlay:aoe={source} ko.test=checksum", user_net=False, taps=(target.tap,), kernel=kernel)
+        result = boot(guest, name=name, timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/etherd/e0.1", "squashfs"), result.describe()
 
