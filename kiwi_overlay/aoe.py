@@ -473,3 +473,9 @@ def attach_root(root: AoeRoot, *, timeout: float) -> Path:
         raise
     log.debug(f"{device} ready after {time.monotonic() - started:.2f} s")
     return device
+
+
+def forget(device: Path) -> None:
+    """Make the driver drop DEVICE (/dev/etherd/eS.S): nothing of the boot uses the target any more."""
+    _write(ETHERD / "flush", device.name)
+    log.debug(f"aoe driver flushed {device.name}")

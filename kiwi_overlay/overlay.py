@@ -160,11 +160,31 @@ def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
     return True
 
 
+def _copy_to_ram(undo: ExitStack, step: Mount, device: Path, image: Path) -> None:
+    """rd.root.overlay.ram: DEVICE copied to IMAGE, in the tmpfs of STEP sized to it (after checking the memory)."""
+    from kiwi_overlay import ram
+
+    size, available = ram.device_size(device), ram.available_memory()
+    ram.check_fits(size, available=available, device=device)
+    log.info(f"copying the read layer {device} ({ram.mib(size)}) into RAM, {ram.mib(available)} available ({ram.OPTION})")
+    step.target.mkdir()
+    _mount_undoably(undo, replace(step, options=(*step.options, f"size={-(-size // 4096) * 4096}")), "tmpfs")
+    ram.copy_image(device, image, size=size)
+    if not Path("/dev/loop-control").exists():  # loop, for the read layer's mount, is a module nothing loaded yet
+        run(["modprobe", "loop"])
+
+
 def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout, *, mount_root: bool) -> tuple[str, bool]:
     """The mounts of `assemble`, each registered with UNDO; (read layer type, whether the write layer is on its device)."""
-    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    steps = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    tmpfs, root = steps[0], steps[-1]
+    ram = [step for step in steps if step.target == where.ram]
+    read = next(step for step in steps if step.target == where.rootfsbase)
+    write = [step for step in steps if step.target == where.overlayfs]
     _make_dir(undo, where.run_dir)
     _mount_undoably(undo, tmpfs, "tmpfs")
+    if ram:
+        _copy_to_ram(undo, ram[0], read_device, where.ram_image)
     where.rootfsbase.mkdir()
     read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
     # The image every client boots from: the kernel refuses writes to it, whatever the export allows.

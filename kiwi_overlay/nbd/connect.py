@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from kiwi_overlay import log
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from kiwi_overlay.config import NbdRoot
 
 T = TypeVar("T")
+# (family, sockaddr) with a numeric host, as getaddrinfo gives them.
+Address = tuple[socket.AddressFamily, tuple[str, int] | tuple[str, int, int, int]]
 
 FIRST_DELAY = 0.25
 MAX_DELAY = 10.0
@@ -55,8 +58,12 @@ def tls_context(root: NbdRoot) -> ssl.SSLContext | None:
     return context
 
 
-def resolve(root: NbdRoot) -> list[tuple[socket.AddressFamily, tuple[str, int] | tuple[str, int, int, int]]]:
-    """The addresses of ROOT's server (numeric, so a later reconnect needs no resolver)."""
+def resolve(root: NbdRoot) -> list[Address]:
+    """The addresses of ROOT's (first) server, numeric: resolved once, a reconnect needs no resolver.
+
+    After switch_root the initrd's /etc (hosts, resolv.conf) is gone or another's: a name that
+    resolved at attach time may resolve to nothing, or elsewhere, later.
+    """
     try:
         infos = socket.getaddrinfo(root.host, root.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -64,9 +71,9 @@ def resolve(root: NbdRoot) -> list[tuple[socket.AddressFamily, tuple[str, int] |
     return [(family, address) for family, _, _, _, address in infos]  # type: ignore[misc]
 
 
-def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
+def _tcp(root: NbdRoot, deadline: float, addresses: Sequence[Address] | None) -> socket.socket:
     last: Exception | None = None
-    for family, address in resolve(root):
+    for family, address in resolve(root) if addresses is None else addresses:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -86,31 +93,48 @@ def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
     raise Unreachable(f"NBD server {root.address}: {reason.lower()}")
 
 
-def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> tuple[Wire, int]:
-    """Connect, read the greeting and start TLS when asked; returns the wire and the handshake flags."""
-    wire = Wire(_tcp(root, deadline), peer=root.address, deadline=min(deadline, time.monotonic() + GREETING_TIMEOUT))
+@contextmanager
+def _retried_when_lost() -> Iterator[None]:
+    """A connection that stalled, closed or was reset, before or after the greeting, is worth another attempt.
+
+    A server that is starting, restarting or has a full accept queue does that; the deadline bounds the attempts.
+    """
     try:
-        try:
+        yield
+    except NbdError as error:
+        if error.lost:
+            raise Unreachable(str(error)) from None
+        raise
+
+
+def handshake(
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, addresses: Sequence[Address] | None = None
+) -> tuple[Wire, int]:
+    """Connect (to ADDRESSES from resolve(), or resolve now), read the greeting and start TLS when asked.
+
+    Returns the wire and the handshake flags. TLS checks the certificate against the host name, not the address.
+    """
+    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + GREETING_TIMEOUT))
+    try:
+        with _retried_when_lost():
             flags = protocol.greet(wire)
-        except NbdError as error:
-            # A server that is starting or overloaded may stall or close before its greeting: try again.
-            if error.lost:
-                raise Unreachable(str(error)) from None
-            raise
-        wire.deadline = deadline
-        if context is not None:
-            protocol.start_tls(wire, context, server_hostname=root.host)
+            wire.deadline = deadline
+            if context is not None:
+                protocol.start_tls(wire, context, server_hostname=root.host)
     except BaseException:
         wire.sock.close()
         raise
     return wire, flags
 
 
-def open_export(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> tuple[socket.socket, ExportInfo]:
+def open_export(
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, addresses: Sequence[Address] | None = None
+) -> tuple[socket.socket, ExportInfo]:
     """One connection in transmission phase on ROOT's export (blocking socket) and what the server said about it."""
-    wire, flags = handshake(root, deadline=deadline, context=context)
+    wire, flags = handshake(root, deadline=deadline, context=context, addresses=addresses)
     try:
-        info = protocol.open_export(wire, root.export, handshake_flags=flags)
+        with _retried_when_lost():
+            info = protocol.open_export(wire, root.export, handshake_flags=flags)
     except BaseException:
         wire.sock.close()
         raise
@@ -121,7 +145,8 @@ def open_export(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
 def list_exports(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> list[ExportEntry]:
     wire, _ = handshake(root, deadline=deadline, context=context)
     try:
-        exports = protocol.list_exports(wire)
+        with _retried_when_lost():
+            exports = protocol.list_exports(wire)
         protocol.abort(wire)
         return exports
     finally:

@@ -97,7 +97,13 @@ def message_class() -> type[Any]:
 
 
 def build(
-    command: int, *, index: int | None = None, fds: Sequence[int] = (), config: Config | None = None, backend: str | None = None
+    command: int,
+    *,
+    index: int | None = None,
+    fds: Sequence[int] = (),
+    config: Config | None = None,
+    backend: str | None = None,
+    dead_conn_timeout: float | None = None,
 ) -> Any:
     """An nbd genetlink message: CONNECT (with CONFIG), RECONFIGURE (with BACKEND), DISCONNECT or STATUS."""
     msg = message_class()()
@@ -118,6 +124,8 @@ def build(
             attrs.append(("NBD_ATTR_TIMEOUT", kernel_seconds(config.io_timeout)))
     if backend is not None:
         attrs.append(("NBD_ATTR_BACKEND_IDENTIFIER", backend))
+    if dead_conn_timeout is not None:
+        attrs.append(("NBD_ATTR_DEAD_CONN_TIMEOUT", kernel_seconds(dead_conn_timeout)))
     if fds:
         items = [("NBD_SOCK_ITEM", {"attrs": [("NBD_SOCK_FD", fd)]}) for fd in fds]
         attrs.append(("NBD_ATTR_SOCKETS", {"attrs": items}))
@@ -211,9 +219,12 @@ def connect(link: Netlink, fds: Sequence[int], config: Config, *, index: int | N
     return index
 
 
-def reconfigure(link: Netlink, index: int, fds: Sequence[int], *, backend: str) -> None:
-    """New sockets for dead ones; the kernel refuses it unless BACKEND is the one given at CONNECT."""
-    link.request(build(CMD_RECONFIGURE, index=index, fds=fds, backend=backend), what=f"reconnecting /dev/nbd{index}")
+def reconfigure(link: Netlink, index: int, fds: Sequence[int], *, backend: str, dead_conn_timeout: float | None = None) -> None:
+    """New sockets for dead ones, and a new dead-connection timeout; refused unless BACKEND is the one given at CONNECT."""
+    link.request(
+        build(CMD_RECONFIGURE, index=index, fds=fds, backend=backend, dead_conn_timeout=dead_conn_timeout),
+        what=f"reconnecting /dev/nbd{index}",
+    )
 
 
 def disconnect(link: Netlink, index: int) -> None:
