@@ -588,8 +588,9 @@ def _parse_partition(cmdline: KernelCmdline) -> Partition | None:
     text = cmdline.getarg("rd.root.overlay.partition")
     if text is None:
         return None
-    if text.isdigit() and 1 <= int(text) <= 255:
-        return Partition(by="number", value=str(int(text)))
+    number = whole_number(text, low=1, high=255)
+    if number is not None:
+        return Partition(by="number", value=str(number))
     key, _, value = text.partition("=")
     for tag in _PARTITION_TAGS:
         if key == tag and value:

@@ -43,6 +43,10 @@ NUMBERS = [
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.timeout=٣", "rd.root.overlay.nbd.timeout=٣"),
     ("root=overlay:aoe=e٣.١", "root=overlay:aoe=e٣.١"),
     (f"root=overlay:aoe=e{LONG}.1", f"root=overlay:aoe=e{LONG}.1"),
+    ("root=overlay:nbd=h:e rd.root.overlay.partition=²", "rd.root.overlay.partition=²"),
+    (f"root=overlay:nbd=h:e rd.root.overlay.partition={LONG}", f"rd.root.overlay.partition={LONG}"),
+    ("root=overlay:nbd=h:e vlan=eth0.٣:eth0 ip=eth0.٣:dhcp", "vlan=eth0.٣:eth0"),
+    (f"root=overlay:nbd=h:e vlan=vlan{LONG}:eth0", f"vlan=vlan{LONG}:eth0"),
 ]
 
 

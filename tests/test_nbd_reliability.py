@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, make_ca, make_image, qemu_nbd, sign
+from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, make_ca, make_image, nbd_server, qemu_nbd, sign
 from test_nbd_protocol import read_first_sector
 
 from kiwi_overlay.nbd import kernel, protocol, root_from_uri
+from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY
 from kiwi_overlay.nbd.supervisor import Request, Supervisor, TlsProxy
 
 
@@ -114,3 +115,13 @@ def _recv_exact(sock: object, size: int) -> bytes:
         assert chunk, "connection closed"
         data += chunk
     return bytes(data)
+
+
+def test_the_kernel_gets_the_read_only_flag_for_a_writable_export(tmp_path: Path) -> None:
+    """Item 5: the read layer's kernel device is read-only even when the export is writable."""
+    with nbd_server(tmp_path) as port:
+        supervisor = Supervisor(request_for(f"nbd://127.0.0.1:{port}/scratch"))
+        for sock in supervisor.first_connections():
+            sock.close()
+    assert supervisor.info is not None and not supervisor.info.flags & FLAG_READ_ONLY  # the export is writable
+    assert supervisor.config().server_flags & FLAG_READ_ONLY

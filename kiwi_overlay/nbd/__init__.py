@@ -158,7 +158,7 @@ def detach(device: Path, *, state_dir: Path | None = None) -> None:
     record = next((r for r in _records(state_dir) if r.get("index") == index), None)
     pid = record.get("pid") if record else None
     if isinstance(pid, int) and record and record.get("mode") == "ioctl":
-        # Its NBD_DO_IT is the connection: ending it disconnects (a disconnect first would be taken for a lost link).
+        # Its NBD_DO_IT is the connection: on SIGTERM it has the kernel send NBD_CMD_DISC, then ends.
         _stop_supervisor(pid)
     if kernel.connected(index):
         # Netlink: the kernel sends no LINK_DEAD for a disconnect it was asked for, and the

@@ -125,7 +125,7 @@ def build(
     if backend is not None:
         attrs.append(("NBD_ATTR_BACKEND_IDENTIFIER", backend))
     if dead_conn_timeout is not None:
-        attrs.append(("NBD_ATTR_DEAD_CONN_TIMEOUT", round(dead_conn_timeout)))
+        attrs.append(("NBD_ATTR_DEAD_CONN_TIMEOUT", kernel_seconds(dead_conn_timeout)))
     if fds:
         items = [("NBD_SOCK_ITEM", {"attrs": [("NBD_SOCK_FD", fd)]}) for fd in fds]
         attrs.append(("NBD_ATTR_SOCKETS", {"attrs": items}))

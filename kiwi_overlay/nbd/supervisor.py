@@ -15,8 +15,10 @@ or `error MESSAGE`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -30,7 +32,7 @@ from kiwi_overlay import log
 from kiwi_overlay.config import LostPolicy, NbdRoot, NbdServer
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.nbd import connect, kernel
-from kiwi_overlay.nbd.protocol import ExportInfo, NbdError
+from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError
 
 if TYPE_CHECKING:
     import ssl
@@ -326,7 +328,8 @@ class Supervisor:
         return kernel.Config(
             size=self.info.size,
             block_size=kernel_block_size(self.info, peer=self.root.address),
-            server_flags=self.info.flags,
+            # The read layer: the kernel device is read-only whatever the export allows (issue 14 item 5).
+            server_flags=self.info.flags | FLAG_READ_ONLY,
             io_timeout=self.root.io_timeout,
             dead_conn_timeout=self.dead_conn_timeout(),
             backend=f"kiwi-overlay {self.root.uri}",
@@ -434,6 +437,7 @@ class Supervisor:
             extra.close()
         sock = socks[0]
         device_fd = os.open(device, os.O_RDWR)
+        detaching = threading.Event()
         while True:
             kernel.ioctl_configure(device_fd, sock.fileno(), self.config())
             done = threading.Event()
@@ -445,21 +449,40 @@ class Supervisor:
             if ready is not None:
                 self.record(index, "ioctl")
                 self.start_logging()
+                self._detach_on_sigterm(device_fd, detaching)
                 ready(f"ok {device}")
                 ready = None
             else:
                 self.update_state("connected")
             done.wait()
             sock.close()
+            if detaching.is_set():
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(device_fd, kernel.NBD_CLEAR_SOCK)
+                os.close(device_fd)
+                sys.exit(0)
             self.say(f"{device}: connection to {self.server.address} lost; reconnecting")
             self.update_state("reconnecting")
             # The old interface has no dead-connection wait: I/O fails while no connection is alive, whatever lost= says.
             sock = self.reconnect()
 
     @staticmethod
-    def _do_it(device_fd: int, done: threading.Event) -> None:
-        import fcntl
+    def _detach_on_sigterm(device_fd: int, detaching: threading.Event) -> None:
+        """SIGTERM (`kiwi-overlay nbd detach`): the kernel sends NBD_CMD_DISC first, then NBD_DO_IT returns.
 
+        Dying at once would take the DO_IT with it: the server would see the connection drop
+        without a disconnect, and anything still queued would be failed rather than flushed.
+        """
+
+        def disconnect(*_: object) -> None:
+            detaching.set()
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(device_fd, kernel.NBD_DISCONNECT)
+
+        signal.signal(signal.SIGTERM, disconnect)
+
+    @staticmethod
+    def _do_it(device_fd: int, done: threading.Event) -> None:
         with contextlib.suppress(OSError):
             fcntl.ioctl(device_fd, kernel.NBD_DO_IT)
         done.set()

@@ -300,9 +300,10 @@ def parse_vlan(value: str) -> Vlan:
     _interface(parent, option="vlan", value=value, example=_VLAN_EXAMPLE)
     # dracut's get_vid: vlanNNNN, or PARENT.NNNN (any parent name, zero padding optional).
     vid_text = name.removeprefix("vlan") if name.startswith("vlan") else name.rpartition(".")[2] if "." in name else ""
-    if not vid_text.isdigit() or not 1 <= int(vid_text) <= 4094:
-        raise OptionError("vlan", value, f"{name!r} does not end in a VLAN ID from 1 to 4094 (vlanID or IFACE.ID)", _VLAN_EXAMPLE)
-    return Vlan(value, name, parent, int(vid_text))
+    vid = whole_number(vid_text, low=1, high=4094)
+    if vid is None:
+        raise OptionError("vlan", value, f"{name[:40]!r} does not end in a VLAN ID from 1 to 4094 (vlanID or IFACE.ID)", _VLAN_EXAMPLE)
+    return Vlan(value, name, parent, vid)
 
 
 def _ports(text: str, *, option: str, value: str, example: str) -> tuple[str, ...]:
