@@ -171,6 +171,7 @@ def test_write_device_and_flags() -> None:
         "device": "/dev/disk/by-label/cow",
         "reset": True,
         "fallback_tmpfs": False,
+        "fsck": True,
     }
     assert plan["mounts"][1]["fstype"] == "erofs"
     assert plan["mounts"][2] == {

@@ -7,6 +7,7 @@ functions that talk to the kernel, never at module level.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ class Config:
     backend: str
 
 
+def kernel_seconds(seconds: float) -> int:
+    """SECONDS as the kernel's whole seconds, rounded up: 0 would mean no timeout at all."""
+    return max(1, math.ceil(seconds))
+
+
 def message_class() -> type[Any]:
     """The pyroute2 genlmsg class for the nbd family (imports pyroute2)."""
     from pyroute2.netlink import genlmsg, nla
@@ -111,11 +117,11 @@ def build(
             ("NBD_ATTR_SIZE_BYTES", config.size),
             ("NBD_ATTR_BLOCK_SIZE_BYTES", config.block_size),
             ("NBD_ATTR_SERVER_FLAGS", config.server_flags),
-            ("NBD_ATTR_DEAD_CONN_TIMEOUT", round(config.dead_conn_timeout)),
+            ("NBD_ATTR_DEAD_CONN_TIMEOUT", kernel_seconds(config.dead_conn_timeout)),
             ("NBD_ATTR_BACKEND_IDENTIFIER", config.backend),
         ]
         if config.io_timeout is not None:
-            attrs.append(("NBD_ATTR_TIMEOUT", round(config.io_timeout)))
+            attrs.append(("NBD_ATTR_TIMEOUT", kernel_seconds(config.io_timeout)))
     if backend is not None:
         attrs.append(("NBD_ATTR_BACKEND_IDENTIFIER", backend))
     if dead_conn_timeout is not None:
@@ -263,7 +269,7 @@ def ioctl_configure(device_fd: int, sock_fd: int, config: Config) -> None:
     fcntl.ioctl(device_fd, NBD_SET_BLKSIZE, config.block_size)
     fcntl.ioctl(device_fd, NBD_SET_SIZE_BLOCKS, config.size // config.block_size)
     if config.io_timeout is not None:
-        fcntl.ioctl(device_fd, NBD_SET_TIMEOUT, round(config.io_timeout))
+        fcntl.ioctl(device_fd, NBD_SET_TIMEOUT, kernel_seconds(config.io_timeout))
     fcntl.ioctl(device_fd, NBD_SET_FLAGS, config.server_flags)
     fcntl.ioctl(device_fd, NBD_SET_SOCK, sock_fd)
 

@@ -95,24 +95,73 @@ def kernel_block_size(info: ExportInfo, *, peer: str) -> int:
 
 
 class TlsProxy:
-    """Copies between the kernel's end of a socketpair and one TLS connection (the kernel has no TLS)."""
+    """Copies between the kernel's end of a socketpair and one TLS connection (the kernel has no TLS).
+
+    One thread drives the TLS socket both ways with select(): OpenSSL's connection objects are
+    not safe to use from two threads at once.
+    """
+
+    CHUNK = 256 * 1024
 
     def __init__(self, tls: socket.socket) -> None:
         self.tls = tls
         self.inner, self.kernel_end = socket.socketpair()
-        for source, target in ((self.inner, tls), (tls, self.inner)):
-            threading.Thread(target=self._copy, args=(source, target), daemon=True).start()
+        threading.Thread(target=self._run, daemon=True).start()
 
-    def _copy(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(256 * 1024):
-                target.sendall(data)
-        except OSError:
-            pass
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            self._copy_both_ways()
         # Either side gone: close both so the kernel sees a dead link and asks for a new one.
         for sock in (self.inner, self.tls):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _copy_both_ways(self) -> None:
+        import select
+        import ssl
+
+        tls, plain = self.tls, self.inner
+        tls.setblocking(False)
+        plain.setblocking(False)
+        up = b""  # from the kernel, being sent over TLS: resent unchanged after a WANT_* (OpenSSL asks that)
+        down = b""  # from the server, decrypted, not yet taken by the kernel's socket
+        tls_read_needs: object = None  # what a TLS read waits for: readable (None) or writable (WANT_WRITE)
+        tls_write_needs: object = None
+        while True:
+            readers: list[socket.socket] = [] if up else [plain]
+            writers: list[socket.socket] = [plain] if down else []
+            if up:
+                (readers if tls_write_needs == "read" else writers).append(tls)
+            # Records OpenSSL has already decrypted wait in its buffer, invisible to select.
+            tls_ready = not down and isinstance(tls, ssl.SSLSocket) and tls.pending() > 0
+            if not down and not tls_ready:
+                (writers if tls_read_needs == "write" else readers).append(tls)
+            readable, writable, _ = select.select(readers, writers, [], 0 if tls_ready else None)
+            if plain in readable:
+                up = plain.recv(self.CHUNK)
+                if not up:
+                    return
+            if up and (tls in writable or tls in readable):
+                try:
+                    up = up[tls.send(up) :]
+                    tls_write_needs = None
+                except ssl.SSLWantReadError:
+                    tls_write_needs = "read"
+                except ssl.SSLWantWriteError:
+                    tls_write_needs = None
+            if not down and (tls_ready or tls in readable or tls in writable):
+                try:
+                    down = tls.recv(self.CHUNK)
+                    tls_read_needs = None
+                except ssl.SSLWantReadError:
+                    tls_read_needs = None
+                except ssl.SSLWantWriteError:
+                    tls_read_needs = "write"
+                else:
+                    if not down:
+                        return
+            if down and plain in writable:
+                down = down[plain.send(down) :]
 
 
 class Supervisor:
@@ -161,10 +210,7 @@ class Supervisor:
             wanted = self.root.connections if info.multi_conn else 1
             if wanted < self.root.connections:
                 log.info(f"{self.root.server_uri(server)}: server does not allow several connections; using one")
-            for _ in range(wanted - 1):
-                socks.append(
-                    connect.with_retry(lambda deadline: self._open(server, deadline), root=self.root, timeout=self.request.timeout)[0]
-                )
+            socks += self._extra_connections(server, wanted - 1)
         except BaseException:
             for each in socks:
                 each.close()
@@ -174,6 +220,21 @@ class Supervisor:
             log.info(f"{self.root.server_uri(server)} answered first")
         self._resolve_the_others()
         return [self.kernel_socket(each) for each in socks]
+
+    def _extra_connections(self, server: NbdServer, count: int) -> list[socket.socket]:
+        """Up to COUNT more connections, one attempt each: a server that takes fewer (a connection
+        limit, a full backlog) gets the ones it took, with a console line, not a failed attach."""
+        socks: list[socket.socket] = []
+        for _ in range(count):
+            try:
+                socks.append(self._open(server, time.monotonic() + connect.ATTEMPT_TIMEOUT)[0])
+            except KiwiOverlayError as error:
+                accepted = len(socks) + 1
+                log.info(
+                    f"{self.root.server_uri(server)}: the server accepted {accepted} of {count + 1} connections; using {accepted} ({error})"
+                )
+                break
+        return socks
 
     def _resolve_the_others(self) -> None:
         """The addresses of every other server now, while the initrd's resolver works."""

@@ -33,18 +33,35 @@ class Link:
 
 def _link(message: Any) -> Link:
     return Link(
-        name=message.get("IFLA_IFNAME"),
+        name=message.get_attr("IFLA_IFNAME"),
         index=message["index"],
-        mac=message.get("IFLA_ADDRESS") or "",
+        mac=message.get_attr("IFLA_ADDRESS") or "",
         up=bool(message["flags"] & IFF_UP),
-        carrier=message.get("IFLA_CARRIER") == 1,
+        carrier=message.get_attr("IFLA_CARRIER") == 1,
         ethernet=message["ifi_type"] == ARPHRD_ETHER,
     )
 
 
+def forward_pyroute2_logging() -> None:
+    """pyroute2 logs through logging: into kiwi-overlay's debug log, never raw onto the console."""
+    import logging
+
+    class ToDebugLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug(f"pyroute2: {record.getMessage()}")
+
+    logger = logging.getLogger("pyroute2")
+    logger.handlers[:] = [ToDebugLog()]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
+
+
 def ethernet_links() -> tuple[Link, ...]:
     """Every Ethernet link of this network namespace (no loopback, no tunnels)."""
-    from pyroute2 import IPRoute
+    from kiwi_overlay.pyroute import skip_package_init
+
+    skip_package_init()
+    from pyroute2.iproute.linux import IPRoute
 
     with IPRoute() as ipr:
         return tuple(link for link in map(_link, ipr.get_links()) if link.ethernet)
@@ -57,7 +74,10 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
     have it or the time is up. A name that does not exist is an error; no carrier at all is not (the
     caller knows whether one link is enough).
     """
-    from pyroute2 import IPRoute
+    from kiwi_overlay.pyroute import skip_package_init
+
+    skip_package_init()
+    from pyroute2.iproute.linux import IPRoute
 
     started = time.monotonic()
     with IPRoute() as events, IPRoute() as ipr:

@@ -140,6 +140,18 @@ action() {
             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
             exec /shutdown poweroff
             ;;
+        read-files)
+            # Every file of the root read back (the page cache dropped first): "ok COUNT" or the first that failed.
+            sync
+            echo 3 > /proc/sys/vm/drop_caches
+            count=0 failed=
+            find / -xdev -type f > /run/ko-files # /run: not on the root
+            while read -r file; do
+                if cat "$file" > /dev/null 2>&1; then count=$((count + 1)); else failed=${failed:-$file}; fi
+            done < /run/ko-files
+            rm -f /run/ko-files
+            if [ -z "$failed" ]; then mark "read-files=ok $count"; else mark "read-files=failed $failed"; fi
+            ;;
         fill-overlay)
             # Fill the write layer to 82, 91 and 96 %; after each, wait up to 60 s for one more warning of the watch.
             warned=0
