@@ -10,6 +10,7 @@ power-off that follows. Then the NBD devices are detached.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from kiwi_overlay import log
@@ -24,12 +25,11 @@ _FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 
 
 def _mount_points() -> set[str]:
-    import re
-
-    # The kernel writes space, tab, newline and backslash in a mount point as octal escapes (\040).
-    unescape = re.compile(r"\\([0-7]{3})")
+    # mountinfo writes space, tab, newline and backslash as octal escapes (\040); no codec for it
+    # (the unicode_escape codec is not in the initrd's Python).
     return {
-        unescape.sub(lambda code: chr(int(code[1], 8)), line.split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), line.split()[4])
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
     }
 
 

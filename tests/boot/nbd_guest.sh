@@ -68,6 +68,15 @@ dd if="$device" bs=4096 count=1 iflag=direct status=none | grep -q 'kiwi-overlay
 ko nbd detach "$device"
 [ ! -e /sys/block/nbd2/pid ] && [ ! -e /run/kiwi-overlay/nbd/nbd2.json ] && step "ioctl detached"
 
+# The ioctl detach order: the kernel's NBD_CMD_DISC reaches the server before the supervisor ends.
+python3 "$checkout/tests/boot/nbd_recorder.py" 10811 "$work/rootfs.img" "$work/recorded" &
+recorder=$!
+for _ in $(seq 1 100); do [ -e "$work/recorded.ready" ] && break; sleep 0.1; done
+device=$(ko nbd attach nbd://127.0.0.1:10811/rootfs --device /dev/nbd4 --ioctl --timeout 60)
+ko nbd detach "$device"
+grep -qx disc "$work/recorded" && step "ioctl detach sent NBD_CMD_DISC"
+kill "$recorder"
+
 # nbds://: the kernel gets a socket pair, the supervisor carries it over TLS to qemu-nbd.
 pki=$2
 qemu-nbd --persistent --shared=0 --port 10810 --bind 127.0.0.1 -x rootfs -f raw --read-only \

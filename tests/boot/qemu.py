@@ -16,9 +16,10 @@ a copy to the kernel log for people reading the console. Markers, in order:
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
                                     read-files=ok COUNT|failed FILE (every file of the root read),
-                                    aoe-discover=eS.S|none, hold=SECONDS,
+                                    aoe-discover=eS.S|none, hold=SECONDS, noise-N=... (200, under printk load),
                                     fill-overlay-82|91|96=USE% warnings=N (the write layer filled in
                                     three steps, each followed by a wait for one more kiwi-overlay-watch line),
+                                    synced=boot-id=ID (then writes until killed), synced-found=boot-id=ID|none,
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now

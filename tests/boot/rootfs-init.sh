@@ -170,6 +170,16 @@ action() {
             done
             rm -f /ko-fill-*
             ;;
+        sync-then-write)
+            # Power-cut test: a file written and synced, then writes that never end (the harness
+            # kills QEMU during them). Later actions do not run.
+            echo "boot-id=$(cat /proc/sys/kernel/random/boot_id)" > /ko-synced && sync
+            mark "synced=$(cat /ko-synced)"
+            while :; do dd if=/dev/urandom of=/ko-churn bs=64k count=16 conv=fsync 2> /dev/null; done
+            ;;
+        synced-check)
+            if [ -e /ko-synced ]; then mark "synced-found=$(cat /ko-synced)"; else mark "synced-found=none"; fi
+            ;;
         noise)
             # The harness's result channel under printk load: a background writer floods the
             # console with kernel messages while 200 markers with long values are written.

@@ -147,6 +147,7 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         "ioctl read-only 1",
         "ioctl first sector ok",
         "ioctl detached",
+        "ioctl detach sent NBD_CMD_DISC",
         "tls attached /dev/nbd3",
         "tls first sector ok",
         "tls detached",
