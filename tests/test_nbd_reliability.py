@@ -86,7 +86,7 @@ def test_tls_proxy_uses_one_thread_and_carries_pipelined_requests(tmp_path: Path
     extra = ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
     with qemu_nbd(image, extra=extra) as port:
         supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca[0]))
-        sock, _ = supervisor._open(time.monotonic() + 20)
+        sock, _ = supervisor._open(supervisor.root.servers[0], time.monotonic() + 20)
         before = threading.active_count()
         proxy = TlsProxy(sock)
         assert threading.active_count() - before == 1

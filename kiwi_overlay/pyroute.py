@@ -1,0 +1,48 @@
+"""pyroute2 without its package initializers: only the submodules a step asks for are loaded.
+
+`import pyroute2.netlink.generic` first runs pyroute2/__init__.py, and that imports every part of
+the library (NDB with sqlite3, IPDB, ipset, IPVS, wireless, ...): 30 ms natively, about a second in
+a TCG guest. skip_package_init() registers pyroute2 and pyroute2.iproute as bare packages whose
+submodules import as usual. A name only the initializer defines (`from pyroute2 import IPRoute`,
+written by code elsewhere in the same process) runs the real initializer on first use.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+# Packages whose initializer imports far more than their submodules need.
+HEAVY_PACKAGES = ("pyroute2", "pyroute2.iproute")
+
+
+def skip_package_init() -> None:
+    """Register HEAVY_PACKAGES without running their __init__.py (a no-op once pyroute2 is imported)."""
+    if "pyroute2" in sys.modules:
+        return
+    from importlib.util import find_spec, module_from_spec
+
+    for name in HEAVY_PACKAGES:
+        spec = find_spec(name)
+        if spec is None or spec.loader is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        module = module_from_spec(spec)
+        module.__getattr__ = _initialize_on_demand(module, Path(spec.submodule_search_locations[0]))  # type: ignore[method-assign,assignment]
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
+def _initialize_on_demand(module: ModuleType, directory: Path) -> object:
+    def __getattr__(name: str) -> object:
+        # A submodule is not an attribute yet: importlib asks (hasattr) before it imports one.
+        if name.startswith("__") or (directory / name).is_dir() or (directory / f"{name}.py").is_file():
+            raise AttributeError(name)
+        del module.__getattr__
+        assert module.__spec__ is not None and module.__spec__.loader is not None
+        module.__spec__.loader.exec_module(module)
+        return getattr(module, name)
+
+    return __getattr__
