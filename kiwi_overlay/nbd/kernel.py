@@ -142,7 +142,8 @@ class Netlink:
 
         self.msg_class = message_class()
         self.socket = GenericNetlinkSocket()
-        self.socket.asyncore.module_err_level = "debug"  # our own error says it in one line
+        # Our own error says it in one line; pyroute2 0.9 keeps the level on the socket's core, 0.7 on the socket.
+        getattr(self.socket, "asyncore", self.socket).module_err_level = "debug"
         try:
             try:
                 self.socket.bind(FAMILY, self.msg_class)
