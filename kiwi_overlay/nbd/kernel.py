@@ -1,8 +1,4 @@
-"""The kernel side of NBD: the generic netlink family "nbd" (pyroute2), and the old ioctls.
-
-pyroute2 costs ~140 ms to import (seconds in a TCG guest): it is imported only inside the
-functions that talk to the kernel, never at module level.
-"""
+"""The kernel side of NBD: the generic netlink family "nbd" (genetlink.py), and the old ioctls."""
 
 from __future__ import annotations
 
@@ -11,9 +7,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.nbd import genetlink
+from kiwi_overlay.nbd.genetlink import U32, U64, Attribute, Message
 from kiwi_overlay.nbd.protocol import NbdError
 
 FAMILY = "nbd"
@@ -25,19 +22,22 @@ CMD_RECONFIGURE = 3
 CMD_LINK_DEAD = 4
 CMD_STATUS = 5
 
-ATTRIBUTES = (
-    ("NBD_ATTR_UNSPEC", "none"),
-    ("NBD_ATTR_INDEX", "uint32"),
-    ("NBD_ATTR_SIZE_BYTES", "uint64"),
-    ("NBD_ATTR_BLOCK_SIZE_BYTES", "uint64"),
-    ("NBD_ATTR_TIMEOUT", "uint64"),
-    ("NBD_ATTR_SERVER_FLAGS", "uint64"),
-    ("NBD_ATTR_CLIENT_FLAGS", "uint64"),
-    ("NBD_ATTR_SOCKETS", "sockets"),
-    ("NBD_ATTR_DEAD_CONN_TIMEOUT", "uint64"),
-    ("NBD_ATTR_DEVICE_LIST", "device_list"),
-    ("NBD_ATTR_BACKEND_IDENTIFIER", "asciiz"),
-)
+# include/uapi/linux/nbd-netlink.h
+ATTR_INDEX = 1
+ATTR_SIZE_BYTES = 2
+ATTR_BLOCK_SIZE_BYTES = 3
+ATTR_TIMEOUT = 4
+ATTR_SERVER_FLAGS = 5
+ATTR_CLIENT_FLAGS = 6
+ATTR_SOCKETS = 7
+ATTR_DEAD_CONN_TIMEOUT = 8
+ATTR_DEVICE_LIST = 9
+ATTR_BACKEND_IDENTIFIER = 10
+SOCK_ITEM = 1
+SOCK_FD = 1
+DEVICE_ITEM = 1
+DEVICE_INDEX = 1
+DEVICE_CONNECTED = 2
 
 # ioctl numbers (linux/nbd.h: _IO(0xab, n)).
 NBD_SET_SOCK = 0xAB00
@@ -67,100 +67,59 @@ class Config:
     backend: str
 
 
-def message_class() -> type[Any]:
-    """The pyroute2 genlmsg class for the nbd family (imports pyroute2)."""
-    from pyroute2.netlink import genlmsg, nla
-
-    class nbd_msg(genlmsg):  # type: ignore[misc]
-        prefix = "NBD_ATTR_"
-        nla_map = ATTRIBUTES
-
-        class sockets(nla):  # type: ignore[misc]
-            nla_map = (("NBD_SOCK_ITEM_UNSPEC", "none"), ("NBD_SOCK_ITEM", "sock_item"))
-
-            class sock_item(nla):  # type: ignore[misc]
-                nla_map = (("NBD_SOCK_UNSPEC", "none"), ("NBD_SOCK_FD", "uint32"))
-
-        class device_list(nla):  # type: ignore[misc]
-            nla_map = (("NBD_DEVICE_ITEM_UNSPEC", "none"), ("NBD_DEVICE_ITEM", "device_item"))
-
-            class device_item(nla):  # type: ignore[misc]
-                nla_map = (("NBD_DEVICE_UNSPEC", "none"), ("NBD_DEVICE_INDEX", "uint32"), ("NBD_DEVICE_CONNECTED", "uint8"))
-
-    return nbd_msg
-
-
 def build(
     command: int, *, index: int | None = None, fds: Sequence[int] = (), config: Config | None = None, backend: str | None = None
-) -> Any:
-    """An nbd genetlink message: CONNECT (with CONFIG), RECONFIGURE (with BACKEND), DISCONNECT or STATUS."""
-    msg = message_class()()
-    msg["cmd"] = command
-    msg["version"] = 1
-    attrs: list[tuple[str, Any]] = []
+) -> bytes:
+    """An nbd genetlink message body: CONNECT (with CONFIG), RECONFIGURE (with BACKEND), DISCONNECT or STATUS."""
+    attrs: list[Attribute] = []
     if index is not None:
-        attrs.append(("NBD_ATTR_INDEX", index))
+        attrs.append((ATTR_INDEX, U32(index)))
     if config is not None:
         attrs += [
-            ("NBD_ATTR_SIZE_BYTES", config.size),
-            ("NBD_ATTR_BLOCK_SIZE_BYTES", config.block_size),
-            ("NBD_ATTR_SERVER_FLAGS", config.server_flags),
-            ("NBD_ATTR_DEAD_CONN_TIMEOUT", round(config.dead_conn_timeout)),
-            ("NBD_ATTR_BACKEND_IDENTIFIER", config.backend),
+            (ATTR_SIZE_BYTES, U64(config.size)),
+            (ATTR_BLOCK_SIZE_BYTES, U64(config.block_size)),
+            (ATTR_SERVER_FLAGS, U64(config.server_flags)),
+            (ATTR_DEAD_CONN_TIMEOUT, U64(round(config.dead_conn_timeout))),
+            (ATTR_BACKEND_IDENTIFIER, config.backend),
         ]
         if config.io_timeout is not None:
-            attrs.append(("NBD_ATTR_TIMEOUT", round(config.io_timeout)))
+            attrs.append((ATTR_TIMEOUT, U64(round(config.io_timeout))))
     if backend is not None:
-        attrs.append(("NBD_ATTR_BACKEND_IDENTIFIER", backend))
+        attrs.append((ATTR_BACKEND_IDENTIFIER, backend))
     if fds:
-        items = [("NBD_SOCK_ITEM", {"attrs": [("NBD_SOCK_FD", fd)]}) for fd in fds]
-        attrs.append(("NBD_ATTR_SOCKETS", {"attrs": items}))
-    msg["attrs"] = attrs
-    return msg
+        attrs.append((ATTR_SOCKETS, [(SOCK_ITEM, [(SOCK_FD, U32(fd))]) for fd in fds]))
+    return genetlink.payload(command, attrs)
 
 
 class Netlink:
     """A socket bound to the nbd family; loads the nbd module when the family is missing."""
 
     def __init__(self, *, load_module: bool = True) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.generic import GenericNetlinkSocket
-
-        self.msg_class = message_class()
-        self.socket = GenericNetlinkSocket()
-        self.socket.asyncore.module_err_level = "debug"  # our own error says it in one line
         try:
             try:
-                self.socket.bind(FAMILY, self.msg_class)
-            except NetlinkError as error:
+                self.socket = genetlink.GenericNetlink(FAMILY)
+            except genetlink.NetlinkError as error:
                 if error.code != errno.ENOENT or not load_module:
                     raise
                 load_nbd_module()
-                self.socket.bind(FAMILY, self.msg_class)
-        except NetlinkError as error:
-            self.socket.close()
+                self.socket = genetlink.GenericNetlink(FAMILY)
+        except genetlink.NetlinkError as error:
             if error.code == errno.ENOENT:
                 raise Unsupported("the kernel has no nbd generic netlink family") from None
             raise NbdError(f"nbd netlink: {os.strerror(error.code)}") from None
-        except BaseException:
-            self.socket.close()
-            raise
 
-    def request(self, msg: Any, *, what: str) -> list[Any]:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
-
+    def request(self, body: bytes, *, what: str) -> list[Message]:
         try:
-            return list(self.socket.nlm_request(msg, msg_type=self.socket.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
-        except NetlinkError as error:
+            return self.socket.send(body)
+        except genetlink.NetlinkError as error:
             raise NbdError(f"{what}: {os.strerror(error.code)}", reply=error.code) from None
 
     def subscribe(self) -> None:
-        self.socket.add_membership(MULTICAST_GROUP)
+        self.socket.subscribe(MULTICAST_GROUP)
 
-    def events(self) -> list[Any]:
+    def events(self) -> list[Message]:
         """The next batch of multicast messages (blocks)."""
-        return list(self.socket.get())
+        return self.socket.events()
 
     def close(self) -> None:
         self.socket.close()
@@ -197,9 +156,9 @@ def connect(link: Netlink, fds: Sequence[int], config: Config, *, index: int | N
     target = f"/dev/nbd{index}" if index is not None else "a free /dev/nbdN"
     replies = link.request(build(CMD_CONNECT, index=index, fds=fds, config=config), what=f"attaching {target}")
     for reply in replies:
-        chosen = reply.get_attr("NBD_ATTR_INDEX")
+        chosen = reply.get(ATTR_INDEX)
         if chosen is not None:
-            return int(chosen)
+            return genetlink.unsigned(chosen)
     if index is None:
         raise NbdError("attaching a free /dev/nbdN: the kernel did not say which device it used")
     return index
@@ -217,20 +176,16 @@ def disconnect(link: Netlink, index: int) -> None:
 def status(link: Netlink, index: int) -> bool:
     """Whether /dev/nbdINDEX is connected (NBD_CMD_STATUS)."""
     for reply in link.request(build(CMD_STATUS, index=index), what=f"status of /dev/nbd{index}"):
-        devices = reply.get_attr("NBD_ATTR_DEVICE_LIST")
-        for item in devices.get_attrs("NBD_DEVICE_ITEM") if devices else ():
-            if item.get_attr("NBD_DEVICE_INDEX") == index:
-                return bool(item.get_attr("NBD_DEVICE_CONNECTED"))
+        for _, item in genetlink.attributes(reply.get(ATTR_DEVICE_LIST) or b""):
+            fields = dict(genetlink.attributes(item))
+            if DEVICE_INDEX in fields and genetlink.unsigned(fields[DEVICE_INDEX]) == index:
+                return bool(genetlink.unsigned(fields.get(DEVICE_CONNECTED, b"\0")))
     return False
 
 
-def dead_link_indexes(messages: Sequence[Any]) -> list[int]:
+def dead_link_indexes(messages: Sequence[Message]) -> list[int]:
     """The device indexes of NBD_CMD_LINK_DEAD notifications among MESSAGES."""
-    return [
-        int(msg.get_attr("NBD_ATTR_INDEX"))
-        for msg in messages
-        if msg.get("cmd") == CMD_LINK_DEAD and msg.get_attr("NBD_ATTR_INDEX") is not None
-    ]
+    return [genetlink.unsigned(index) for msg in messages if msg.command == CMD_LINK_DEAD and (index := msg.get(ATTR_INDEX)) is not None]
 
 
 # The ioctl interface, for kernels without the netlink family.
