@@ -126,7 +126,11 @@ def test_200_concurrent_negotiations(nbd_port: int) -> None:
 
     def negotiate() -> None:
         try:
-            results.append(connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=120))
+            results.append(
+                connect.with_retry(
+                    lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=120
+                )
+            )
         except Exception as error:
             results.append(error)
 
@@ -157,7 +161,9 @@ def test_retries_until_the_server_comes(tmp_path: Path) -> None:
     thread = threading.Thread(target=late_server)
     thread.start()
     try:
-        info = connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=60)
+        info = connect.with_retry(
+            lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=60
+        )
     finally:
         thread.join()
     assert started.is_set()
@@ -419,3 +425,30 @@ def test_wire_reads_are_bounded_by_the_deadline() -> None:
         wire = Wire(left, peer="test", deadline=time.monotonic() + 0.2)
         with pytest.raises(NbdError, match=r"^NBD server test: no answer in time"):
             wire.recv(1, "anything")
+
+
+def test_greeting_timeouts_start_short_and_double_up_to_the_limit() -> None:
+    assert [connect.greeting_timeout(attempt) for attempt in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
+    # As in a full accept queue: the first connection would be greeted after 3 s, later ones at once.
+    # The first attempt waits 0.5 s for its greeting, so a second connection gets there first.
+    calls: list[int] = []
+
+    def slow_first(conn: socket.socket) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            time.sleep(3)
+        old_server(conn)
+
+    server = Hostile(slow_first)
+    try:
+        root = root_from_uri(f"nbd://127.0.0.1:{server.port}/legacy")
+        info = connect.with_retry(
+            lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=60
+        )
+    finally:
+        server.close()
+    assert info.size == 1 << 20
+    assert len(calls) >= 2

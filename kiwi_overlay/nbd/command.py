@@ -31,7 +31,9 @@ def run_nbd_command(args: argparse.Namespace) -> int:
     context = connect.tls_context(root)
     if args.nbd_command == "list":
         exports = connect.with_retry(
-            lambda deadline: connect.list_exports(root, deadline=deadline, context=context), root=root, timeout=args.timeout
+            lambda deadline, greeting: connect.list_exports(root, deadline=deadline, context=context, greeting=greeting),
+            root=root,
+            timeout=args.timeout,
         )
         if args.json:
             print(json.dumps([{"name": entry.name, "description": entry.description} for entry in exports], indent=2))
@@ -40,7 +42,9 @@ def run_nbd_command(args: argparse.Namespace) -> int:
                 print(entry.name)
         return 0
     info = connect.with_retry(
-        lambda deadline: connect.export_info(root, deadline=deadline, context=context), root=root, timeout=args.timeout
+        lambda deadline, greeting: connect.export_info(root, deadline=deadline, context=context, greeting=greeting),
+        root=root,
+        timeout=args.timeout,
     )
     sizes = info.block_sizes
     if args.json:

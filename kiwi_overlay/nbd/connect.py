@@ -27,8 +27,12 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 10.0
 # One attempt may not use the whole boot timeout: a stalled server must not hide a restarted one.
 ATTEMPT_TIMEOUT = 30.0
-# A server whose accept queue overflowed (nbd-server listens with a backlog of 10) has the
-# connection but not accepted it: after this long without a greeting, connect again.
+# A client caught in a full accept queue (nbd-server listens with a backlog of 10) waits for a
+# SYN retransmission or the server's SYN-ACK retransmission (1 s, 3 s, 7 s later); a new
+# connection is the quicker way in. So the first attempt allows FIRST_GREETING_TIMEOUT for the
+# connection and the greeting, each further one twice as long up to GREETING_TIMEOUT (a loaded
+# server still gets the time to accept and fork).
+FIRST_GREETING_TIMEOUT = 0.5
 GREETING_TIMEOUT = 5.0
 
 
@@ -86,9 +90,15 @@ def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
     raise Unreachable(f"NBD server {root.address}: {reason.lower()}")
 
 
-def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> tuple[Wire, int]:
-    """Connect, read the greeting and start TLS when asked; returns the wire and the handshake flags."""
-    wire = Wire(_tcp(root, deadline), peer=root.address, deadline=min(deadline, time.monotonic() + GREETING_TIMEOUT))
+def greeting_timeout(attempt: int) -> float:
+    """Seconds attempt ATTEMPT (from 1) allows for the TCP connection and the server's greeting."""
+    return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
+
+
+def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT) -> tuple[Wire, int]:
+    """Connect, read the greeting (both within GREETING seconds) and start TLS when asked; the wire and the handshake flags."""
+    greeting_deadline = min(deadline, time.monotonic() + greeting)
+    wire = Wire(_tcp(root, greeting_deadline), peer=root.address, deadline=greeting_deadline)
     try:
         try:
             flags = protocol.greet(wire)
@@ -106,9 +116,11 @@ def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None)
     return wire, flags
 
 
-def open_export(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> tuple[socket.socket, ExportInfo]:
+def open_export(
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT
+) -> tuple[socket.socket, ExportInfo]:
     """One connection in transmission phase on ROOT's export (blocking socket) and what the server said about it."""
-    wire, flags = handshake(root, deadline=deadline, context=context)
+    wire, flags = handshake(root, deadline=deadline, context=context, greeting=greeting)
     try:
         info = protocol.open_export(wire, root.export, handshake_flags=flags)
     except BaseException:
@@ -118,8 +130,10 @@ def open_export(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
     return wire.sock, info
 
 
-def list_exports(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> list[ExportEntry]:
-    wire, _ = handshake(root, deadline=deadline, context=context)
+def list_exports(
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT
+) -> list[ExportEntry]:
+    wire, _ = handshake(root, deadline=deadline, context=context, greeting=greeting)
     try:
         exports = protocol.list_exports(wire)
         protocol.abort(wire)
@@ -128,9 +142,9 @@ def list_exports(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | No
         wire.sock.close()
 
 
-def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> ExportInfo:
+def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT) -> ExportInfo:
     """Size, flags and block sizes of ROOT's export (GO then NBD_CMD_DISC: INFO may not report the size)."""
-    sock, info = open_export(root, deadline=deadline, context=context)
+    sock, info = open_export(root, deadline=deadline, context=context, greeting=greeting)
     try:
         protocol.disconnect(Wire(sock, peer=root.address, deadline=deadline))
         return info
@@ -143,18 +157,22 @@ def backoff(attempt: int) -> float:
     return min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.5)
 
 
-def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -> T:
-    """ACTION(deadline) until it does not raise Unreachable or TIMEOUT seconds pass, printing progress."""
+def with_retry(action: Callable[[float, float], T], *, root: NbdRoot, timeout: float) -> T:
+    """ACTION(deadline, greeting timeout) until it does not raise Unreachable or TIMEOUT seconds pass, printing progress."""
     start = time.monotonic()
     end = start + timeout
     attempt = 0
     while True:
         attempt += 1
+        began = time.monotonic()
+        greeting = greeting_timeout(attempt)
         try:
-            return action(min(end, time.monotonic() + ATTEMPT_TIMEOUT))
+            return action(min(end, began + ATTEMPT_TIMEOUT), greeting)
         except Unreachable as error:
             now = time.monotonic()
-            delay = backoff(attempt)
+            # An attempt that waited out its greeting timeout has backed off already (the timeouts
+            # double): only a little jitter before the next. A refused connection backs off.
+            delay = random.uniform(0.0, FIRST_DELAY) if now - began >= greeting else backoff(attempt)
             if now + delay >= end:
                 raise NbdError(f"{error} (gave up after {timeout:.0f} s, {attempt} attempts)") from None
             log.debug(str(error))

@@ -118,8 +118,8 @@ class Supervisor:
 
     # -- connections --------------------------------------------------------------------
 
-    def _open(self, deadline: float) -> tuple[socket.socket, ExportInfo]:
-        return connect.open_export(self.root, deadline=deadline, context=self.context)
+    def _open(self, deadline: float, greeting: float) -> tuple[socket.socket, ExportInfo]:
+        return connect.open_export(self.root, deadline=deadline, context=self.context, greeting=greeting)
 
     def kernel_socket(self, sock: socket.socket) -> socket.socket:
         """The socket the kernel gets: SOCK itself, or a proxied socketpair end for TLS."""
@@ -148,7 +148,7 @@ class Supervisor:
         while True:
             attempt += 1
             try:
-                sock, info = self._open(time.monotonic() + connect.ATTEMPT_TIMEOUT)
+                sock, info = self._open(time.monotonic() + connect.ATTEMPT_TIMEOUT, connect.greeting_timeout(attempt))
             except KiwiOverlayError as error:
                 if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
                     self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
