@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput
+from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput, timeline
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
@@ -49,10 +49,21 @@ class Section:
     measure: Callable[[], str]
 
 
-def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Section]:
+def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) -> list[Section]:
     image = root_image("squashfs")
     trees = scratch / "trees"
     s = settings
+    # The boots of items 1 and 2, kept for the timeline.
+    boots: dict[str, dict[tuple[str, bool], boot_time.Samples]] = {}
+
+    def keep(key: str, results: dict[tuple[str, bool], boot_time.Samples]) -> dict[tuple[str, bool], boot_time.Samples]:
+        boots[key] = results
+        return results
+
+    def phases(results: dict[bool, boot_time.Samples]) -> dict[bool, boot_time.Samples]:
+        boots["phases"] = {(boot_time.KIWI, systemd): samples for systemd, samples in results.items()}
+        return results
+
     return [
         Section(
             "negotiation", "3. NBD negotiation on loopback (host)",
@@ -63,12 +74,13 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
         ),
         Section(
             "storm", "6. Boot storm: concurrent clients against one nbd-server (host)",
-            "N clients start together (a barrier). kiwi-overlay clients are threads doing what the boot does "
-            "(connect.with_retry + open_export), then read the whole export with NBD_CMD_READ (256 KiB, one in flight). "
-            "nbd-client cannot read on this host (no nbd module): N processes, negotiation only, compared with N "
-            "`kiwi-overlay nbd info` processes (spawning staggers both alike). Times from the common start; nbd-server "
-            "listens with a backlog of 10: clients caught in its overflow wait for a TCP retry or, kiwi-overlay, its 5 s "
-            "greeting timeout, so medians are bimodal between runs.",
+            "N clients start together. Threads: kiwi-overlay's boot code (connect.with_retry + open_export), then the whole "
+            "export read with NBD_CMD_READ (256 KiB, one in flight). Processes with processes: N kiwi-overlay client "
+            "processes (benchmarks/storm_client.py) and N nbd-client processes, each started and ready (interpreter and "
+            "imports done), blocked on a FIFO, released together; negotiation only (nbd-client cannot attach on this host: "
+            "no nbd module). Times from the release to the negotiated export. nbd-server listens with a backlog of 10: "
+            "a client caught in its overflow waits for a TCP retransmission; kiwi-overlay allows the first connection and "
+            "greeting 0.5 s, then connects again (1 s, 2 s, up to 5 s), nbd-client waits without a limit.",
             lambda: storm.table(storm.measure(sizes=s.storm_sizes, image=image)),
         ),
         Section(
@@ -90,14 +102,22 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "kernel, 1 vCPU, 1 GiB, QEMU user networking with DHCP. dracut: `root=nbd:...:squashfs rootovl ip=dhcp` "
             f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. Up to {s.boot_runs} boots "
             "each, variants interleaved round by round. Below 1: kiwi-overlay is faster.",
-            lambda: boot_time.table(boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image)),
+            lambda: boot_time.table(keep("boot", boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image))),
         ),
         Section(
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
             "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
             "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
             "the command line hook and the NBD supervisor show what an interpreter start with imports costs.",
-            lambda: boot_phases.table(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image)),
+            lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),
+        ),
+        Section(
+            "timeline", "7. The boot as a timeline",
+            "From the console stamps (CLOCK_BOOTTIME) of this run's boots: kiwi-overlay from item 2's boots (rd.kiwi.debug), "
+            "dracut from item 1's, for each the boot with the median time to root. A phase ends at a message: the kernel "
+            "starting /init, dracut's cmdline stage, kiwi-overlay's messages, the kernel's `nbd0: detected capacity change`, "
+            "the root mounted, the root's init.",
+            lambda: timeline_section(boots, svg),
         ),
         Section(
             "throughput", "5. Sequential read of the root device in the guest",
@@ -121,7 +141,26 @@ def net_up(runs: int) -> str:
     return result.stdout.strip()
 
 
-ORDER = ("boot", "phases", "negotiation", "initrd", "throughput", "storm", "net")
+def timeline_section(boots: dict[str, dict[tuple[str, bool], boot_time.Samples]], svg: Path) -> str:
+    if "boot" not in boots or "phases" not in boots:
+        return "Not drawn: items 1 and 2 did not both run."
+    rows = []
+    for systemd, flavour in FLAVOURS.items():
+        for kind, source, events in ((boot_time.KIWI, "phases", timeline.KIWI_EVENTS), (boot_time.DRACUT, "boot", timeline.DRACUT_EVENTS)):
+            samples = boots[source].get((kind, systemd))
+            result = timeline.median_boot(samples.results) if samples else None
+            if result is not None:
+                rows.append(timeline.Row(f"{boot_time.TITLES[kind]}, {flavour}", timeline.phases(result, events)))
+    if not rows:
+        return "Not drawn: no boot reached the root."
+    timeline.draw(rows, svg, title="Kernel start to the root's init, QEMU TCG (one boot each: the median)")
+    lines = [f"![the boot as a timeline]({svg.name})", "", "| boot | phases (seconds) |", "|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.label} | " + ", ".join(f"{label}: {end - start:.2f}" for label, start, end in row.phases) + " |")
+    return "\n".join(lines)
+
+
+ORDER = ("boot", "phases", "timeline", "negotiation", "initrd", "throughput", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:
@@ -160,7 +199,7 @@ def main() -> int:
     results: dict[str, tuple[Section, str]] = {}
     with tempfile.TemporaryDirectory(prefix="ko-bn-") as scratch:
         initrds = Initrds(Path(scratch) / "initrds")
-        for section in sections(settings, initrds, Path(scratch)):
+        for section in sections(settings, initrds, Path(scratch), svg=args.output.with_name("boot-timeline.svg")):
             if args.only and section.key not in args.only:
                 continue
             progress(f"{section.title} ...")
