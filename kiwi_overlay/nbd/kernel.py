@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ NBD_SET_TIMEOUT = 0xAB09
 NBD_SET_FLAGS = 0xAB0A
 
 DEV = Path("/dev")
+MODULE = Path("/sys/module/nbd")
+MODULE_INIT_TIMEOUT = 30.0
 SYS_BLOCK = Path("/sys/block")
 
 
@@ -130,14 +133,29 @@ class Unsupported(KiwiOverlayError):
 
 
 def load_nbd_module() -> None:
-    """modprobe nbd, unless it is loaded or built in; a failure is final (no ioctl fallback either)."""
+    """modprobe nbd, unless it is loaded or built in; a failure is final (no ioctl fallback either).
+
+    A load in progress (the cmdline hook starts one early) is waited for: until then the module
+    has no netlink family and modprobe returns at once.
+    """
     from kiwi_overlay.run import run
 
-    if not Path("/sys/module/nbd").exists():
+    if not MODULE.exists():
         result = run(["modprobe", "nbd"], check=False, capture=True)
         if result.returncode != 0:
             reason = (result.stderr or "").strip().splitlines()
             raise NbdError(f"cannot load the nbd kernel module ({reason[-1] if reason else 'modprobe failed'})")
+    deadline = time.monotonic() + MODULE_INIT_TIMEOUT
+    while _initstate() not in ("live", None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _initstate() -> str | None:
+    """The module's state (coming, live, going); None when built in or absent."""
+    try:
+        return (MODULE / "initstate").read_text().strip()
+    except OSError:
+        return None
 
 
 def device_path(index: int) -> Path:
