@@ -16,13 +16,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput, timeline
+from benchmarks import boot_phases, boot_time, goals, initrd_size, negotiation, storm, throughput, timeline
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
 from tests.boot.rootfs import root_image
 
+T = TypeVar("T")
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
@@ -53,15 +55,15 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
     image = root_image("squashfs")
     trees = scratch / "trees"
     s = settings
-    # The boots of items 1 and 2, kept for the timeline.
-    boots: dict[str, dict[tuple[str, bool], boot_time.Samples]] = {}
+    # Results kept for the timeline and the goals: the boots of items 1 and 2, initrd sizes, storms.
+    kept: dict[str, Any] = {}
 
-    def keep(key: str, results: dict[tuple[str, bool], boot_time.Samples]) -> dict[tuple[str, bool], boot_time.Samples]:
-        boots[key] = results
+    def keep(key: str, results: T) -> T:
+        kept[key] = results
         return results
 
     def phases(results: dict[bool, boot_time.Samples]) -> dict[bool, boot_time.Samples]:
-        boots["phases"] = {(boot_time.KIWI, systemd): samples for systemd, samples in results.items()}
+        kept["phases"] = {(boot_time.KIWI, systemd): samples for systemd, samples in results.items()}
         return results
 
     return [
@@ -81,7 +83,7 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "no nbd module). Times from the release to the negotiated export. nbd-server listens with a backlog of 10: "
             "a client caught in its overflow waits for a TCP retransmission; kiwi-overlay allows the first connection and "
             "greeting 0.5 s, then connects again (1 s, 2 s, up to 5 s), nbd-client waits without a limit.",
-            lambda: storm.table(storm.measure(sizes=s.storm_sizes, image=image)),
+            lambda: storm.table(keep("storm", storm.measure(sizes=s.storm_sizes, image=image))),
         ),
         Section(
             "net", "Extra: network bring-up (host, namespaces)",
@@ -94,7 +96,9 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "dracut initrds for the guest kernel (tests/boot/initrd.py): kiwi-overlay's (module + bash + udev-rules on "
             "dracut's base), the same module list without kiwi-overlay, and dracut's stock nbd + overlay-root + "
             "network-legacy for scale. zstd as built; uncompressed = the cpio after zstd -d.",
-            lambda: initrd_size.table([initrd_size.measure(systemd=flavour, initrds=initrds, scratch=trees) for flavour in FLAVOURS]),
+            lambda: initrd_size.table(
+                keep("initrd", [initrd_size.measure(systemd=flavour, initrds=initrds, scratch=trees) for flavour in FLAVOURS])
+            ),
         ),
         Section(
             "boot", "1. Kernel start to the root's init (QEMU TCG)",
@@ -117,7 +121,7 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "dracut from item 1's, for each the boot with the median time to root. A phase ends at a message: the kernel "
             "starting /init, dracut's cmdline stage, kiwi-overlay's messages, the kernel's `nbd0: detected capacity change`, "
             "the root mounted, the root's init.",
-            lambda: timeline_section(boots, svg),
+            lambda: timeline_section(kept, svg),
         ),
         Section(
             "throughput", "5. Sequential read of the root device in the guest",
@@ -128,6 +132,11 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
                 throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
                 size_mb=s.read_size_mb,
             ),
+        ),
+        Section(
+            "goals", "Issue 16's goals in this run",
+            "Each goal against this run's own figures (from the items below); `not measured` where this run has none.",
+            lambda: goals.table(kept, timeline_drawn=svg.exists() and "timeline" in kept),
         ),
     ]  # fmt: skip
 
@@ -141,7 +150,7 @@ def net_up(runs: int) -> str:
     return result.stdout.strip()
 
 
-def timeline_section(boots: dict[str, dict[tuple[str, bool], boot_time.Samples]], svg: Path) -> str:
+def timeline_section(boots: dict[str, Any], svg: Path) -> str:
     if "boot" not in boots or "phases" not in boots:
         return "Not drawn: items 1 and 2 did not both run."
     rows = []
@@ -154,13 +163,14 @@ def timeline_section(boots: dict[str, dict[tuple[str, bool], boot_time.Samples]]
     if not rows:
         return "Not drawn: no boot reached the root."
     timeline.draw(rows, svg, title="Kernel start to the root's init, QEMU TCG (one boot each: the median)")
+    boots["timeline"] = rows
     lines = [f"![the boot as a timeline]({svg.name})", "", "| boot | phases (seconds) |", "|---|---|"]
     for row in rows:
         lines.append(f"| {row.label} | " + ", ".join(f"{label}: {end - start:.2f}" for label, start, end in row.phases) + " |")
     return "\n".join(lines)
 
 
-ORDER = ("boot", "phases", "timeline", "negotiation", "initrd", "throughput", "storm", "net")
+ORDER = ("goals", "boot", "phases", "timeline", "negotiation", "initrd", "throughput", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:
