@@ -127,7 +127,8 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "throughput", "5. Sequential read of the root device in the guest",
             f"`dd bs=1M` of the whole export ({s.read_size_mb} MiB: the root image padded with zeros) from the root's init, "
             "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
-            "Above 1: faster than nbd-client.",
+            "Above 1: faster than nbd-client. The last column is qemu-nbd's own trace of each boot (every NBD_CMD_READ it "
+            "received: how many, the median length, the most outstanding at once): what the client's kernel asked for.",
             lambda: throughput.table(
                 throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
                 size_mb=s.read_size_mb,
