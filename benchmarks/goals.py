@@ -88,7 +88,12 @@ def table(kept: dict[str, Any], *, timeline_drawn: bool) -> str:
         *_own_time(kept.get("phases")),
         *_initrd(kept.get("initrd")),
         *_storm(kept.get("storm")),
-        ("5. throughput: nbd-client's 0.3 MB/s explained", "explained or fair", "see item 5's notes", "see item 5"),
+        (
+            "5. throughput: nbd-client's 0.3 MB/s explained",
+            "explained or fair",
+            "see item 5's trace column",
+            "partly: not the request pattern (item 5)",
+        ),
         (
             "5. throughput: 4 connections beat 1 with 2 ms RTT (netem)",
             "4 > 1",

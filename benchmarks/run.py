@@ -128,7 +128,11 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             f"`dd bs=1M` of the whole export ({s.read_size_mb} MiB: the root image padded with zeros) from the root's init, "
             "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
             "Above 1: faster than nbd-client. The last column is qemu-nbd's own trace of each boot (every NBD_CMD_READ it "
-            "received: how many, the median length, the most outstanding at once): what the client's kernel asked for.",
+            "received: how many, the median length, the most outstanding at once): what the client's kernel asked for. "
+            "Reading the trace: when both kernels ask for the whole export in about as many READs of about the same size "
+            "with 1-2 outstanding, the gap is the time each READ takes on nbd-client's connection, not block size, request "
+            "size, readahead or the number of connections; where that time goes (the socket nbd-client hands to the kernel, "
+            "its ioctl path, QEMU user networking) is not found yet.",
             lambda: throughput.table(
                 throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
                 size_mb=s.read_size_mb,
