@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all deps venv test lint format install dracut-module clean demo bench
+.PHONY: all deps venv test lint format install dracut-module deb clean demo bench
 
 all: venv
 
@@ -61,11 +61,25 @@ MODULE := dracut/modules.d/55kiwi-overlay
 install:
 	install -d -m 755 $(buildroot)$(dracutdir)/55kiwi-overlay
 	install -m 755 $(MODULE)/*.sh $(buildroot)$(dracutdir)/55kiwi-overlay/
-	install -m 644 $(MODULE)/python-closure.txt $(buildroot)$(dracutdir)/55kiwi-overlay/
 
-# Regenerate the committed module after changing kiwi_overlay/dracut/ or what kiwi_overlay imports.
+# Regenerate the committed module after changing kiwi_overlay/dracut/. It records no command: installed
+# by `make install` or the Debian package, it finds /usr/bin/kiwi-overlay or /usr/local/bin/kiwi-overlay.
 dracut-module: venv
-	$(VENV)/bin/kiwi-overlay dracut-module --output $(MODULE)
+	$(VENV)/bin/kiwi-overlay dracut-module --no-command --output $(MODULE)
+
+# The Debian package, with Debian's tooling (dpkg-buildpackage, pybuild; packages in .ci/install-deps):
+# build/deb/kiwi-overlay_VERSION_all.deb, checked by lintian. Built from a copy of the tree, so the
+# checkout stays clean and dpkg-buildpackage's output lands next to the copy, in build/deb/.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
+DEB_SOURCES = debian dracut kiwi_overlay pyproject.toml README.md Makefile
+deb: deps
+	rm -rf build/deb
+	mkdir -p build/deb/kiwi-overlay-$(DEB_VERSION)
+	cp -a $(DEB_SOURCES) build/deb/kiwi-overlay-$(DEB_VERSION)/
+	find build/deb -name __pycache__ -prune -exec rm -rf {} +
+	# Debian's python3 builds it, whatever python3 is first on the caller's PATH (pyenv, a venv).
+	cd build/deb/kiwi-overlay-$(DEB_VERSION) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	lintian --fail-on error build/deb/kiwi-overlay_$(DEB_VERSION)_all.deb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -79,9 +79,7 @@ def read_export(sock: socket.socket, size: int) -> int:
 
 
 def kiwi_client(root: NbdRoot, *, read: bool) -> None:
-    sock, info = connect.with_retry(
-        lambda deadline, greeting: connect.open_export(root, deadline=deadline, context=None, greeting=greeting), root=root, timeout=TIMEOUT
-    )
+    sock, info = connect.with_retry(lambda deadline: connect.open_export(root, deadline=deadline, context=None), root=root, timeout=TIMEOUT)
     try:
         sock.settimeout(TIMEOUT)
         if read:

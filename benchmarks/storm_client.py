@@ -17,9 +17,7 @@ def main(release: str, uri: str) -> int:
     with open(release) as fifo:
         print("ready", flush=True)
         fifo.read()  # until the storm's writer closes
-    sock, info = connect.with_retry(
-        lambda deadline, greeting: connect.open_export(root, deadline=deadline, context=None, greeting=greeting), root=root, timeout=120
-    )
+    sock, info = connect.with_retry(lambda deadline: connect.open_export(root, deadline=deadline, context=None), root=root, timeout=120)
     done = time.monotonic()
     try:
         protocol.disconnect(protocol.Wire(sock, peer=root.address, deadline=time.monotonic() + 10))

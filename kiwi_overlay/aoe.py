@@ -58,6 +58,12 @@ _PACKET_OUTGOING = 4  # sll_pkttype of frames this host sent
 # After the wanted target answered: listen this much longer, so every interface that carries it
 # (and its IDENTIFY answer) is heard.
 _WANT_GRACE = 0.05
+# A spoofer on the segment can answer for any number of targets: a discovery keeps (and sends an
+# IDENTIFY to) this many, plus the one the boot asked for; a message lists a few and counts the rest.
+MAX_ANSWERS = 64
+_LISTED_ANSWERS = 8
+# Frames read from one socket before the loop looks at the clock and the other sockets again.
+_DRAIN_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -227,9 +233,9 @@ class _Probe:
         for interface, sock, mac in self.sockets.values():
             _send(sock, interface, query_config_frame(mac, tag=self.query_tag))
 
-    def receive(self, fileno: int) -> None:
+    def receive(self, fileno: int, *, want: tuple[int, int] | None, deadline: float) -> None:
         interface, sock, mac = self.sockets[fileno]
-        for frame, address in _drain(sock):
+        for frame, address in _drain(sock, deadline=deadline):
             if address[0] != interface or address[2] == _PACKET_OUTGOING:
                 continue
             target = parse_config_response(frame, tag=self.query_tag, interface=interface)
@@ -237,7 +243,7 @@ class _Probe:
                 self._record_size(frame)
                 continue
             key = (target.shelf, target.slot, interface, target.mac)
-            if key in self.found:
+            if key in self.found or (len(self.found) >= MAX_ANSWERS and (target.shelf, target.slot) != want):
                 continue
             self.found[key] = target
             tag = (self.query_tag + 1 + len(self.identify_tags)) & 0xFFFFFFFF
@@ -285,15 +291,18 @@ def discover(interfaces: Sequence[str], *, timeout: float, want: tuple[int, int]
                 break
             readable, _, _ = select.select(list(probe.sockets), [], [], min(next_query, deadline) - now)
             for fileno in readable:
-                probe.receive(fileno)
+                probe.receive(fileno, want=want, deadline=deadline)
     finally:
         probe.close()
     log.debug(f"AoE discovery on {', '.join(interfaces)}: {len(probe.found)} answer(s) in {time.monotonic() - started:.3f} s")
     return sorted(probe.found.values(), key=_order)
 
 
-def _drain(sock: socket.socket) -> Iterable[tuple[bytes, tuple[str, int, int, int, bytes]]]:
-    while True:
+def _drain(sock: socket.socket, *, deadline: float) -> Iterable[tuple[bytes, tuple[str, int, int, int, bytes]]]:
+    """What SOCK has queued, up to a batch and never past DEADLINE: a sender that never pauses cannot keep us here."""
+    for _ in range(_DRAIN_BATCH):
+        if time.monotonic() >= deadline:
+            return
         try:
             yield sock.recvfrom(2048)
         except BlockingIOError:
@@ -304,8 +313,9 @@ def _drain(sock: socket.socket) -> Iterable[tuple[bytes, tuple[str, int, int, in
 
 
 def describe_answers(targets: Sequence[AoeTarget]) -> str:
-    """e0.1 on eth0 (52:54:00:12:34:56), ... -- or "none"."""
-    return ", ".join(f"{target.name} on {target.interface} ({target.mac})" for target in targets) or "none"
+    """e0.1 on eth0 (52:54:00:12:34:56), ... -- or "none"; past a few, how many more."""
+    listed = ", ".join(f"{target.name} on {target.interface} ({target.mac})" for target in targets[:_LISTED_ANSWERS]) or "none"
+    return listed + (f", and {len(targets) - _LISTED_ANSWERS} more" if len(targets) > _LISTED_ANSWERS else "")
 
 
 def several_targets_error(interface: str, targets: Sequence[AoeTarget]) -> OptionError:
@@ -378,7 +388,7 @@ def locate(root: AoeRoot, *, deadline: float) -> Located:
         if probe:
             # At least a short probe even when carrier came at the deadline: the error should say what answers.
             answers = discover(probe, timeout=max(min(window, deadline - time.monotonic()), 0.1), want=want)
-            heard.update(dict.fromkeys(answers))
+            heard.update(dict.fromkeys(answers[: max(MAX_ANSWERS - len(heard), 0)]))
             matching = [target for target in answers if want is None or (target.shelf, target.slot) == want]
             if len({target.name for target in matching}) > 1:
                 raise several_targets_error(root.interface or "", matching)
@@ -463,3 +473,9 @@ def attach_root(root: AoeRoot, *, timeout: float) -> Path:
         raise
     log.debug(f"{device} ready after {time.monotonic() - started:.2f} s")
     return device
+
+
+def forget(device: Path) -> None:
+    """Make the driver drop DEVICE (/dev/etherd/eS.S): nothing of the boot uses the target any more."""
+    _write(ETHERD / "flush", device.name)
+    log.debug(f"aoe driver flushed {device.name}")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.errors import KiwiOverlayError, printable
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
@@ -33,12 +33,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from kiwi_overlay.explain import describe, plan_dict
 
     plan = load_plan(args)
+    # Values that are not UTF-8 (the kernel splits at byte 0xA0) are shown escaped, not a crash.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if args.json:
         import json
 
         print(json.dumps(plan_dict(plan), indent=2, sort_keys=True))
     else:
         print(describe(plan))
+    return 0
+
+
+def cmd_verity_format(args: argparse.Namespace) -> int:
+    """Append the hash tree to IMAGE; print the root hash and the kernel option that names it."""
+    from kiwi_overlay.verity import format_image
+
+    root_hash = format_image(args.image)
+    print(f"rd.root.overlay.verity={root_hash}")
     return 0
 
 
@@ -77,6 +88,7 @@ def cmd_net_up(args: argparse.Namespace) -> int:
         timeout=args.timeout or plan.timeout,
         lease_dir=Path(args.lease_dir) if args.lease_dir else LEASE_DIR,
         resolv_conf=Path(args.resolv_conf) if args.resolv_conf else RESOLV_CONF,
+        requested=True,
     )
     return 0
 
@@ -90,6 +102,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     plan = load_plan(args)
     prepare_root(plan, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute(), mount_root=args.command == "mount")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kiwi_overlay.status import collect, describe
+
+    status = collect(run_dir=args.run_dir)
+    if args.json:
+        import json
+
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(describe(status))
+    return 0 if status["overlay"] else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from kiwi_overlay.watch import watch
+
+    watch(args.directory, interval=args.interval)
     return 0
 
 
@@ -125,17 +157,16 @@ def cmd_dracut_cmdline(args: argparse.Namespace) -> int:
 
 
 def cmd_dracut_module(args: argparse.Namespace) -> int:
-    from kiwi_overlay.dracut_module import emit
+    from kiwi_overlay.dracut_module import emit, running_command
 
-    emit(args.output, python=args.python or Path(sys.executable))
+    emit(args.output, command=None if args.no_command else (args.command or running_command()))
     return 0
 
 
 def cmd_dracut_python(args: argparse.Namespace) -> int:
-    from kiwi_overlay.pyclosure import Closure, install_tree
+    from kiwi_overlay.pyclosure import install_tree, trace
 
-    closure = Closure.parse(args.closure.read_text(), source=args.closure)
-    for path in install_tree(closure, initdir=args.initdir):
+    for path in install_tree(trace(python=Path(sys.executable)), initdir=args.initdir):
         print(path)
     return 0
 
@@ -147,11 +178,12 @@ def _add_dracut_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     hook.set_defaults(func=cmd_dracut_cmdline)
     module = commands.add_parser("dracut-module", help="write the dracut module directory")
     module.add_argument("--output", type=Path, default=Path("55kiwi-overlay"), metavar="DIR", help="the module directory (55kiwi-overlay)")
-    module.add_argument("--python", type=Path, metavar="PATH", help="the Python for the initrd (default: this one)")
+    record = module.add_mutually_exclusive_group()
+    record.add_argument("--command", type=Path, metavar="PATH", help="the kiwi-overlay dracut runs (default: this one)")
+    record.add_argument("--no-command", action="store_true", help="record none: dracut looks in /usr/bin, /usr/local/bin, PATH")
     module.set_defaults(func=cmd_dracut_module)
     python = commands.add_parser("dracut-python", help="dracut install(): put Python into an initrd, print the ELF files to install")
     python.add_argument("--initdir", type=Path, required=True, metavar="DIR", help="the initrd tree dracut builds")
-    python.add_argument("--closure", type=Path, required=True, metavar="FILE", help="the module's python-closure.txt")
     python.set_defaults(func=cmd_dracut_python)
 
 
@@ -189,6 +221,9 @@ def _add_nbd_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             action.add_argument("--device", type=Path, metavar="/dev/nbdN", help="use this device (default: one the kernel picks)")
             action.add_argument("--connections", type=int, default=1, metavar="N", help="connections when the server allows several")
             action.add_argument("--ioctl", action="store_true", help="the old ioctl interface even where netlink exists")
+            action.add_argument(
+                "--lost", default="wait", metavar="POLICY", help="wait, fail:SECONDS or reboot:SECONDS (as rd.root.overlay.nbd.lost)"
+            )
     detach = sub.add_parser("detach", help="disconnect a device attached by kiwi-overlay")
     detach.add_argument("device", nargs="?", type=Path, metavar="/dev/nbdN")
     detach.add_argument("--all", action="store_true", help="every device kiwi-overlay attached (the shutdown hook)")
@@ -216,8 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     aoe_discover.add_argument("--timeout", type=float, default=2.0, metavar="S", help="collect answers for S seconds (default 2)")
     aoe_discover.add_argument("--json", action="store_true", help="JSON list with every field")
     aoe_discover.set_defaults(func=cmd_aoe_discover)
+    verity = commands.add_parser("verity", help="dm-verity for the read image").add_subparsers(
+        dest="verity_command", required=True, metavar="ACTION"
+    )
+    verity_format = verity.add_parser("format", help="append veritysetup's hash tree to IMAGE, print rd.root.overlay.verity=ROOTHASH")
+    verity_format.add_argument("image", type=Path, metavar="IMAGE", help="the read image (squashfs, erofs, ext4, ...), changed in place")
+    verity_format.set_defaults(func=cmd_verity_format)
     net = commands.add_parser("net", help="network bring-up").add_subparsers(dest="net_command", required=True, metavar="ACTION")
-    net_up = net.add_parser("up", help="configure the network as ip= says, unless the root server is already reachable")
+    net_up = net.add_parser("up", help="configure the network as ip= (or a network root) says, unless it is already up")
     _add_cmdline_option(net_up)
     net_up.add_argument("--timeout", type=float, metavar="S", help="seconds (default: rd.root.overlay.timeout)")
     net_up.add_argument("--lease-dir", metavar="DIR", help="where lease-IFACE.json goes (default /run/kiwi-overlay)")
@@ -227,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         _add_layout_options(command)
         command.set_defaults(func=cmd_prepare)
+    from kiwi_overlay.config import RUN_DIR
+
+    status = commands.add_parser("status", help="the running overlay root: layers, device, server, connection, fill level (exit 1: none)")
+    status.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers are (default {RUN_DIR})")
+    status.add_argument("--json", action="store_true", help="JSON with every field")
+    status.set_defaults(func=cmd_status)
+    watch = commands.add_parser("watch", help="warn on the kernel log at 80, 90, 95 %% fill of DIRECTORY's filesystem (runs until killed)")
+    watch.add_argument("directory", type=Path, metavar="DIRECTORY", help="e.g. /run/overlay/overlayfs, the write layer")
+    watch.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between checks (default 5)")
+    watch.set_defaults(func=cmd_watch)
     generator = commands.add_parser("generate", help="systemd generator: units that mount an overlay root")
     generator.add_argument("normal_dir", type=Path, metavar="NORMAL_DIR")
     generator.add_argument("early_dir", type=Path, nargs="?", help=argparse.SUPPRESS)
@@ -245,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KiwiOverlayError as error:
-        print(f"kiwi-overlay: {error}", file=sys.stderr)
+        print(f"kiwi-overlay: {printable(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -257,7 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kiwi_overlay import log
 
         log.debug(traceback.format_exc())
-        print(
-            f"kiwi-overlay: {args.command}: unexpected {type(error).__name__}: {error} (rd.kiwi.debug logs the traceback)", file=sys.stderr
-        )
+        message = f"{args.command}: unexpected {type(error).__name__}: {error}"
+        print(f"kiwi-overlay: {printable(message)[:500]} (rd.kiwi.debug logs the traceback)", file=sys.stderr)
         return 2

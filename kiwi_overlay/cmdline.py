@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# Digits as dracut's shell tests see them: str.isdigit() and int() also take '²' and '٣'.
+_ASCII_DIGITS = frozenset("0123456789")
 # The kernel's isspace(): \t \n \v \f \r, space, and Latin-1 NBSP (0xa0).
 _SPACE = frozenset(b"\t\n\v\f\r \xa0")
 # What bash's `read` strips from both ends of a line (the default IFS).
@@ -94,6 +96,26 @@ def gather(root: Path = Path("/")) -> str:
     etc = _read_lines(root / "etc/cmdline") if (root / "etc/cmdline").exists() else ""
     proc = _read_lines(root / "proc/cmdline") if (root / "proc/cmdline").exists() else ""
     return f"{etc_d} {etc} {proc}"
+
+
+def whole_number(text: str, *, low: int, high: int) -> int | None:
+    """TEXT as a number from LOW to HIGH when it is ASCII digits only, else None (never a huge int)."""
+    if not text or not _ASCII_DIGITS.issuperset(text) or len(text.lstrip("0")) > len(str(high)):
+        return None
+    number = int(text)
+    return number if low <= number <= high else None
+
+
+def decimal_number(text: str, *, high: float) -> float | None:
+    """TEXT as a positive number below HIGH when it is ASCII digits with an optional fraction (30, 0.5), else None.
+
+    float() alone would also take '٣', '1_0', 'inf', 'nan' and '1e999'.
+    """
+    whole, _, fraction = text.partition(".")
+    if not (whole or fraction) or len(text) > 32 or not _ASCII_DIGITS.issuperset(whole + fraction):
+        return None
+    number = float(text)
+    return number if 0 < number < high else None
 
 
 @dataclass(frozen=True)

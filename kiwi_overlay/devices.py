@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,29 @@ def filesystem_type(device: Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+_BLKROSET, _BLKROGET = 0x125D, 0x125E
+
+
+def set_read_only(device: Path, read_only: bool) -> bool:
+    """Make the kernel's DEVICE read-only (or writable) with BLKROSET; returns what it was before."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot open {device}: {error.strerror}") from None
+    try:
+        before = bytearray(4)
+        fcntl.ioctl(fd, _BLKROGET, before)
+        fcntl.ioctl(fd, _BLKROSET, struct.pack("i", int(read_only)))
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot make {device} {'read-only' if read_only else 'writable'}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(before, sys.byteorder))
 
 
 def _unescape_udev(name: str) -> str:
@@ -92,11 +117,19 @@ def _kernel_uevents() -> Any:
     return monitor
 
 
+def _block_device(path: Path, found: Path) -> Path:
+    """FOUND, when it is a block device: anything else (a regular file mount would loop-mount) is refused."""
+    if not stat.S_ISBLK(found.stat().st_mode):
+        shown = f"{path} ({found})" if found != path else str(path)
+        raise KiwiOverlayError(f"{shown} is not a block device")
+    return found
+
+
 def wait_for_device(path: Path, *, timeout: float) -> Path:
-    """The device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
+    """The block device node for PATH once it exists (symlinks resolved); KiwiOverlayError after TIMEOUT seconds."""
     found = _find(path, probe=True)
     if found is not None:
-        return found
+        return _block_device(path, found)
     deadline = time.monotonic() + timeout
     monitor = _kernel_uevents()
     log.info(f"waiting up to {timeout:g} s for {path}")
@@ -112,4 +145,4 @@ def wait_for_device(path: Path, *, timeout: float) -> Path:
         # blkid runs only for block events; links from udevd are checked on the interval.
         probe = event is not None and event.subsystem == "block"
     log.debug(f"{path} is {found}")
-    return found
+    return _block_device(path, found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import NbdRoot, Plan
+from kiwi_overlay.config import DhcpRoot, NbdRoot, Plan
 
 # dracut reads /etc/cmdline.d/*.conf before the kernel's own command line, which thus wins.
 NET_CONF = Path("etc/cmdline.d/kiwi-overlay-net.conf")
@@ -22,7 +22,9 @@ def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
     if plan.root is None:
         log.debug("dracut cmdline: root= is not an overlay root, nothing to do")
         return False
-    if isinstance(plan.root, NbdRoot):
+    for note in plan.notes:
+        log.info(note)
+    if isinstance(plan.root, (NbdRoot, DhcpRoot)):  # a root=dhcp root is NBD, or at least needs the network
         conf = "rd.neednet=1" + (" ip=dhcp" if plan.network.implied_dhcp else "")
         (root / NET_CONF).parent.mkdir(parents=True, exist_ok=True)
         (root / NET_CONF).write_text(conf + "\n")

@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from kiwi_overlay.cmdline import KernelCmdline
+from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.config import DEFAULT_TIMEOUT, RUN_DIR, SYSROOT, Plan, is_overlay_root, parse_plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import mounts
@@ -25,6 +25,7 @@ SERVICE = "kiwi-overlay.service"
 PREPARE_MARGIN = 60
 # sysroot.mount is queued at boot and first waits for dracut's initqueue, which gives up after rd.retry.
 DRACUT_RETRY_DEFAULT = 180.0
+DRACUT_RETRY_MAX = 1_000_000_000  # getargnum's bound elsewhere in dracut; beyond it shell arithmetic overflows
 
 _VALID_UNIT_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:_.")
 _PATH_MAX, _NAME_MAX = 4096, 255
@@ -68,9 +69,14 @@ def _setting(value: str, *, what: str) -> str:
     Refused: control characters (a newline would end the setting), a trailing backslash (it would
     continue the line) and surrounding white space (the parser strips it).
     """
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value) or value.endswith("\\") or value != value.strip():
+    if (
+        any(ord(char) < 0x20 or ord(char) == 0x7F or 0xDC80 <= ord(char) <= 0xDCFF for char in value)
+        or value.endswith("\\")
+        or value != value.strip()
+    ):
         raise KiwiOverlayError(
-            f"{what} {value!r} cannot be written into a systemd unit (control character, white space or trailing backslash)"
+            f"{what} {value!r} cannot be written into a systemd unit (control character, byte that is not UTF-8, white space"
+            " or trailing backslash)"
         )
     return value.replace("%", "%%")
 
@@ -92,9 +98,9 @@ def _seconds(value: float) -> str:
 
 
 def _retry_limit(cmdline: KernelCmdline) -> float:
-    """rd.retry as dracut reads it (getargnum: digits only, else the default)."""
-    value = cmdline.getarg("rd.retry") or ""
-    return float(value) if value.isdigit() else DRACUT_RETRY_DEFAULT
+    """rd.retry as dracut reads it (getargnum: ASCII digits only, bounded, else the default)."""
+    retry = whole_number(cmdline.getarg("rd.retry") or "", low=0, high=DRACUT_RETRY_MAX)
+    return DRACUT_RETRY_DEFAULT if retry is None else float(retry)
 
 
 def service_unit(*, command: str, timeout: float, sysroot: Path, run_dir: Path, executable: Path = EXECUTABLE) -> str:
@@ -154,9 +160,10 @@ def generate(
 ) -> tuple[Path, ...]:
     """Write the units for CMDLINE into NORMAL_DIR; the files written (none for a root that is not overlay:).
 
-    When the plan is invalid or the root mount cannot be written as a unit, kiwi-overlay.service
-    runs `kiwi-overlay mount` instead: it mounts the root itself, or fails with its one-line error
-    on the console and starts emergency.target.
+    When the plan is invalid, the root mount cannot be written as a unit, or anything unforeseen
+    fails on the way, kiwi-overlay.service runs `kiwi-overlay mount` instead: it mounts the root
+    itself, or fails with its one-line error on the console and starts emergency.target. Each file
+    is written under a temporary name and renamed: an empty or half-written unit never masks one.
     """
     if not is_overlay_root(cmdline):
         return ()
@@ -166,8 +173,12 @@ def generate(
         plan = parse_plan(cmdline)
         timeout = plan.timeout
         units[mount_unit_name(sysroot)] = mount_unit(plan, cmdline, run_dir=run_dir, sysroot=sysroot)
-    except KiwiOverlayError:
-        pass
+    except Exception as error:
+        if not isinstance(error, KiwiOverlayError):
+            from kiwi_overlay import log
+
+            log.info(f"generate: unexpected {type(error).__name__}: {error}; kiwi-overlay.service mounts the root instead")
+        units.clear()
     command = "prepare" if units else "mount"
     units[SERVICE] = service_unit(command=command, timeout=timeout, sysroot=sysroot, run_dir=run_dir, executable=executable)
     wanted = mount_unit_name(sysroot) if command == "prepare" else SERVICE
@@ -176,9 +187,22 @@ def generate(
     try:
         requires.mkdir(parents=True, exist_ok=True)
         for path in written:
-            path.write_text(units[path.name])
-        (requires / wanted).unlink(missing_ok=True)  # generators may run again (daemon-reload)
-        (requires / wanted).symlink_to(f"../{wanted}")
+            _write_whole(path, units[path.name])
+        link = requires / wanted
+        partial = link.with_name(f".{link.name}.tmp")
+        partial.unlink(missing_ok=True)
+        partial.symlink_to(f"../{wanted}")
+        partial.replace(link)  # generators may run again (daemon-reload)
     except OSError as error:
         raise KiwiOverlayError(f"{error.filename}: {error.strerror}") from None
     return (*written, requires / wanted)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """TEXT into PATH through a temporary name and a rename: PATH is the old file or the new one, never a part."""
+    partial = path.with_name(f".{path.name}.tmp")
+    try:
+        partial.write_bytes(text.encode("utf-8", "surrogateescape"))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

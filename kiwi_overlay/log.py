@@ -6,9 +6,12 @@ boot-time profile the benchmarks read.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
+
+from kiwi_overlay.errors import printable
 
 DEBUG_LOG = Path("/run/initramfs/log/kiwi-overlay.log")
 
@@ -29,7 +32,10 @@ def debugging() -> bool:
 
 def _emit(text: str) -> None:
     line = f"[{time.clock_gettime(time.CLOCK_BOOTTIME):10.6f}] kiwi-overlay: {text}"
-    print(line if _debug else f"kiwi-overlay: {text}", file=sys.stderr, flush=True)
+    # A long-lived process (the NBD supervisor) outlives whoever read its stderr: a broken pipe
+    # or a closed console must not end it. The debug log below still gets the line.
+    with contextlib.suppress(OSError, ValueError):
+        print(line if _debug else f"kiwi-overlay: {text}", file=sys.stderr, flush=True)
     if _log_file is not None:
         try:
             _log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -40,9 +46,10 @@ def _emit(text: str) -> None:
 
 
 def info(text: str) -> None:
-    _emit(text)
+    _emit(printable(text))
 
 
 def debug(text: str) -> None:
+    """TEXT may have several lines (a traceback); each is escaped."""
     if _debug:
-        _emit(text)
+        _emit("\n".join(map(printable, text.split("\n"))))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from kiwi_overlay import log
 from kiwi_overlay.config import Plan
-from kiwi_overlay.devices import KNOWN_FILESYSTEMS, filesystem_type, wait_for_device
+from kiwi_overlay.devices import KNOWN_FILESYSTEMS, filesystem_type, set_read_only, wait_for_device
 from kiwi_overlay.errors import KiwiOverlayError
-from kiwi_overlay.layout import Layout, Mount, mounts
+from kiwi_overlay.layout import Layout, Mount, mounts, read_options
 from kiwi_overlay.run import run
 
 _STALE_UPPER = "failed to verify upper root origin"
@@ -114,12 +115,43 @@ def _detected(device: str, *, what: str) -> str:
     return fstype
 
 
+def _check_write_layer(device: str, fstype: str) -> None:
+    """The filesystem's own check before the mount (an unclean shutdown, errors the kernel recorded).
+
+    ext4: e2fsck -p (journal replay and the repairs that are safe unattended). xfs replays its log
+    when mounted and btrfs needs no check at boot: xfs_repair and btrfs check are for a person.
+    """
+    if fstype != "ext4":
+        return
+    try:
+        result = run(["e2fsck", "-p", device], check=False, capture=True)
+    except KiwiOverlayError as error:  # no e2fsck in the initrd
+        log.info(f"the write layer {device} is mounted unchecked ({error})")
+        return
+    said = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    if result.returncode >= 8:  # e2fsck could not do its work (a write-protected device): the mount says why
+        log.info(f"the write layer {device} could not be checked ({said[-1] if said else f'e2fsck exit status {result.returncode}'})")
+        return
+    if result.returncode & 4:  # errors left uncorrected (1: fixed, 2: fixed and a reboot advised)
+        raise KiwiOverlayError(
+            f"e2fsck -p cannot repair the write layer {device} (exit status {result.returncode}: {said[-1] if said else 'no output'});"
+            f" repair it with e2fsck {device}, or boot once with rd.root.overlay.write.fsck=0"
+        )
+    if result.returncode:
+        log.info(f"checked the write layer {device} (e2fsck -p: errors fixed)")
+    else:
+        log.debug(f"checked the write layer {device} (e2fsck -p: clean)")
+
+
 def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
-    """Mount the write device; False when it failed and rd.root.overlay.write.fallback=tmpfs allows RAM instead."""
+    """Check and mount the write device; False when it failed and rd.root.overlay.write.fallback=tmpfs allows RAM instead."""
     spec = f"rd.root.overlay.write={plan.write.device}"
     try:
         device = str(wait_for_device(Path(step.source), timeout=plan.timeout))
-        _mount_undoably(undo, step, _detected(device, what="the write layer needs one to persist"), device)
+        fstype = _detected(device, what="the write layer needs one to persist")
+        if plan.write.fsck:
+            _check_write_layer(device, fstype)
+        _mount_undoably(undo, step, fstype, device)
     except KiwiOverlayError as error:
         if not plan.write.fallback_tmpfs:
             raise KiwiOverlayError(f"{spec}: {error}; add rd.root.overlay.write.fallback=tmpfs to boot with writes in RAM") from None
@@ -128,14 +160,37 @@ def _mount_write_device(undo: ExitStack, plan: Plan, step: Mount) -> bool:
     return True
 
 
+def _copy_to_ram(undo: ExitStack, step: Mount, device: Path, image: Path) -> None:
+    """rd.root.overlay.ram: DEVICE copied to IMAGE, in the tmpfs of STEP sized to it (after checking the memory)."""
+    from kiwi_overlay import ram
+
+    size, available = ram.device_size(device), ram.available_memory()
+    ram.check_fits(size, available=available, device=device)
+    log.info(f"copying the read layer {device} ({ram.mib(size)}) into RAM, {ram.mib(available)} available ({ram.OPTION})")
+    step.target.mkdir()
+    _mount_undoably(undo, replace(step, options=(*step.options, f"size={-(-size // 4096) * 4096}")), "tmpfs")
+    ram.copy_image(device, image, size=size)
+    if not Path("/dev/loop-control").exists():  # loop, for the read layer's mount, is a module nothing loaded yet
+        run(["modprobe", "loop"])
+
+
 def _mount_layers(undo: ExitStack, plan: Plan, read_device: Path, where: Layout, *, mount_root: bool) -> tuple[str, bool]:
     """The mounts of `assemble`, each registered with UNDO; (read layer type, whether the write layer is on its device)."""
-    tmpfs, read, *write, root = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    steps = mounts(plan, str(read_device), run_dir=where.run_dir, sysroot=where.sysroot)
+    tmpfs, root = steps[0], steps[-1]
+    ram = [step for step in steps if step.target == where.ram]
+    read = next(step for step in steps if step.target == where.rootfsbase)
+    write = [step for step in steps if step.target == where.overlayfs]
     _make_dir(undo, where.run_dir)
     _mount_undoably(undo, tmpfs, "tmpfs")
+    if ram:
+        _copy_to_ram(undo, ram[0], read_device, where.ram_image)
     where.rootfsbase.mkdir()
     read_type = plan.rootfstype or _detected(read.source, what="name another with rootfstype=")
-    _mount_undoably(undo, read, read_type)
+    # The image every client boots from: the kernel refuses writes to it, whatever the export allows.
+    if not set_read_only(read_device, True):
+        undo.callback(set_read_only, read_device, False)
+    _mount_undoably(undo, replace(read, options=read_options(read_type)), read_type)
     where.overlayfs.mkdir()
     on_device = bool(write) and _mount_write_device(undo, plan, write[0])
     if on_device and plan.write.reset:

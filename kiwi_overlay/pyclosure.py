@@ -1,14 +1,19 @@
-"""The Python that kiwi-overlay needs in an initrd: traced when the dracut module is emitted, installed when an initrd is built.
+"""The Python that kiwi-overlay needs in an initrd: traced and installed when an initrd is built.
 
-Emit time (`trace`): a child interpreter, started the way the initrd starts kiwi-overlay (-I -S -X utf8),
+Both steps run under the interpreter of the kiwi-overlay command dracut calls (`kiwi-overlay
+dracut-python`), so the closure always fits the Python the image has now: one emitted module
+serves any supported Python, and upgrading Python in an image needs no re-emission.
+
+Trace (`trace`): a child interpreter, started the way the initrd starts kiwi-overlay (-I -S -X utf8),
 imports every kiwi_overlay module and every module any kiwi_overlay function imports, runs the
 command line parser's help and `explain`, and creates a pyudev Context; the standard-library
 modules it then holds are the closure. A trace, not modulefinder: pyroute2 imports far less than
 its sources name (no Windows or test modules), and lazy imports inside the standard library
 (argparse's shutil, ctypes.util's subprocess) only show when the code runs. The result is a list of
-module NAMES (`Closure.text()`), the same on every machine with the same Python and packages.
+module NAMES: those with a file of their own (builtins, frozen-only modules and aliases such as
+os.path or, on 3.13, collections.abc need nothing installed).
 
-Build time (`install_tree`): the names are resolved against the running interpreter, and the
+Install (`install_tree`): the names are resolved against the running interpreter, and the
 modules and packages are written into the initrd as sourceless bytecode (no compiling at boot,
 no source needed: users see one-line errors, never tracebacks). The interpreter and the shared
 libraries the extension modules need are returned for dracut to install, which resolves the
@@ -69,65 +74,54 @@ import pyudev
 pyudev.Context()
 sys.stdout = sys.__stdout__
 for name, module in sorted(sys.modules.items()):
-    if type(module) is not type(sys) or module.__name__ != name or name == "__main__":
-        continue  # an alias (os.path) or a pseudo-module (typing.io)
+    if type(module) is not type(sys) or module.__name__ != name or name == "__main__" or not getattr(module, "__file__", None):
+        continue  # an alias (os.path, collections.abc on 3.13), a pseudo-module (typing.io), a builtin
     print(("-" if (getattr(module, "__file__", None) or "").startswith(search) else "") + name)
 """
 
 
 @dataclass(frozen=True)
 class Closure:
-    python: str  # "3.11": the interpreter version the names were traced with
     packages: tuple[str, ...]  # shipped whole (their own data and lazy imports included)
     stdlib: tuple[str, ...]  # standard-library modules, by name
 
-    HEADER = "# The Python closure of kiwi-overlay in the initrd; written by `kiwi-overlay dracut-module`, do not edit.\n"
 
-    def text(self) -> str:
-        lines = [f"python {self.python}"]
-        lines += [f"package {name}" for name in self.packages]
-        lines += [f"module {name}" for name in self.stdlib]
-        return self.HEADER + "".join(line + "\n" for line in lines)
+# The oldest release of each dependency that kiwi-overlay is tested with (Debian 12's; pyproject.toml
+# says the same): an older or missing one stops the initrd build, never a boot.
+MINIMUM_VERSIONS = {"psutil": "5.9.4", "pyroute2": "0.7.2", "pyudev": "0.24.0"}
 
-    @classmethod
-    def parse(cls, text: str, *, source: Path) -> Closure:
-        python, packages, stdlib = "", [], []
-        for number, line in enumerate(text.splitlines(), 1):
-            kind, _, name = line.partition(" ")
-            if not line or line.startswith("#"):
-                continue
-            if kind == "python":
-                python = name
-            elif kind == "package":
-                packages.append(name)
-            elif kind == "module":
-                stdlib.append(name)
-            else:
-                raise KiwiOverlayError(f"{source}:{number}: unknown line {line!r}")
-        if not python:
-            raise KiwiOverlayError(f"{source}: no python line; regenerate it with kiwi-overlay dracut-module")
-        return cls(python=python, packages=tuple(packages), stdlib=tuple(stdlib))
-
-
-# Runs in the child, with its site: the version, then each package's directory, or "-" for a missing one.
+# Runs in the child, with its site: per package, its directory and version ("-" for none).
 _LOCATE = """
-import sys, importlib.util
-print("%d.%d" % sys.version_info[:2])
+import sys, importlib.util, importlib.metadata
 for name in sys.argv[1:]:
     spec = importlib.util.find_spec(name)
-    print(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-")
+    try:
+        version = importlib.metadata.version(name.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "-"
+    print(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-", version)
 """
 
 
-def _locate(python: Path) -> tuple[str, dict[str, Path]]:
-    """PYTHON's version ("3.11") and the directory of each package it has installed."""
+def _version(text: str) -> tuple[int, ...]:
+    """A release's leading numbers: "0.7.2" -> (0, 7, 2), "7.0.0rc1" -> (7, 0, 0)."""
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def _locate(python: Path) -> dict[str, Path]:
+    """The directory of each package PYTHON has installed; a missing or too old one is a one-line error."""
     from kiwi_overlay.run import run
 
-    version, *dirs = run([python, "-I", "-c", _LOCATE, *PACKAGES], capture=True).stdout.splitlines()
-    missing = [name for name, found in zip(PACKAGES, dirs, strict=True) if found == "-"]
+    lines = run([python, "-I", "-c", _LOCATE, *PACKAGES], capture=True).stdout.splitlines()
+    found = {name: line.rpartition(" ")[::2] for name, line in zip(PACKAGES, lines, strict=True)}  # (directory, version)
+    missing = [name for name, (directory, _) in found.items() if directory == "-"]
     if missing:
         raise KiwiOverlayError(f"{python} has no {', '.join(missing)}: install kiwi-overlay for the Python that goes into the initrd")
-    return version, {name: Path(found) for name, found in zip(PACKAGES, dirs, strict=True)}
+    for name, minimum in MINIMUM_VERSIONS.items():
+        version = found[name][1]
+        if version != "-" and _version(version) < _version(minimum):  # no metadata: a source tree; its import worked
+            raise KiwiOverlayError(f"{name} {version} is too old for kiwi-overlay: it needs {name} >= {minimum} (for {python})")
+    return {name: Path(directory) for name, (directory, _) in found.items()}
 
 
 def _source_imports(package_dir: Path) -> set[str]:
@@ -166,14 +160,14 @@ def trace(*, python: Path) -> Closure:
     """The closure of kiwi-overlay's imports under PYTHON, with the packages installed for it."""
     from kiwi_overlay.run import run
 
-    version, roots = _locate(python)
+    roots = _locate(python)
     imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
     search = sorted({str(root.parent) for root in roots.values()})
     loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
     foreign = sorted({name[1:].split(".")[0] for name in loaded if name.startswith("-")} - set(PACKAGES))
     if foreign:
         raise KiwiOverlayError(f"kiwi-overlay imports {', '.join(foreign)}, which is not one of its packages ({', '.join(PACKAGES)})")
-    return Closure(python=version, packages=PACKAGES, stdlib=tuple(name for name in loaded if not name.startswith("-")))
+    return Closure(packages=PACKAGES, stdlib=tuple(name for name in loaded if not name.startswith("-")))
 
 
 def _stdlib_file(name: str, dirs: tuple[Path, ...], found: dict[str, Path | None]) -> Path | None:
@@ -193,9 +187,7 @@ def _stdlib_file(name: str, dirs: tuple[Path, ...], found: dict[str, Path | None
         if FrozenImporter.find_spec(name) is not None:
             found[name] = None  # in the interpreter binary (_frozen_importlib and the like)
             return None
-        raise KiwiOverlayError(
-            f"{name} is not in the standard library of {sys.executable}; regenerate the module with kiwi-overlay dracut-module"
-        )
+        raise KiwiOverlayError(f"{name}: kiwi-overlay imports it, yet it is not in the standard library of {sys.executable}")
     found[name] = Path(spec.origin)
     return found[name]
 
@@ -243,21 +235,16 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
     """
     import sysconfig
 
-    running = "{}.{}".format(*sys.version_info[:2])
-    if closure.python != running:
-        raise KiwiOverlayError(f"the dracut module was emitted for Python {closure.python}, kiwi-overlay runs on {running}: re-emit it")
     interpreter = Path(sys.executable).resolve()
     stdlib = Path(sysconfig.get_path("stdlib"))
     dirs = _stdlib_dirs()
     extensions: list[Path] = []
     found: dict[str, Path | None] = {}
     for name in closure.stdlib:
-        if name in sys.builtin_module_names:
-            continue
         source = _stdlib_file(name, dirs, found)
         if source is not None:
             _place(source, source, initdir, extensions, optimize=2)
-    for name, root in _locate(Path(sys.executable))[1].items():
+    for name, root in _locate(Path(sys.executable)).items():
         if name not in closure.packages:
             continue
         for source in sorted(root.rglob("*")):
@@ -271,5 +258,6 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
     launcher.chmod(0o755)
     python3 = initdir / interpreter.parent.relative_to("/") / "python3"
     if not python3.exists() and interpreter.name != "python3":
+        python3.parent.mkdir(parents=True, exist_ok=True)  # outside /usr (pyenv, uv) nothing made it yet
         python3.symlink_to(interpreter.name)
     return (interpreter, *sorted(_libraries(extensions)))

@@ -61,6 +61,9 @@ def loop_device(image: Path, *, read_only: bool = False) -> Iterator[Path]:
     try:
         yield device
     finally:
+        # kiwi-overlay makes a read device read-only (BLKROSET) and the kernel keeps that after the
+        # detach: the next user of this loop device (another test) must get it writable.
+        subprocess.run(["blockdev", "--setrw", str(device)], check=False)
         subprocess.run(["losetup", "-d", str(device)], check=False)
 
 

@@ -238,3 +238,22 @@ def test_12_systemd_initrd_with_systemd_networkd_boots_scenario_1(systemd_networ
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()
     assert "Started systemd-networkd.service" in re.sub(r"\x1b\[[0-9;]*m", "", result.console()), result.describe()
+
+
+# ---- issue 17.4: a warning before the write layer is full ---------------------------------------------------------
+
+
+def test_the_watch_warns_at_80_90_95_percent_of_the_tmpfs_write_layer() -> None:
+    """kiwi-overlay-watch, started in the initrd, warns from the booted root; one warning per level, no repeats."""
+    with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
+        cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} rd.root.overlay.size=16m ko.test=fill-overlay"
+        result = boot(Guest(initrd(), cmdline), name="kiwi-watch-fill", timeout=BOOT_TIMEOUT)
+    assert result.reached_root, result.describe()
+    for step, warnings in (("82", 1), ("91", 2), ("96", 3)):
+        assert (result.value(f"fill-overlay-{step}") or "").endswith(f" warnings={warnings}"), result.describe()
+    found = re.findall(
+        r"kiwi-overlay-watch\[\d+\]: the overlay write layer \(/run/overlay/overlayfs, 16 MiB\) is (\d+) % full", result.console()
+    )
+    percents = [int(percent) for percent in found]
+    assert len(percents) == 3, result.describe()
+    assert 80 <= percents[0] < 90 <= percents[1] < 95 <= percents[2], result.describe()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ def kiwi_overlay(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_committed_module_is_what_the_package_emits(tmp_path: Path) -> None:
-    result = kiwi_overlay("dracut-module", "--output", str(tmp_path / "55kiwi-overlay"))
+    result = kiwi_overlay("dracut-module", "--no-command", "--output", str(tmp_path / "55kiwi-overlay"))
     assert result.returncode == 0, result.stderr
     emitted = tmp_path / "55kiwi-overlay"
     names = sorted(path.name for path in emitted.iterdir())
@@ -41,24 +43,57 @@ def test_committed_module_is_what_the_package_emits(tmp_path: Path) -> None:
         assert (emitted / name).stat().st_mode == (MODULE_DIR / name).stat().st_mode, name
 
 
-def test_dracut_module_refuses_a_python_without_the_packages(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
-    result = kiwi_overlay("dracut-module", "--python", str(tmp_path / "bare/bin/python"), "--output", str(tmp_path / "module"))
-    assert result.returncode == 2
-    assert result.stderr == f"kiwi-overlay: {tmp_path}/bare/bin/python has no kiwi_overlay, psutil, pyroute2, pyudev: " + (
-        "install kiwi-overlay for the Python that goes into the initrd\n"
+def test_emitted_module_records_the_command_that_emitted_it(tmp_path: Path) -> None:
+    command = Path(sys.executable).parent / "kiwi-overlay"  # this venv's: not on dracut's PATH
+    result = subprocess.run([command, "dracut-module", "--output", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "kiwi-overlay-command").read_text() == f"{command}\n"
+    module = kiwi_overlay("dracut-module", "--output", str(tmp_path / "module"))  # python -m kiwi_overlay: the command beside it
+    assert (tmp_path / "module/kiwi-overlay-command").read_text() == f"{command}\n", module.stderr
+    relative = kiwi_overlay("dracut-module", "--command", "bin/kiwi-overlay", "--output", str(tmp_path / "relative"))
+    assert (relative.returncode, relative.stderr) == (
+        2,
+        "kiwi-overlay: --command bin/kiwi-overlay: needs an absolute path, e.g. /opt/kiwi-overlay/bin/kiwi-overlay\n",
     )
-    assert not (tmp_path / "module").exists()
 
 
-def test_closure_lists_names_only_and_no_test_or_site_modules() -> None:
-    lines = (MODULE_DIR / "python-closure.txt").read_text().splitlines()
-    modules = [line.split()[1] for line in lines if line.startswith("module ")]
-    assert modules == sorted(modules)
-    assert "/" not in "".join(lines[1:]), "machine independent: names, not paths"
-    assert {"ssl", "socket", "json", "argparse", "ctypes.util", "asyncio", "encodings.utf_8"} <= set(modules)
-    assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test"} & set(modules)
-    assert [line.split()[1] for line in lines if line.startswith("package ")] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
+FIND_COMMAND = 'dfatal() { :; }; derror() { echo "$*" >&2; }; . "$moddir/module-setup.sh"; _kiwi_overlay'
+
+
+def find_command(moddir: Path, path: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """module-setup.sh's choice of the kiwi-overlay command, run as dracut would (its own PATH)."""
+    return subprocess.run(
+        ["/bin/bash", "-c", FIND_COMMAND], env={"PATH": path, "moddir": str(moddir), **env}, capture_output=True, text=True, check=False
+    )
+
+
+def test_module_finds_the_recorded_command_then_usr_bin_usr_local_bin_and_path(tmp_path: Path) -> None:
+    recorded = tmp_path / "venv/bin/kiwi-overlay"
+    on_path = tmp_path / "path/kiwi-overlay"
+    for command in (recorded, on_path):
+        command.parent.mkdir(parents=True)
+        command.write_text("#!/bin/sh\n")
+        command.chmod(0o755)
+    kiwi_overlay("dracut-module", "--command", str(recorded), "--output", str(tmp_path / "module"))
+    assert find_command(tmp_path / "module", "/usr/sbin:/usr/bin:/sbin:/bin").stdout == f"{recorded}\n"
+    assert find_command(tmp_path / "module", "/usr/bin", KIWI_OVERLAY=str(on_path)).stdout == f"{on_path}\n", "KIWI_OVERLAY overrides"
+    recorded.unlink()  # gone since the emission: the usual places (none here), then PATH
+    fallback = find_command(tmp_path / "module", f"{on_path.parent}:/usr/bin")
+    installed = [path for path in ("/usr/bin/kiwi-overlay", "/usr/local/bin/kiwi-overlay") if os.access(path, os.X_OK)]
+    assert fallback.stdout == f"{installed[0] if installed else on_path}\n"
+    assert find_command(MODULE_DIR, "/nowhere").stdout == (f"{installed[0]}\n" if installed else ""), "the committed copy records none"
+
+
+def test_closure_is_traced_for_this_interpreter_with_names_only_and_no_aliases() -> None:
+    from kiwi_overlay.pyclosure import trace
+
+    closure = trace(python=Path(sys.executable))
+    assert list(closure.stdlib) == sorted(closure.stdlib)
+    assert {"ssl", "socket", "json", "argparse", "ctypes.util", "asyncio", "encodings.utf_8", "collections"} <= set(closure.stdlib)
+    assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test", "os.path", "sys", "_frozen_importlib"} & set(
+        closure.stdlib
+    )
+    assert closure.packages == ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
 
 
 def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
@@ -74,7 +109,7 @@ def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -
 
 
 def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tmp_path: Path) -> None:
-    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path), "--closure", str(MODULE_DIR / "python-closure.txt"))
+    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     elf_files = result.stdout.splitlines()
     interpreter = os.path.realpath(sys.executable)
@@ -89,13 +124,69 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     assert not list(stdlib.rglob("*.py"))
 
 
-def test_dracut_python_refuses_a_module_emitted_for_another_python(tmp_path: Path) -> None:
-    closure = tmp_path / "python-closure.txt"
-    closure.write_text((MODULE_DIR / "python-closure.txt").read_text().replace("\npython 3.", "\npython 2."))
-    result = kiwi_overlay("dracut-python", "--initdir", str(tmp_path / "initrd"), "--closure", str(closure))
-    assert result.returncode == 2
-    assert result.stderr.startswith("kiwi-overlay: the dracut module was emitted for Python 2.")
+def bare_venv(path: Path, *packages: str, python: Path = Path(sys.executable)) -> Path:
+    """A venv of PYTHON with only PACKAGES, copied from this venv's site-packages."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = Path(sysconfig.get_path("purelib"))
+    (target,) = path.glob("lib/python3.*/site-packages")
+    for name in packages:
+        if name == "kiwi_overlay":  # this checkout, as the editable install has it
+            (target / "kiwi_overlay.pth").write_text(f"{PACKAGE_COPY.parents[1]}\n")
+            continue
+        shutil.copytree(site / name, target / name)
+        for metadata in site.glob(f"{name}-*.dist-info"):
+            shutil.copytree(metadata, target / metadata.name)
+    return path / "bin/python"
+
+
+def dracut_python(python: Path, initdir: Path) -> subprocess.CompletedProcess[str]:
+    """`kiwi-overlay dracut-python` under PYTHON, this checkout's kiwi_overlay first on its path."""
+    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from kiwi_overlay.cli import main; raise SystemExit(main())"
+    argv = [str(python), "-I", "-c", code, str(PACKAGE_COPY.parents[1]), "dracut-python", "--initdir", str(initdir)]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def test_dracut_python_stops_in_one_line_for_a_missing_dependency(tmp_path: Path) -> None:
+    python = bare_venv(tmp_path / "bare", "pyudev", "psutil")
+    result = dracut_python(python, tmp_path / "initrd")
+    expected = f"kiwi-overlay: {python} has no kiwi_overlay, pyroute2: install kiwi-overlay for the Python that goes into the initrd\n"
+    assert (result.returncode, result.stderr) == (2, expected)
     assert not (tmp_path / "initrd").exists()
+
+
+def test_dracut_python_stops_in_one_line_for_a_dependency_too_old(tmp_path: Path) -> None:
+    python = bare_venv(tmp_path / "old", "kiwi_overlay", "pyudev", "psutil", "pyroute2")
+    (metadata,) = python.parents[1].glob("lib/python3.*/site-packages/psutil-*.dist-info/METADATA")
+    metadata.write_text(re.sub(r"(?m)^Version: .*$", "Version: 5.8.0", metadata.read_text()))
+    result = dracut_python(python, tmp_path / "initrd")
+    expected = f"kiwi-overlay: psutil 5.8.0 is too old for kiwi-overlay: it needs psutil >= 5.9.4 (for {python})\n"
+    assert (result.returncode, result.stderr) == (2, expected)
+
+
+def test_dracut_python_carries_an_interpreter_outside_usr(tmp_path: Path) -> None:
+    """As pyenv's and uv's are: a prefix of its own (here, Debian's interpreter and library copied), used through a venv."""
+    prefix = tmp_path / "pyenv/versions/3"
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (prefix / "bin").mkdir(parents=True)
+    base = Path(os.path.realpath(sys.executable))
+    shutil.copy2(base, prefix / "bin" / version)
+    shutil.copytree(Path(sysconfig.get_path("stdlib")), prefix / "lib" / version, symlinks=True)
+    python = bare_venv(tmp_path / "venv", "kiwi_overlay", "pyudev", "psutil", "pyroute2", python=prefix / "bin" / version)
+    initdir = tmp_path / "initrd"
+    result = dracut_python(python, initdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(prefix / "bin" / version)
+    inside = initdir / prefix.relative_to("/")
+    assert os.readlink(inside / "bin/python3") == version
+    assert (inside / "lib" / version / "os.pyc").is_file() and (inside / "lib" / version / "pyroute2/__init__.pyc").is_file()
+    assert (initdir / "usr/bin/kiwi-overlay").read_text().startswith(f"#!{prefix}/bin/{version} -ISBXutf8\n")
+
+
+def test_minimum_versions_are_the_ones_pyproject_declares() -> None:
+    from kiwi_overlay.pyclosure import MINIMUM_VERSIONS
+
+    declared = tomllib.loads((PACKAGE_COPY.parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(declared) == sorted(f"{name}>={version}" for name, version in MINIMUM_VERSIONS.items())
 
 
 @pytest.mark.parametrize("path", sorted(MODULE_DIR.glob("*.sh")), ids=lambda path: path.name)
@@ -200,6 +291,7 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
         f"{stdlib}/pyudev/core.pyc",
         f"{stdlib}/psutil/__init__.pyc",
         "usr/sbin/ldconfig",
+        "usr/sbin/veritysetup",
         "usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh",
         "usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh",
     }
@@ -211,6 +303,7 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
     assert not any("/tests/" in name for name in files if name.startswith(stdlib))
     for driver in ("block/nbd.ko", "block/aoe/aoe.ko", "overlayfs/overlay.ko", "squashfs/squashfs.ko", "erofs/erofs.ko", "block/loop.ko"):
         assert any(name.endswith(driver) for name in files), driver
+    assert any(name.endswith("md/dm-verity.ko") for name in files), "dm-verity (the host has veritysetup)"
     generator = "usr/lib/systemd/system-generators/kiwi-overlay-generator"
     mount_hook = "usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
     assert (generator in files, mount_hook in files) == (systemd, not systemd)

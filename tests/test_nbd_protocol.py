@@ -126,11 +126,7 @@ def test_200_concurrent_negotiations(nbd_port: int) -> None:
 
     def negotiate() -> None:
         try:
-            results.append(
-                connect.with_retry(
-                    lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=120
-                )
-            )
+            results.append(connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=120))
         except Exception as error:
             results.append(error)
 
@@ -161,9 +157,7 @@ def test_retries_until_the_server_comes(tmp_path: Path) -> None:
     thread = threading.Thread(target=late_server)
     thread.start()
     try:
-        info = connect.with_retry(
-            lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=60
-        )
+        info = connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=60)
     finally:
         thread.join()
     assert started.is_set()
@@ -280,12 +274,14 @@ def test_tls_client_certificate(image: Path, pki: dict[str, Path]) -> None:
         with_cert = kiwi_overlay(
             "nbd", "info", uri, "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])
         )
-        without = kiwi_overlay("nbd", "info", uri, "--tls-ca", str(pki["ca"]), "--timeout", "5")
+        without = kiwi_overlay("nbd", "info", uri, "--tls-ca", str(pki["ca"]), "--timeout", "3")
     assert with_cert.returncode == 0, with_cert.stderr
     assert f"size: {IMAGE_SIZE}" in with_cert.stdout
     assert without.returncode == 2
-    assert without.stderr.startswith(f"kiwi-overlay: NBD server 127.0.0.1:{port}: ")
-    assert without.stderr.count("\n") == 1
+    # The server closes after the handshake: to the client that looks like a reset, which is retried until the timeout.
+    *progress, error = without.stderr.splitlines()
+    assert all(line.startswith(f"kiwi-overlay: waiting for NBD server 127.0.0.1:{port} (attempt ") for line in progress)
+    assert error.startswith(f"kiwi-overlay: NBD server 127.0.0.1:{port}: closed the connection")
 
 
 def test_plain_client_against_tls_server_says_use_nbds(image: Path, pki: dict[str, Path]) -> None:
@@ -427,13 +423,59 @@ def test_wire_reads_are_bounded_by_the_deadline() -> None:
             wire.recv(1, "anything")
 
 
+# --- failures after the greeting are retried (a restart, a full backlog) ------------------------
+
+
+def first_then(first: Callable[[socket.socket], None]) -> Callable[[socket.socket], None]:
+    """The first client gets FIRST; every later one an export of 1 MiB (GO answered, then silence)."""
+    clients = []
+
+    def script(conn: socket.socket) -> None:
+        clients.append(conn)
+        if len(clients) == 1:
+            first(conn)
+            return
+        go_then(lambda c, o: (reply(c, o, protocol.REP_INFO, info_export(1 << 20)), reply(c, o, protocol.REP_ACK)))(conn)
+
+    return script
+
+
+def reset_after_the_option(conn: socket.socket) -> None:
+    greeting(conn)
+    read_option(conn)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    conn.close()
+
+
+def test_a_reset_during_option_negotiation_is_retried() -> None:
+    server = Hostile(first_then(reset_after_the_option))
+    try:
+        result = kiwi_overlay("nbd", "info", f"nbd://127.0.0.1:{server.port}/x", "--timeout", "30")
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert f"size: {1 << 20}" in result.stdout
+    assert f"waiting for NBD server 127.0.0.1:{server.port} (attempt 1," in result.stderr
+
+
+def test_a_stall_during_option_negotiation_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connect, "ATTEMPT_TIMEOUT", 1.0)  # an attempt gives up on a stalled server after a second
+    server = Hostile(first_then(go_then(lambda c, o: None)))
+    try:
+        root = root_from_uri(f"nbd://127.0.0.1:{server.port}/x")
+        info = connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=30)
+    finally:
+        server.close()
+    assert info.size == 1 << 20
+
+
 def test_greeting_timeouts_start_short_and_double_up_to_the_limit() -> None:
     assert [connect.greeting_timeout(attempt) for attempt in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
     # As in a full accept queue: the first connection would be greeted after 3 s, later ones at once.
-    # The first attempt waits 0.5 s for its greeting, so a second connection gets there first.
+    # with_retry's first attempt waits 0.5 s for its greeting, so a second connection gets there first.
     calls: list[int] = []
 
     def slow_first(conn: socket.socket) -> None:
@@ -445,9 +487,7 @@ def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
     server = Hostile(slow_first)
     try:
         root = root_from_uri(f"nbd://127.0.0.1:{server.port}/legacy")
-        info = connect.with_retry(
-            lambda d, greeting: connect.export_info(root, deadline=d, context=None, greeting=greeting), root=root, timeout=60
-        )
+        info = connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=60)
     finally:
         server.close()
     assert info.size == 1 << 20

@@ -163,3 +163,43 @@ def test_tls_connections_are_proxied_for_the_kernel(tmp_path: Path) -> None:
         with kernel_end:
             # What the kernel would send on its plain socket reaches the server through TLS.
             assert read_first_sector(kernel_end) == FIRST_SECTOR
+
+
+RESOLVE_ONCE = """
+import signal, subprocess, sys
+from pathlib import Path
+from kiwi_overlay.nbd import root_from_uri
+from kiwi_overlay.nbd.supervisor import Request, Supervisor
+from test_nbd_protocol import read_first_sector
+
+work, port = Path(sys.argv[1]), int(sys.argv[2])
+(work / "nsswitch.conf").write_text("hosts: files\\n")  # names from the hosts file only: no DNS traffic
+(work / "hosts").write_text("127.0.0.1 kiwi-overlay-test-server\\n")
+(work / "no-hosts").write_text("")
+bind = lambda source, target: subprocess.run(["mount", "--bind", str(source), target], check=True)
+bind(work / "nsswitch.conf", "/etc/nsswitch.conf")
+bind(work / "hosts", "/etc/hosts")
+root = root_from_uri(f"nbd://kiwi-overlay-test-server:{port}/rootfs")
+supervisor = Supervisor(Request(root=root, timeout=20, device=None, state_dir=work / "state", log_to_kmsg=False))
+for sock in supervisor.first_connections():
+    sock.close()
+bind(work / "no-hosts", "/etc/hosts")  # what switch_root does to the initrd's /etc
+signal.alarm(20)  # reconnect() tries forever
+with supervisor.reconnect() as sock:
+    print("first sector", read_first_sector(sock)[:12].decode())
+"""
+
+
+@pytest.mark.root
+def test_reconnect_needs_no_resolver(tmp_path: Path) -> None:
+    """A server given by name is resolved once, at attach time: after switch_root the name may resolve no more."""
+    with nbd_server(tmp_path) as port:
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", RESOLVE_ONCE, str(tmp_path), str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == f"first sector {FIRST_SECTOR[:12].decode()}\n"

@@ -6,7 +6,9 @@ own (10.N.0.1/24, fd00:N::1/64), optionally with dnsmasq serving DHCP (and DNS, 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,29 @@ from typing import Any
 
 import pytest
 
+from tests.boot.guest_kernel import CACHE
+
 pytestmark = pytest.mark.root
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+# pyroute2 as Debian 12 and 13 ship it; the project's venv has PyPI's current release (constraints.txt).
+PYROUTE2_RELEASES = ("0.7.2", "0.7.7")
+RELEASES = pytest.mark.parametrize("lab", ["pypi", *PYROUTE2_RELEASES], indirect=True)
+
+
+def python_with_pyroute2(release: str) -> Path:
+    """A venv of this Python with pyroute2 RELEASE only (kiwi_overlay comes from PYTHONPATH); cached, built when missing."""
+    key = hashlib.sha256(f"{release} {sys.version}".encode()).hexdigest()[:12]
+    venv = CACHE / "venvs" / f"pyroute2-{release}-{key}"
+    if not venv.exists():
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        partial = venv.with_name(f"{venv.name}.{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+        pip = [str(partial / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"pyroute2=={release}"]
+        subprocess.run(pip, check=True, capture_output=True)
+        partial.rename(venv)  # atomic: a half-installed venv is never seen as cached
+    return venv / "bin/python"
 
 
 def ip(*args: str) -> str:
@@ -26,8 +50,9 @@ def ip(*args: str) -> str:
 
 
 class Lab:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, python: Path = Path(sys.executable)) -> None:
         self.tmp = tmp_path
+        self.python = python
         self.ns = f"ko-net-{uuid.uuid4().hex[:6]}"
         self.namespaces = [self.ns]
         self.servers: list[subprocess.Popen[bytes]] = []
@@ -46,6 +71,7 @@ class Lab:
         mac: str | None = None,
         ra: bool = False,
         dns_name: str | None = None,
+        options: tuple[str, ...] = (),
     ) -> Path:
         """Veth NAME to a peer namespace at 10.SUBNET.0.1/24 and fd00:SUBNET::1/64, with dnsmasq serving
         DHCP (and router advertisements for fd00:SUBNET::/64 with RA); returns dnsmasq's log."""
@@ -68,7 +94,8 @@ class Lab:
                      f"--dhcp-option=option:router,10.{subnet}.0.1",
                      f"--dhcp-option=option:dns-server,10.{subnet}.0.{1 if dns_name else 53}",
                      f"--dhcp-leasefile={self.tmp / f'leases-{name}'}", f"--pid-file={self.tmp / f'dnsmasq-{name}.pid'}",
-                     *(["--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else [])],
+                     *(["--enable-ra", f"--dhcp-range=fd00:{subnet}::,ra-only,64"] if ra else []),
+                     *(f"--dhcp-option={option}" for option in options)],
                     stdout=log.open("wb"),
                     stderr=subprocess.STDOUT,
                 )
@@ -83,9 +110,10 @@ class Lab:
         self.resolv_conf.write_text("")
 
     def net_up(self, cmdline: str, *options: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, *python, "-m", "kiwi_overlay", "net", "up", "--cmdline", cmdline, *options]
+        argv = [str(self.python), *python, "-m", "kiwi_overlay", "net", "up", "--cmdline", cmdline, *options]
         argv += ["--lease-dir", str(self.lease_dir), "--resolv-conf", str(self.resolv_conf)]
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}  # this checkout's kiwi_overlay for a pyroute2 release's venv
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=120, env=env)
 
     def addresses(self, name: str) -> list[str]:
         info = json.loads(ip("-n", self.ns, "-j", "-4", "addr", "show", "dev", name))
@@ -107,8 +135,10 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    """The lab; parametrized (RELEASES), net up runs with that pyroute2 release ("pypi": the project's venv)."""
+    release = getattr(request, "param", "pypi")
+    lab = Lab(tmp_path, python=Path(sys.executable) if release == "pypi" else python_with_pyroute2(release))
     try:
         yield lab
     finally:
@@ -121,16 +151,46 @@ def lease_address(lab: Lab, name: str) -> str:
     return address
 
 
+@RELEASES
 def test_dhcp_on_a_named_interface(lab: Lab) -> None:
-    lab.link("ko-a", 71)
+    options = ("option:root-path,nbd:10.71.0.1:rootfs", "option:domain-name,ko-net.test", "option:mtu,1450")
+    lab.link("ko-a", 71, options=options)
     result = lab.net_up("root=overlay:nbd=10.71.0.1:rootfs ip=ko-a:dhcp", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     [address] = lab.addresses("ko-a")
     assert address.startswith("10.71.0.") and address.endswith("/24")
     assert {"dst": "default", "gateway": "10.71.0.1", "dev": "ko-a"}.items() <= lab.routes()[0].items()
     assert lease_address(lab, "ko-a") == address.split("/")[0]
-    assert lab.resolv_conf.read_text() == "nameserver 10.71.0.53\n"
+    assert lab.resolv_conf.read_text() == "search ko-net.test\nnameserver 10.71.0.53\n"
     assert "ko-a: DHCP lease 10.71.0." in result.stderr
+    [link] = json.loads(ip("-n", lab.ns, "-j", "link", "show", "ko-a"))
+    assert link["mtu"] == 1450
+    options = json.loads((lab.lease_dir / "lease-ko-a.json").read_text())["ack"]["options"]
+    assert (options["root_path"], options["server_id"], options["router"]) == ("nbd:10.71.0.1:rootfs", "10.71.0.1", ["10.71.0.1"])
+
+
+def test_the_lease_carries_the_root_path_and_what_was_asked_for(lab: Lab) -> None:
+    """dhcp.lease() as root=dhcp uses it: option 17 is requested and returned; without it, None."""
+    lab.link("ko-a", 92, options=("option:root-path,nbd:10.92.0.1:root",))
+    lab.link("ko-b", 93)
+    code = (
+        "import asyncio, json, sys; from kiwi_overlay.net.dhcp import lease\n"
+        "for name in sys.argv[1:]:\n"
+        "    got = asyncio.run(asyncio.wait_for(lease(name, 'client-7'), 30))\n"
+        "    print(json.dumps([got.address, got.prefix, got.root_path, got.routers, got.server]))"
+    )
+    ip("-n", lab.ns, "link", "set", "ko-a", "up")
+    ip("-n", lab.ns, "link", "set", "ko-b", "up")
+    result = subprocess.run(
+        ["ip", "netns", "exec", lab.ns, sys.executable, "-c", code, "ko-a", "ko-b"], capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first[0].startswith("10.92.0.") and first[1:] == [24, "nbd:10.92.0.1:root", ["10.92.0.1"], "10.92.0.1"]
+    assert second[0].startswith("10.93.0.") and second[2] is None
+    log = (lab.tmp / "dnsmasq-ko-a.log").read_text()
+    assert "requested options: 1:netmask, 3:router, 6:dns-server, 12:hostname," in log and "17:root-path" in log
+    assert "client provides name: client-7" in log
 
 
 def test_dhcp_on_the_candidate_that_has_a_server(lab: Lab) -> None:
@@ -155,6 +215,7 @@ def test_a_candidate_without_carrier_does_not_hold_up_the_others(lab: Lab) -> No
     assert lab.addresses("ko-b")[0].startswith("10.87.0.")
 
 
+@RELEASES
 def test_static_address_gateway_route_and_dns(lab: Lab) -> None:
     lab.link("ko-a", 74, dhcp=False)
     result = lab.net_up(
@@ -225,6 +286,7 @@ def test_dhcp6_is_refused_clearly_when_the_network_is_not_up(lab: Lab) -> None:
     assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]  # refused before touching anything
 
 
+@RELEASES
 def test_auto6_waits_for_the_address_from_router_advertisements(lab: Lab) -> None:
     lab.link("ko-a", 88, ra=True)
     result = lab.net_up("root=overlay:nbd=[fd00:99::1]:rootfs ip=ko-a:auto6", "--timeout", "30")
@@ -243,12 +305,32 @@ def test_auto6_without_router_advertisements_times_out(lab: Lab) -> None:
     assert result.stderr.splitlines()[-1] == ("kiwi-overlay: ip=ko-a:auto6: no IPv6 address from router advertisements on ko-a within 2 s")
 
 
-def test_not_needed_does_nothing(lab: Lab) -> None:
-    # A local root without rd.neednet: no network, not even a link touched.
-    lab.link("ko-a", 81, dhcp=False)
-    result = lab.net_up("root=overlay:LABEL=root ip=ko-a:dhcp")
-    assert (result.returncode, result.stderr) == (0, "")
+def test_net_up_configures_an_explicit_ip_without_a_network_root(lab: Lab) -> None:
+    lab.link("ko-a", 81)
+    result = lab.net_up("ip=ko-a:dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a")[0].startswith("10.81.0.")
+
+
+def test_net_up_with_nothing_to_configure_says_so(lab: Lab) -> None:
+    lab.link("ko-a", 92, dhcp=False)
+    result = lab.net_up("root=overlay:LABEL=root")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kiwi-overlay: nothing to configure: no ip=, no rd.neednet=1 and no network root on the command line; e.g. ip=eth0:dhcp\n"
+    )
     assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_rd_neednet_without_ip_brings_every_link_up_with_dhcp(lab: Lab) -> None:
+    lab.link("ko-a", 93, dhcp=False)
+    lab.link("ko-b", 94)
+    result = lab.net_up("root=overlay:LABEL=root rd.neednet=1", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert "DHCP on ko-a, ko-b" in result.stderr
+    assert lab.addresses("ko-b")[0].startswith("10.94.0.")
+    for name in ("ko-a", "ko-b"):
+        assert "UP" in ip("-n", lab.ns, "-o", "link", "show", name).split(">")[0]
 
 
 def test_static_ipv6_is_usable_at_once(lab: Lab) -> None:
@@ -284,6 +366,7 @@ def test_rd_neednet_without_a_server_configures_once(lab: Lab) -> None:
     assert lab.addresses("ko-a") == [address]
 
 
+@RELEASES
 def test_a_route_that_cannot_be_added_is_named(lab: Lab) -> None:
     lab.link("ko-a", 85, dhcp=False)
     result = lab.net_up(
@@ -295,6 +378,7 @@ def test_a_route_that_cannot_be_added_is_named(lab: Lab) -> None:
     assert lab.routes() == []
 
 
+@RELEASES
 def test_ifname_renames_and_ip_sets_mtu_and_mac(lab: Lab) -> None:
     lab.link("ko-a", 90, mac="02:00:00:00:00:0c")
     result = lab.net_up("root=overlay:nbd=10.90.0.1:rootfs ifname=ko-boot:02:00:00:00:00:0C ip=ko-boot:dhcp:1400:02:00:00:00:00:0d")
@@ -312,3 +396,100 @@ def test_a_root_server_name_resolves_through_the_dhcp_name_server(lab: Lab) -> N
     assert result.returncode == 0, result.stderr
     assert lab.resolv_conf.read_text() == "nameserver 10.91.0.1\n"
     assert "network up in " in result.stderr
+
+
+def test_bridge_gets_the_lease_through_its_port(lab: Lab) -> None:
+    lab.link("ko-a", 95)
+    result = lab.net_up("root=overlay:nbd=10.95.0.1:rootfs bridge=ko-br:ko-a ip=dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert "ko-br: bridge of ko-a" in result.stderr
+    assert "DHCP on ko-br" in result.stderr  # the port is no candidate of its own
+    assert lab.addresses("ko-br")[0].startswith("10.95.0.")
+    assert lab.addresses("ko-a") == []
+    [port] = json.loads(ip("-n", lab.ns, "-j", "link", "show", "ko-a"))
+    assert port["master"] == "ko-br"
+    [bridge] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-br"))
+    assert bridge["linkinfo"]["info_data"]["forward_delay"] == 0
+
+
+def test_a_bridge_port_that_does_not_exist_leaves_no_bridge_behind(lab: Lab) -> None:
+    lab.link("ko-a", 96, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.96.0.1:rootfs bridge=ko-br:ko-a,ko-x ip=ko-br:dhcp", "--timeout", "5")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "kiwi-overlay: bridge=ko-br:ko-a,ko-x: network interface ko-x not found"
+    assert "ko-br" not in ip("-n", lab.ns, "-o", "link", "show")
+    assert "master" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a")
+
+
+def _kernel_has(lab: Lab, *link: str) -> bool:
+    """Whether this kernel creates such a link (tried on a scratch link in the test's namespace)."""
+    made = subprocess.run(["ip", "-n", lab.ns, "link", "add", "ko-probe", *link], capture_output=True, text=True)
+    subprocess.run(["ip", "-n", lab.ns, "link", "del", "ko-probe"], capture_output=True)
+    return made.returncode == 0
+
+
+def test_vlan_is_created_or_refused_in_one_line(lab: Lab) -> None:
+    """Where the kernel has 802.1Q (QEMU guests: tests/test_boot_net.py) the VLAN is made; else one line, nothing left."""
+    lab.link("ko-a", 97, dhcp=False)
+    cmdline = "root=overlay:nbd=10.97.0.1:rootfs vlan=ko-a.42:ko-a ip=10.97.42.2:::24::ko-a.42:none"
+    if _kernel_has(lab, "link", "lo", "type", "vlan", "id", "7"):
+        result = lab.net_up(cmdline, "--timeout", "10")
+        [vlan] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-a.42"))
+        assert (vlan["link"], vlan["linkinfo"]["info_data"]["id"]) == ("ko-a", 42)
+        assert lab.addresses("ko-a.42") == ["10.97.42.2/24"]
+    else:
+        result = lab.net_up(cmdline, "--timeout", "10")
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == (
+            "kiwi-overlay: vlan=ko-a.42:ko-a: this kernel cannot create vlan links (is the 8021q module in the initrd?)"
+        )
+        assert "ko-a.42" not in ip("-n", lab.ns, "-o", "link", "show")
+
+
+def test_bond_is_created_or_refused_in_one_line(lab: Lab) -> None:
+    """Where the kernel has bonding (QEMU guests: tests/test_boot_net.py) the bond is made; else one line, nothing left."""
+    lab.link("ko-a", 98)
+    lab.link("ko-b", 99, dhcp=False)
+    cmdline = "root=overlay:nbd=10.98.0.1:rootfs bond=ko-bond:ko-a,ko-b:mode=active-backup,miimon=100,primary=ko-a ip=ko-bond:dhcp"
+    result = lab.net_up(cmdline, "--timeout", "30")
+    if _kernel_has(lab, "type", "bond"):
+        assert result.returncode == 0, result.stderr
+        assert lab.addresses("ko-bond")[0].startswith("10.98.0.")
+        [bond] = json.loads(ip("-n", lab.ns, "-j", "-d", "link", "show", "ko-bond"))
+        assert bond["linkinfo"]["info_data"]["mode"] == "active-backup"
+    else:
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == (
+            "kiwi-overlay: bond=ko-bond:ko-a,ko-b:mode=active-backup,miimon=100,primary=ko-a: "
+            "this kernel cannot create bond links (is the bonding module in the initrd?)"
+        )
+        assert "ko-bond" not in ip("-n", lab.ns, "-o", "link", "show")
+
+
+def test_team_is_refused_in_one_line_before_touching_a_link(lab: Lab) -> None:
+    lab.link("ko-a", 100, dhcp=False)
+    result = lab.net_up("root=overlay:nbd=10.100.0.1:rootfs team=team0:ko-a ip=team0:dhcp", "--timeout", "5")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kiwi-overlay: team=team0:ko-a: teaming needs teamd, which kiwi-overlay does not run; "
+        "use bond= (e.g. bond=bond0:eth0,eth1:mode=active-backup)\n"
+    )
+    assert "UP" not in ip("-n", lab.ns, "-o", "link", "show", "ko-a").split(">")[0]
+
+
+def test_bootdev_names_the_interface_for_ip_dhcp(lab: Lab) -> None:
+    other = lab.link("ko-a", 101)
+    lab.link("ko-b", 102)
+    result = lab.net_up("root=overlay:nbd=10.102.0.1:rootfs bootdev=ko-b ip=dhcp", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-b")[0].startswith("10.102.0.")
+    assert lab.addresses("ko-a") == []
+    assert "DHCPDISCOVER" not in other.read_text()
+
+
+def test_rd_peerdns_0_keeps_the_dhcp_name_servers_out(lab: Lab) -> None:
+    lab.link("ko-a", 103)
+    result = lab.net_up("root=overlay:nbd=10.103.0.1:rootfs ip=ko-a:dhcp rd.peerdns=0 nameserver=10.103.0.54", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert lab.addresses("ko-a")[0].startswith("10.103.0.")
+    assert lab.resolv_conf.read_text() == "nameserver 10.103.0.54\n"  # not dnsmasq's 10.103.0.53

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.config import parse_plan
 from kiwi_overlay.errors import OptionError
-from kiwi_overlay.net.grammar import IpConfig, parse_bootif, parse_ip, parse_route
+from kiwi_overlay.net.grammar import Bond, Bridge, IpConfig, Vlan, parse_bond, parse_bootif, parse_bridge, parse_ip, parse_route, parse_vlan
 
 NET_LIB = Path("/usr/lib/dracut/modules.d/40network/net-lib.sh")
 
@@ -203,3 +204,99 @@ def test_explain_shows_the_network_plan() -> None:
         "name servers: fd00::53",
     ]:
         assert f"             {line}\n" in text
+
+
+# ---- vlan=, bond=, bridge= (dracut's network-legacy parse-vlan.sh, parse-bond.sh, parse-bridge.sh) -----------------
+
+
+@pytest.mark.parametrize(
+    ("value", "name", "parent", "vid"),
+    [
+        ("vlan0042:eth0", "vlan0042", "eth0", 42),
+        ("vlan5:bond0", "vlan5", "bond0", 5),
+        ("eth0.0100:eth0", "eth0.0100", "eth0", 100),
+        ("eth0.4094:eth0", "eth0.4094", "eth0", 4094),
+    ],
+)
+def test_vlan_id_from_the_name_as_dracut_reads_it(value: str, name: str, parent: str, vid: int) -> None:
+    assert parse_vlan(value) == Vlan(value, name, parent, vid)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("eth0.42", "needs NAME:PARENT"),
+        ("eth0.42:eth0:x", "needs NAME:PARENT"),
+        ("eth0.0:eth0", "does not end in a VLAN ID from 1 to 4094"),
+        ("eth0.4095:eth0", "does not end in a VLAN ID from 1 to 4094"),
+        ("internal:eth0", "does not end in a VLAN ID"),
+    ],
+)
+def test_bad_vlan_is_one_line(value: str, problem: str) -> None:
+    with pytest.raises(OptionError, match=f"^vlan={re.escape(value)}: .*{problem}.*; e.g. vlan=eth0.42:eth0$"):
+        parse_vlan(value)
+
+
+def test_bond_forms() -> None:
+    assert parse_bond("bond") == Bond("bond", "bond0", ("eth0", "eth1"), (("mode", "balance-rr"),), None)
+    assert parse_bond("bond1") == Bond("bond1", "bond1", ("eth0", "eth1"), (("mode", "balance-rr"),), None)
+    assert parse_bond("bond1:eth2,eth3") == Bond("bond1:eth2,eth3", "bond1", ("eth2", "eth3"), (("mode", "balance-rr"),), None)
+    value = "bond0:eth0,eth1:mode=802.3ad,miimon=100,xmit_hash_policy=layer2+3,arp_ip_target=10.0.0.1;10.0.0.2:9000"
+    assert parse_bond(value) == Bond(
+        value,
+        "bond0",
+        ("eth0", "eth1"),
+        (
+            ("mode", "802.3ad"),
+            ("miimon", "100"),
+            ("xmit_hash_policy", "layer2+3"),
+            ("arp_ip_target", "10.0.0.1"),
+            ("arp_ip_target", "10.0.0.2"),
+        ),
+        9000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("bond0:eth0,eth1:mode=1:9000:x", "has more than NAME:PORTS:OPTIONS:MTU"),
+        ("bond0:eth0,eth0", "names a port twice"),
+        ("bond0:eth0:mode", "'mode' is not NAME=VALUE"),
+        ("bond0:eth0:mode=1;2", "is not NAME=VALUE"),
+        ("bond0:eth0:mode=1:10", "MTU '10' is not a number from 68 to 65535"),
+    ],
+)
+def test_bad_bond_is_one_line(value: str, problem: str) -> None:
+    with pytest.raises(OptionError, match=f"^(bond|ip)={re.escape(value)}: .*{re.escape(problem)}"):
+        parse_bond(value)
+
+
+def test_bridge_forms() -> None:
+    assert parse_bridge("bridge") == Bridge("bridge", "br0", ("eth0",))
+    assert parse_bridge("br1:eth0,eth1") == Bridge("br1:eth0,eth1", "br1", ("eth0", "eth1"))
+    with pytest.raises(OptionError, match=r"^bridge=br1: needs NAME:PORTS"):
+        parse_bridge("br1")
+
+
+def test_network_plan_with_virtual_links_bootdev_peerdns_and_team() -> None:
+    plan = parse_plan(
+        KernelCmdline("root=overlay:nbd=10.0.0.1:r bond=bond0:eth0,eth1 vlan=bond0.42:bond0 bootdev=bond0.42 rd.peerdns=0 team=t0:eth2")
+    )
+    net = plan.network
+    assert ([b.name for b in net.bonds], [v.name for v in net.vlans], net.bootdev, net.peerdns, net.team) == (
+        ["bond0"],
+        ["bond0.42"],
+        "bond0.42",
+        False,
+        ("t0:eth2",),
+    )
+    with pytest.raises(OptionError, match=r"^vlan/bond/bridge=br0: is created twice"):
+        parse_plan(KernelCmdline("root=overlay:nbd=10.0.0.1:r bridge=br0:eth0 bond=br0:eth1"))
+
+
+def test_rd_neednet_without_ip_implies_dhcp() -> None:
+    for cmdline in ("root=overlay:LABEL=r rd.neednet=1", "root=overlay:aoe=e0.1 rd.neednet=1"):
+        net = parse_plan(KernelCmdline(cmdline)).network
+        assert (net.ip, net.implied_dhcp, net.needs_ip) == (("dhcp",), True, True)
+    assert parse_plan(KernelCmdline("root=overlay:LABEL=r")).network.ip == ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -336,3 +337,45 @@ def test_sigterm_undoes_the_mounts(machine: Machine, squashfs_root: Path) -> Non
         process.wait()
     assert machine.mounted() == []
     assert not machine.run_dir.exists()
+
+
+def test_status_of_the_running_root(machine: Machine, squashfs_root: Path, tmp_path: Path) -> None:
+    from kiwi_overlay.status import collect, describe
+
+    machine.boot(f"{local(squashfs_root)} rd.root.overlay.size=4m")
+    (machine.sysroot / "two-megabytes").write_bytes(b"x" * (2 << 20))
+    state = tmp_path / "state"
+    state.mkdir()
+    record = {
+        "device": "/dev/nbd0",
+        "index": 0,
+        "uri": "nbd://10.0.0.1:10809/rootfs",
+        "servers": ["nbd://10.0.0.1:10809/rootfs", "nbd://10.0.0.2:10809/rootfs"],
+        "server": "nbd://10.0.0.2:10809/rootfs",
+        "connection": "reconnecting",
+        "since": 0,
+        "pid": os.getpid(),
+        "mode": "netlink",
+    }
+    (state / "nbd0.json").write_text(json.dumps(record))
+    status = collect(run_dir=machine.run_dir, state_dir=state)
+    assert status["read_device"] == str(squashfs_root)
+    assert set(status["layers"]) == {"tmpfs", "read"}
+    assert status["layers"]["tmpfs"]["path"] == str(machine.run_dir)
+    fill = status["write_layer"]["fill"]
+    assert fill["size"] == 4 << 20
+    assert 50 <= fill["percent"] <= 60
+    text = describe(status)
+    assert f"read layer:  {machine.run_dir}/rootfsbase <- {squashfs_root} [squashfs;" in text
+    assert f"write fill:  {fill['percent']:g} % (" in text
+    assert "server:      nbd://10.0.0.2:10809/rootfs, of nbd://10.0.0.1:10809/rootfs, nbd://10.0.0.2:10809/rootfs" in text
+    assert "connection:  reconnecting since " in text
+    result = run_cli("status", "--run-dir", str(machine.run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["read_device"] == str(squashfs_root)
+
+
+def test_status_without_an_overlay_root(tmp_path: Path) -> None:
+    result = run_cli("status", "--run-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout == f"no overlay root: nothing is mounted at {tmp_path}/rootfsbase\n"

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import parse_plan
+from kiwi_overlay.config import NbdRoot, parse_plan
 from kiwi_overlay.errors import OptionError
+from kiwi_overlay.explain import describe
 
 
 def explain(cmdline: str) -> dict[str, Any]:
@@ -43,6 +44,8 @@ def test_issue_example_nbd_with_size() -> None:
         "tls_key": None,
         "device": None,
         "uri": "nbd://192.168.1.1:10809/rootfs",
+        "servers": [{"host": "192.168.1.1", "port": 10809, "export": "rootfs"}],
+        "lost": {"action": "wait", "seconds": None},
     }
     assert plan["write"]["kind"] == "tmpfs"
     assert plan["write"]["size"] == "2g"
@@ -81,6 +84,40 @@ def test_nbd_options() -> None:
     assert plan["root"]["tls_ca"] == "/etc/ca.pem"
     assert plan["timeout"] == 45
     assert network_basics(plan) == {"needed": True, "needs_ip": True, "ip": ["eth0:dhcp"], "implied_dhcp": False}
+
+
+@pytest.mark.parametrize(
+    ("root", "uris"),
+    [
+        ("overlay:nbd=10.0.0.1,10.0.0.2:rootfs", ["nbd://10.0.0.1:10809/rootfs", "nbd://10.0.0.2:10809/rootfs"]),
+        ("overlay:nbd=[fd00::1],server.example:a:b", ["nbd://[fd00::1]:10809/a:b", "nbd://server.example:10809/a:b"]),
+        ("overlay:nbd://10.0.0.1/x,y,nbd://10.0.0.2:10900/z", ["nbd://10.0.0.1:10809/x,y", "nbd://10.0.0.2:10900/z"]),
+        ("overlay:nbds://a/r,nbds://b/r", ["nbds://a:10809/r", "nbds://b:10809/r"]),
+    ],
+)
+def test_several_servers(root: str, uris: list[str]) -> None:
+    plan = parse_plan(KernelCmdline(f"root={root}"))
+    assert isinstance(plan.root, NbdRoot)
+    assert [plan.root.server_uri(server) for server in plan.root.servers] == uris
+    assert plan.root.uri == uris[0]  # messages and the network check name the first
+
+
+@pytest.mark.parametrize(
+    ("value", "action", "seconds", "line"),
+    [
+        (None, "wait", None, "I/O waits until a server answers again"),
+        ("wait", "wait", None, "I/O waits until a server answers again"),
+        ("fail:30", "fail", 30.0, "I/O on the root fails after 30 s without a server"),
+        ("reboot:2.5", "reboot", 2.5, "the machine reboots after 2.5 s without a server"),
+    ],
+)
+def test_lost_server_policy(value: str | None, action: str, seconds: float | None, line: str) -> None:
+    option = f" rd.root.overlay.nbd.lost={value}" if value else ""
+    plan = explain(f"root=overlay:nbd=10.0.0.1,10.0.0.2:rootfs{option}")
+    assert plan["root"]["lost"] == {"action": action, "seconds": seconds}
+    text = describe(parse_plan(KernelCmdline(f"root=overlay:nbd=10.0.0.1,10.0.0.2:rootfs{option}")))
+    assert f"server lost: {line}" in text
+    assert "or, in this order, 'rootfs' on 10.0.0.2:10809: the first that answers" in text
 
 
 def test_aoe_target() -> None:
@@ -134,6 +171,7 @@ def test_write_device_and_flags() -> None:
         "device": "/dev/disk/by-label/cow",
         "reset": True,
         "fallback_tmpfs": False,
+        "fsck": True,
     }
     assert plan["mounts"][1]["fstype"] == "erofs"
     assert plan["mounts"][2] == {
@@ -197,6 +235,7 @@ def test_human_output_names_the_parts() -> None:
     )
     assert "NBD export 'rootfs' on 10.0.0.1:10809" in result.stdout
     assert "write layer: /dev/disk/by-label/cow" in result.stdout
+    assert "kiwi-overlay-watch warns on the console and in the journal at 80, 90 and 95 % full" in result.stdout
     assert "ip=dhcp (implied)" in result.stdout
 
 
@@ -230,6 +269,16 @@ BAD = [
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.tls.ca=ca.pem", "rd.root.overlay.nbd.tls.ca=ca.pem"),
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.tls.cert=/c.pem", "rd.root.overlay.nbd.tls.cert=/c.pem"),
     ("root=overlay:aoe=e0.1 rd.root.overlay.aoe.interfaces=,", "rd.root.overlay.aoe.interfaces=,"),
+    ("root=overlay:nbd=10.0.0.1,:rootfs", "root=overlay:nbd=10.0.0.1,:rootfs"),
+    ("root=overlay:nbd=10.0.0.1,10.0.0.1:rootfs", "root=overlay:nbd=10.0.0.1,10.0.0.1:rootfs"),
+    ("root=overlay:nbd=a,b,c,d,e,f,g,h,i:rootfs", "root=overlay:nbd=a,b,c,d,e,f,g,h,i:rootfs"),
+    ("root=overlay:nbd://10.0.0.1/a,nbds://10.0.0.2/a", "root=overlay:nbd://10.0.0.1/a,nbds://10.0.0.2/a"),
+    ("root=overlay:nbd://10.0.0.1/a,nbd://10.0.0.2", "root=overlay:nbd://10.0.0.1/a,nbd://10.0.0.2"),
+    ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=never", "rd.root.overlay.nbd.lost=never"),
+    ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=fail", "rd.root.overlay.nbd.lost=fail"),
+    ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=reboot:0", "rd.root.overlay.nbd.lost=reboot:0"),
+    ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=reboot:٣", "rd.root.overlay.nbd.lost=reboot:٣"),
+    ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=fail:1e9", "rd.root.overlay.nbd.lost=fail:1e9"),
     ("root=overlay:LABEL=r rootfstype=ext4;rm", "rootfstype=ext4;rm"),
 ]
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kiwi_overlay.config import NbdRoot
+from kiwi_overlay.config import WAIT_FOREVER, LostPolicy, NbdRoot
 from kiwi_overlay.nbd.protocol import NbdError
 
 STATE_DIR = Path("/run/kiwi-overlay/nbd")
@@ -36,21 +36,21 @@ def root_from_uri(
     tls_ca: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    lost: LostPolicy = WAIT_FOREVER,
 ) -> NbdRoot:
-    """An NbdRoot for `nbd://HOST[:PORT]/EXPORT`, `nbds://...` or `HOST:EXPORT`."""
-    from kiwi_overlay.config import parse_nbd_address
+    """An NbdRoot for `nbd://HOST[:PORT]/EXPORT`, `nbds://...` or `HOST:EXPORT`; several servers separated by commas."""
+    from kiwi_overlay.config import parse_nbd_servers
 
-    host, port, export, tls = parse_nbd_address(uri)
+    servers, tls = parse_nbd_servers(uri)
     return NbdRoot(
-        host=host,
-        port=port,
-        export=export,
+        servers=servers,
         tls=tls or any((tls_ca, tls_cert, tls_key)),
         connections=connections,
         io_timeout=io_timeout,
         tls_ca=tls_ca,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        lost=lost,
     )
 
 

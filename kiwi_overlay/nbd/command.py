@@ -22,8 +22,15 @@ def run_nbd_command(args: argparse.Namespace) -> int:
         return 0
     if args.nbd_command == "list" and "://" not in args.uri:
         args.uri = f"nbd://{args.uri}/"  # HOST[:PORT], [IPv6][:PORT]
+    from kiwi_overlay.config import parse_lost_policy
+
     root = nbd.root_from_uri(
-        args.uri, connections=getattr(args, "connections", 1), tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+        args.uri,
+        connections=getattr(args, "connections", 1),
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        lost=parse_lost_policy(getattr(args, "lost", None), option="--lost"),
     )
     if args.nbd_command == "attach":
         print(nbd.attach_root(root, timeout=args.timeout, device=args.device, ioctl=args.ioctl))
@@ -31,9 +38,7 @@ def run_nbd_command(args: argparse.Namespace) -> int:
     context = connect.tls_context(root)
     if args.nbd_command == "list":
         exports = connect.with_retry(
-            lambda deadline, greeting: connect.list_exports(root, deadline=deadline, context=context, greeting=greeting),
-            root=root,
-            timeout=args.timeout,
+            lambda deadline: connect.list_exports(root, deadline=deadline, context=context), root=root, timeout=args.timeout
         )
         if args.json:
             print(json.dumps([{"name": entry.name, "description": entry.description} for entry in exports], indent=2))
@@ -42,9 +47,7 @@ def run_nbd_command(args: argparse.Namespace) -> int:
                 print(entry.name)
         return 0
     info = connect.with_retry(
-        lambda deadline, greeting: connect.export_info(root, deadline=deadline, context=context, greeting=greeting),
-        root=root,
-        timeout=args.timeout,
+        lambda deadline: connect.export_info(root, deadline=deadline, context=context), root=root, timeout=args.timeout
     )
     sizes = info.block_sizes
     if args.json:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, TypeVar
 
 from kiwi_overlay import log
@@ -22,18 +24,21 @@ if TYPE_CHECKING:
     from kiwi_overlay.config import NbdRoot
 
 T = TypeVar("T")
+# (family, sockaddr) with a numeric host, as getaddrinfo gives them.
+Address = tuple[socket.AddressFamily, tuple[str, int] | tuple[str, int, int, int]]
 
 FIRST_DELAY = 0.25
 MAX_DELAY = 10.0
 # One attempt may not use the whole boot timeout: a stalled server must not hide a restarted one.
 ATTEMPT_TIMEOUT = 30.0
 # A client caught in a full accept queue (nbd-server listens with a backlog of 10) waits for a
-# SYN retransmission or the server's SYN-ACK retransmission (1 s, 3 s, 7 s later); a new
-# connection is the quicker way in. So the first attempt allows FIRST_GREETING_TIMEOUT for the
-# connection and the greeting, each further one twice as long up to GREETING_TIMEOUT (a loaded
-# server still gets the time to accept and fork).
+# SYN or SYN-ACK retransmission (1 s, 3 s, 7 s later); a new connection is the quicker way in.
+# So with_retry's first attempt allows FIRST_GREETING_TIMEOUT for the greeting, each next one
+# twice as long up to GREETING_TIMEOUT (a loaded server still gets the time to accept and fork).
 FIRST_GREETING_TIMEOUT = 0.5
 GREETING_TIMEOUT = 5.0
+# The current attempt's greeting timeout: set by with_retry around each attempt (per thread).
+_greeting_timeout: ContextVar[float] = ContextVar("greeting_timeout", default=GREETING_TIMEOUT)
 
 
 class Unreachable(NbdError):
@@ -59,8 +64,12 @@ def tls_context(root: NbdRoot) -> ssl.SSLContext | None:
     return context
 
 
-def resolve(root: NbdRoot) -> list[tuple[socket.AddressFamily, tuple[str, int] | tuple[str, int, int, int]]]:
-    """The addresses of ROOT's server (numeric, so a later reconnect needs no resolver)."""
+def resolve(root: NbdRoot) -> list[Address]:
+    """The addresses of ROOT's (first) server, numeric: resolved once, a reconnect needs no resolver.
+
+    After switch_root the initrd's /etc (hosts, resolv.conf) is gone or another's: a name that
+    resolved at attach time may resolve to nothing, or elsewhere, later.
+    """
     try:
         infos = socket.getaddrinfo(root.host, root.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -68,9 +77,9 @@ def resolve(root: NbdRoot) -> list[tuple[socket.AddressFamily, tuple[str, int] |
     return [(family, address) for family, _, _, _, address in infos]  # type: ignore[misc]
 
 
-def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
+def _tcp(root: NbdRoot, deadline: float, addresses: Sequence[Address] | None) -> socket.socket:
     last: Exception | None = None
-    for family, address in resolve(root):
+    for family, address in resolve(root) if addresses is None else addresses:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -90,26 +99,34 @@ def _tcp(root: NbdRoot, deadline: float) -> socket.socket:
     raise Unreachable(f"NBD server {root.address}: {reason.lower()}")
 
 
-def greeting_timeout(attempt: int) -> float:
-    """Seconds attempt ATTEMPT (from 1) allows for the TCP connection and the server's greeting."""
-    return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
+@contextmanager
+def _retried_when_lost() -> Iterator[None]:
+    """A connection that stalled, closed or was reset, before or after the greeting, is worth another attempt.
 
-
-def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT) -> tuple[Wire, int]:
-    """Connect, read the greeting (both within GREETING seconds) and start TLS when asked; the wire and the handshake flags."""
-    greeting_deadline = min(deadline, time.monotonic() + greeting)
-    wire = Wire(_tcp(root, greeting_deadline), peer=root.address, deadline=greeting_deadline)
+    A server that is starting, restarting or has a full accept queue does that; the deadline bounds the attempts.
+    """
     try:
-        try:
+        yield
+    except NbdError as error:
+        if error.lost:
+            raise Unreachable(str(error)) from None
+        raise
+
+
+def handshake(
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, addresses: Sequence[Address] | None = None
+) -> tuple[Wire, int]:
+    """Connect (to ADDRESSES from resolve(), or resolve now), read the greeting and start TLS when asked.
+
+    Returns the wire and the handshake flags. TLS checks the certificate against the host name, not the address.
+    """
+    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + _greeting_timeout.get()))
+    try:
+        with _retried_when_lost():
             flags = protocol.greet(wire)
-        except NbdError as error:
-            # A server that is starting or overloaded may stall or close before its greeting: try again.
-            if error.lost:
-                raise Unreachable(str(error)) from None
-            raise
-        wire.deadline = deadline
-        if context is not None:
-            protocol.start_tls(wire, context, server_hostname=root.host)
+            wire.deadline = deadline
+            if context is not None:
+                protocol.start_tls(wire, context, server_hostname=root.host)
     except BaseException:
         wire.sock.close()
         raise
@@ -117,12 +134,13 @@ def handshake(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None,
 
 
 def open_export(
-    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT
+    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, addresses: Sequence[Address] | None = None
 ) -> tuple[socket.socket, ExportInfo]:
     """One connection in transmission phase on ROOT's export (blocking socket) and what the server said about it."""
-    wire, flags = handshake(root, deadline=deadline, context=context, greeting=greeting)
+    wire, flags = handshake(root, deadline=deadline, context=context, addresses=addresses)
     try:
-        info = protocol.open_export(wire, root.export, handshake_flags=flags)
+        with _retried_when_lost():
+            info = protocol.open_export(wire, root.export, handshake_flags=flags)
     except BaseException:
         wire.sock.close()
         raise
@@ -130,21 +148,20 @@ def open_export(
     return wire.sock, info
 
 
-def list_exports(
-    root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT
-) -> list[ExportEntry]:
-    wire, _ = handshake(root, deadline=deadline, context=context, greeting=greeting)
+def list_exports(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> list[ExportEntry]:
+    wire, _ = handshake(root, deadline=deadline, context=context)
     try:
-        exports = protocol.list_exports(wire)
+        with _retried_when_lost():
+            exports = protocol.list_exports(wire)
         protocol.abort(wire)
         return exports
     finally:
         wire.sock.close()
 
 
-def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None, greeting: float = GREETING_TIMEOUT) -> ExportInfo:
+def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | None) -> ExportInfo:
     """Size, flags and block sizes of ROOT's export (GO then NBD_CMD_DISC: INFO may not report the size)."""
-    sock, info = open_export(root, deadline=deadline, context=context, greeting=greeting)
+    sock, info = open_export(root, deadline=deadline, context=context)
     try:
         protocol.disconnect(Wire(sock, peer=root.address, deadline=deadline))
         return info
@@ -152,13 +169,18 @@ def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
         sock.close()
 
 
+def greeting_timeout(attempt: int) -> float:
+    """Seconds attempt ATTEMPT (from 1) of with_retry allows for the server's greeting."""
+    return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before attempt ATTEMPT+1: exponential, capped, with jitter."""
     return min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.5)
 
 
-def with_retry(action: Callable[[float, float], T], *, root: NbdRoot, timeout: float) -> T:
-    """ACTION(deadline, greeting timeout) until it does not raise Unreachable or TIMEOUT seconds pass, printing progress."""
+def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -> T:
+    """ACTION(deadline) until it does not raise Unreachable or TIMEOUT seconds pass, printing progress."""
     start = time.monotonic()
     end = start + timeout
     attempt = 0
@@ -166,8 +188,9 @@ def with_retry(action: Callable[[float, float], T], *, root: NbdRoot, timeout: f
         attempt += 1
         began = time.monotonic()
         greeting = greeting_timeout(attempt)
+        token = _greeting_timeout.set(greeting)
         try:
-            return action(min(end, began + ATTEMPT_TIMEOUT), greeting)
+            return action(min(end, began + ATTEMPT_TIMEOUT))
         except Unreachable as error:
             now = time.monotonic()
             # An attempt that waited out its greeting timeout has backed off already (the timeouts
@@ -178,3 +201,5 @@ def with_retry(action: Callable[[float, float], T], *, root: NbdRoot, timeout: f
             log.debug(str(error))
             log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:.0f} s)")
             time.sleep(delay)
+        finally:
+            _greeting_timeout.reset(token)

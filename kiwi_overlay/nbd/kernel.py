@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -70,8 +71,19 @@ class Config:
     backend: str
 
 
+def kernel_seconds(seconds: float) -> int:
+    """SECONDS as the kernel's whole seconds, rounded up: 0 would mean no timeout at all."""
+    return max(1, math.ceil(seconds))
+
+
 def build(
-    command: int, *, index: int | None = None, fds: Sequence[int] = (), config: Config | None = None, backend: str | None = None
+    command: int,
+    *,
+    index: int | None = None,
+    fds: Sequence[int] = (),
+    config: Config | None = None,
+    backend: str | None = None,
+    dead_conn_timeout: float | None = None,
 ) -> bytes:
     """An nbd genetlink message body: CONNECT (with CONFIG), RECONFIGURE (with BACKEND), DISCONNECT or STATUS."""
     attrs: list[Attribute] = []
@@ -82,13 +94,15 @@ def build(
             (ATTR_SIZE_BYTES, U64(config.size)),
             (ATTR_BLOCK_SIZE_BYTES, U64(config.block_size)),
             (ATTR_SERVER_FLAGS, U64(config.server_flags)),
-            (ATTR_DEAD_CONN_TIMEOUT, U64(round(config.dead_conn_timeout))),
+            (ATTR_DEAD_CONN_TIMEOUT, U64(kernel_seconds(config.dead_conn_timeout))),
             (ATTR_BACKEND_IDENTIFIER, config.backend),
         ]
         if config.io_timeout is not None:
-            attrs.append((ATTR_TIMEOUT, U64(round(config.io_timeout))))
+            attrs.append((ATTR_TIMEOUT, U64(kernel_seconds(config.io_timeout))))
     if backend is not None:
         attrs.append((ATTR_BACKEND_IDENTIFIER, backend))
+    if dead_conn_timeout is not None:
+        attrs.append((ATTR_DEAD_CONN_TIMEOUT, U64(round(dead_conn_timeout))))
     if fds:
         attrs.append((ATTR_SOCKETS, [(SOCK_ITEM, [(SOCK_FD, U32(fd))]) for fd in fds]))
     return genetlink.payload(command, attrs)
@@ -182,9 +196,12 @@ def connect(link: Netlink, fds: Sequence[int], config: Config, *, index: int | N
     return index
 
 
-def reconfigure(link: Netlink, index: int, fds: Sequence[int], *, backend: str) -> None:
-    """New sockets for dead ones; the kernel refuses it unless BACKEND is the one given at CONNECT."""
-    link.request(build(CMD_RECONFIGURE, index=index, fds=fds, backend=backend), what=f"reconnecting /dev/nbd{index}")
+def reconfigure(link: Netlink, index: int, fds: Sequence[int], *, backend: str, dead_conn_timeout: float | None = None) -> None:
+    """New sockets for dead ones, and a new dead-connection timeout; refused unless BACKEND is the one given at CONNECT."""
+    link.request(
+        build(CMD_RECONFIGURE, index=index, fds=fds, backend=backend, dead_conn_timeout=dead_conn_timeout),
+        what=f"reconnecting /dev/nbd{index}",
+    )
 
 
 def disconnect(link: Netlink, index: int) -> None:
@@ -225,7 +242,7 @@ def ioctl_configure(device_fd: int, sock_fd: int, config: Config) -> None:
     fcntl.ioctl(device_fd, NBD_SET_BLKSIZE, config.block_size)
     fcntl.ioctl(device_fd, NBD_SET_SIZE_BLOCKS, config.size // config.block_size)
     if config.io_timeout is not None:
-        fcntl.ioctl(device_fd, NBD_SET_TIMEOUT, round(config.io_timeout))
+        fcntl.ioctl(device_fd, NBD_SET_TIMEOUT, kernel_seconds(config.io_timeout))
     fcntl.ioctl(device_fd, NBD_SET_FLAGS, config.server_flags)
     fcntl.ioctl(device_fd, NBD_SET_SOCK, sock_fd)
 

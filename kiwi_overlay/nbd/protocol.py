@@ -241,9 +241,9 @@ def start_tls(wire: Wire, context: ssl.SSLContext, *, server_hostname: str) -> N
     except ssl.SSLError as error:
         raise wire.fail(f"TLS handshake failed: {error.reason or error}") from None
     except TimeoutError:
-        raise wire.fail("no answer in time (TLS handshake)") from None
+        raise wire.fail("no answer in time (TLS handshake)", lost=True) from None
     except OSError as error:
-        raise wire.fail(f"connection lost during the TLS handshake ({error.strerror or error})") from None
+        raise wire.fail(f"connection lost during the TLS handshake ({error.strerror or error})", lost=True) from None
 
 
 def list_exports(wire: Wire) -> list[ExportEntry]:

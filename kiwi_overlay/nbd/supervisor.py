@@ -21,12 +21,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import NbdRoot
+from kiwi_overlay.config import LostPolicy, NbdRoot, NbdServer
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.nbd import connect, kernel
 from kiwi_overlay.nbd.protocol import ExportInfo, NbdError
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     import ssl
 
 PROCESS_NAME = "@kiwi-overlay-nbd"
+# The kernel's dead-connection timeout for "wait": ten years (it takes seconds; 0 would fail I/O at once).
+WAIT_FOREVER = 10 * 365 * 86400.0
 MAX_KERNEL_BLOCK = 4096
 
 
@@ -49,7 +52,9 @@ class Request:
     ioctl: bool = False  # the old interface even where netlink exists (like nbd-client -nonetlink)
 
     def to_json(self) -> str:
-        root = {name: str(value) if isinstance(value, Path) else value for name, value in self.root.__dict__.items() if name != "transport"}
+        from dataclasses import asdict
+
+        root = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(self.root).items() if name != "transport"}
         return json.dumps(
             {
                 "root": root,
@@ -68,6 +73,8 @@ class Request:
         root = dict(data["root"])
         for name in ("tls_ca", "tls_cert", "tls_key"):
             root[name] = Path(root[name]) if root[name] else None
+        root["servers"] = tuple(NbdServer(**server) for server in root["servers"])
+        root["lost"] = LostPolicy(**root["lost"])
         return cls(
             root=NbdRoot(**root),
             timeout=float(data["timeout"]),
@@ -88,24 +95,73 @@ def kernel_block_size(info: ExportInfo, *, peer: str) -> int:
 
 
 class TlsProxy:
-    """Copies between the kernel's end of a socketpair and one TLS connection (the kernel has no TLS)."""
+    """Copies between the kernel's end of a socketpair and one TLS connection (the kernel has no TLS).
+
+    One thread drives the TLS socket both ways with select(): OpenSSL's connection objects are
+    not safe to use from two threads at once.
+    """
+
+    CHUNK = 256 * 1024
 
     def __init__(self, tls: socket.socket) -> None:
         self.tls = tls
         self.inner, self.kernel_end = socket.socketpair()
-        for source, target in ((self.inner, tls), (tls, self.inner)):
-            threading.Thread(target=self._copy, args=(source, target), daemon=True).start()
+        threading.Thread(target=self._run, daemon=True).start()
 
-    def _copy(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(256 * 1024):
-                target.sendall(data)
-        except OSError:
-            pass
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            self._copy_both_ways()
         # Either side gone: close both so the kernel sees a dead link and asks for a new one.
         for sock in (self.inner, self.tls):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _copy_both_ways(self) -> None:
+        import select
+        import ssl
+
+        tls, plain = self.tls, self.inner
+        tls.setblocking(False)
+        plain.setblocking(False)
+        up = b""  # from the kernel, being sent over TLS: resent unchanged after a WANT_* (OpenSSL asks that)
+        down = b""  # from the server, decrypted, not yet taken by the kernel's socket
+        tls_read_needs: object = None  # what a TLS read waits for: readable (None) or writable (WANT_WRITE)
+        tls_write_needs: object = None
+        while True:
+            readers: list[socket.socket] = [] if up else [plain]
+            writers: list[socket.socket] = [plain] if down else []
+            if up:
+                (readers if tls_write_needs == "read" else writers).append(tls)
+            # Records OpenSSL has already decrypted wait in its buffer, invisible to select.
+            tls_ready = not down and isinstance(tls, ssl.SSLSocket) and tls.pending() > 0
+            if not down and not tls_ready:
+                (writers if tls_read_needs == "write" else readers).append(tls)
+            readable, writable, _ = select.select(readers, writers, [], 0 if tls_ready else None)
+            if plain in readable:
+                up = plain.recv(self.CHUNK)
+                if not up:
+                    return
+            if up and (tls in writable or tls in readable):
+                try:
+                    up = up[tls.send(up) :]
+                    tls_write_needs = None
+                except ssl.SSLWantReadError:
+                    tls_write_needs = "read"
+                except ssl.SSLWantWriteError:
+                    tls_write_needs = None
+            if not down and (tls_ready or tls in readable or tls in writable):
+                try:
+                    down = tls.recv(self.CHUNK)
+                    tls_read_needs = None
+                except ssl.SSLWantReadError:
+                    tls_read_needs = None
+                except ssl.SSLWantWriteError:
+                    tls_read_needs = "write"
+                else:
+                    if not down:
+                        return
+            if down and plain in writable:
+                down = down[plain.send(down) :]
 
 
 class Supervisor:
@@ -115,11 +171,30 @@ class Supervisor:
         self.context: ssl.SSLContext | None = connect.tls_context(self.root)
         self.info: ExportInfo | None = None
         self.kmsg: int | None = None
+        # Each server's numeric addresses, resolved once: after switch_root there may be no resolver.
+        self.addresses: dict[NbdServer, list[connect.Address]] = {}
+        self.server = self.root.servers[0]  # the one the device is connected through
+        self.sysrq: int | None = None  # /proc/sysrq-trigger, opened before switch_root for lost=reboot
+        self.state: dict[str, object] = {}  # the record of the attached device (see record)
+        self.state_dir_fd: int | None = None
 
     # -- connections --------------------------------------------------------------------
 
-    def _open(self, deadline: float, greeting: float) -> tuple[socket.socket, ExportInfo]:
-        return connect.open_export(self.root, deadline=deadline, context=self.context, greeting=greeting)
+    def _open(self, server: NbdServer, deadline: float) -> tuple[socket.socket, ExportInfo]:
+        if server not in self.addresses:
+            self.addresses[server] = connect.resolve(self.root.through(server))
+        return connect.open_export(self.root.through(server), deadline=deadline, context=self.context, addresses=self.addresses[server])
+
+    def _open_first(self, servers: Sequence[NbdServer], deadline: float) -> tuple[NbdServer, socket.socket, ExportInfo]:
+        """A connection through the first of SERVERS that answers; each gets an equal share of the time left."""
+        failures = []
+        for position, server in enumerate(servers):
+            share = (deadline - time.monotonic()) / (len(servers) - position)
+            try:
+                return (server, *self._open(server, time.monotonic() + share))
+            except connect.Unreachable as error:
+                failures.append(str(error))
+        raise connect.Unreachable("; ".join(failures))
 
     def kernel_socket(self, sock: socket.socket) -> socket.socket:
         """The socket the kernel gets: SOCK itself, or a proxied socketpair end for TLS."""
@@ -127,47 +202,118 @@ class Supervisor:
         return sock if self.context is None else TlsProxy(sock).kernel_end
 
     def first_connections(self) -> list[socket.socket]:
-        sock, info = connect.with_retry(self._open, root=self.root, timeout=self.request.timeout)
+        server, sock, info = connect.with_retry(
+            lambda deadline: self._open_first(self.root.servers, deadline), root=self.root, timeout=self.request.timeout
+        )
         socks = [sock]
         try:
             wanted = self.root.connections if info.multi_conn else 1
             if wanted < self.root.connections:
-                log.info(f"{self.root.uri}: server does not allow several connections; using one")
-            for _ in range(wanted - 1):
-                socks.append(connect.with_retry(self._open, root=self.root, timeout=self.request.timeout)[0])
+                log.info(f"{self.root.server_uri(server)}: server does not allow several connections; using one")
+            socks += self._extra_connections(server, wanted - 1)
         except BaseException:
             for each in socks:
                 each.close()
             raise
-        self.info = info
+        self.info, self.server = info, server
+        if len(self.root.servers) > 1:
+            log.info(f"{self.root.server_uri(server)} answered first")
+        self._resolve_the_others()
         return [self.kernel_socket(each) for each in socks]
 
-    def reconnect(self) -> socket.socket:
-        """A new connection, trying forever with backoff: a root device has no one else to ask."""
+    def _extra_connections(self, server: NbdServer, count: int) -> list[socket.socket]:
+        """Up to COUNT more connections, one attempt each: a server that takes fewer (a connection
+        limit, a full backlog) gets the ones it took, with a console line, not a failed attach."""
+        socks: list[socket.socket] = []
+        for _ in range(count):
+            try:
+                socks.append(self._open(server, time.monotonic() + connect.ATTEMPT_TIMEOUT)[0])
+            except KiwiOverlayError as error:
+                accepted = len(socks) + 1
+                log.info(
+                    f"{self.root.server_uri(server)}: the server accepted {accepted} of {count + 1} connections; using {accepted} ({error})"
+                )
+                break
+        return socks
+
+    def _resolve_the_others(self) -> None:
+        """The addresses of every other server now, while the initrd's resolver works."""
+        for server in self.root.servers:
+            if server not in self.addresses:
+                try:
+                    self.addresses[server] = connect.resolve(self.root.through(server))
+                except connect.Unreachable as error:
+                    self.addresses[server] = []
+                    log.info(f"{error}; it will not be used to reconnect")
+
+    def different_image(self, server: NbdServer, info: ExportInfo) -> str | None:
+        """Why SERVER's export (INFO) is not the image the device was attached to, or None when it is the same.
+
+        A reconnect only goes where this says None: another server may hold another version of the image.
+        """
+        assert self.info is not None
+        if info.size != self.info.size:
+            return f"{self.root.server_uri(server)} has {info.size} bytes instead of {self.info.size}"
+        return None
+
+    def reconnect(self, *, give_up: Callable[[], None] | None = None) -> socket.socket:
+        """A new connection to the server the device used, else to any other with the same image; tries forever.
+
+        After rd.root.overlay.nbd.lost's SECONDS without a server: reboot, or GIVE_UP() (fail I/O) once, and go on trying.
+        """
+        lost = self.root.lost
+        policy_at = time.monotonic() + lost.seconds if lost.seconds is not None else None
+        previous = self.server
+        order = [previous, *(server for server in self.root.servers if server != previous and self.addresses.get(server))]
         attempt = 0
         while True:
             attempt += 1
+            deadline = time.monotonic() + connect.ATTEMPT_TIMEOUT
+            if policy_at is not None:
+                deadline = min(deadline, max(policy_at, time.monotonic() + 1))
             try:
-                sock, info = self._open(time.monotonic() + connect.ATTEMPT_TIMEOUT, connect.greeting_timeout(attempt))
+                server, sock, info = self._open_first(order, deadline)
             except KiwiOverlayError as error:
                 if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
                     self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
-                time.sleep(connect.backoff(attempt))
-                continue
-            assert self.info is not None
-            if info.size != self.info.size:
+            else:
+                problem = self.different_image(server, info)
+                if problem is None:
+                    if server != previous:
+                        self.say(f"{self.root.server_uri(server)} took over from {self.root.server_uri(previous)} (same image)")
+                    self.server = server
+                    return self.kernel_socket(sock)
                 sock.close()
-                self.say(f"{self.root.uri} now has {info.size} bytes instead of {self.info.size}; not reconnecting to it")
-                time.sleep(connect.backoff(attempt))
-                continue
-            return self.kernel_socket(sock)
+                self.say(f"{problem}; not reconnecting to it")
+                order.remove(server)
+            if policy_at is not None and time.monotonic() >= policy_at:
+                policy_at = None
+                self.lost_too_long(give_up)
+            time.sleep(connect.backoff(attempt))
+
+    def lost_too_long(self, give_up: Callable[[], None] | None) -> None:
+        """rd.root.overlay.nbd.lost=fail:SECONDS or reboot:SECONDS: SECONDS have passed without a server."""
+        lost = self.root.lost
+        option = f"rd.root.overlay.nbd.lost={lost.action}:{lost.seconds:g}"
+        if lost.action == "reboot":
+            self.say(f"no NBD server for {lost.seconds:g} s: rebooting ({option})", level=2)
+            if self.sysrq is not None:
+                os.write(self.sysrq, b"b")  # at once: a sync would wait on the root device that is gone
+            return
+        self.say(f"no NBD server for {lost.seconds:g} s: I/O on the root device fails from now on ({option})", level=2)
+        if give_up is not None:
+            try:
+                give_up()
+            except Exception as error:  # the kernel fails I/O after SECONDS by itself; keep reconnecting
+                self.say(f"cannot make I/O fail at once: {error}")
 
     # -- messages after start -----------------------------------------------------------
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, *, level: int = 6) -> None:
+        """TEXT in the kernel log (and so on the console and in the journal) at syslog LEVEL, or on stderr before start."""
         if self.kmsg is not None:
             try:
-                os.write(self.kmsg, f"<6>kiwi-overlay-nbd[{os.getpid()}]: {text}\n".encode()[:1000])
+                os.write(self.kmsg, f"<{level}>kiwi-overlay-nbd[{os.getpid()}]: {text}\n".encode()[:1000])
                 return
             except OSError:
                 pass
@@ -182,16 +328,47 @@ class Supervisor:
             block_size=kernel_block_size(self.info, peer=self.root.address),
             server_flags=self.info.flags,
             io_timeout=self.root.io_timeout,
-            dead_conn_timeout=self.request.timeout,
+            dead_conn_timeout=self.dead_conn_timeout(),
             backend=f"kiwi-overlay {self.root.uri}",
         )
 
+    def dead_conn_timeout(self) -> float:
+        """How long the kernel holds I/O while no connection is alive: lost=fail:SECONDS, else until a reconnect."""
+        lost = self.root.lost
+        return lost.seconds if lost.action == "fail" and lost.seconds is not None else WAIT_FOREVER
+
     def record(self, index: int, mode: str) -> None:
+        """STATE_DIR/nbdINDEX.json for detach and `kiwi-overlay status`; kept up to date through a directory descriptor.
+
+        After switch_root this process still sees the initrd's (emptied) tree; /run moved to the real root with the descriptor.
+        """
         self.request.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"device": str(kernel.device_path(index)), "index": index, "uri": self.root.uri, "pid": os.getpid(), "mode": mode}
-        path = self.request.state_dir / f"nbd{index}.json"
-        path.with_suffix(".tmp").write_text(json.dumps(state) + "\n")
-        path.with_suffix(".tmp").rename(path)
+        self.state_dir_fd = os.open(self.request.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.state = {
+            "device": str(kernel.device_path(index)),
+            "index": index,
+            "uri": self.root.uri,
+            "servers": [self.root.server_uri(server) for server in self.root.servers],
+            "pid": os.getpid(),
+            "mode": mode,
+        }
+        self.update_state("connected")
+
+    def update_state(self, connection: str) -> None:
+        """The connection state in the record: connected, reconnecting, or failing (lost=fail gave up)."""
+        if self.state_dir_fd is None:
+            return
+        self.state |= {"connection": connection, "server": self.root.server_uri(self.server), "since": time.time()}
+        name = f"nbd{self.state['index']}.json"
+        try:
+            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self.state_dir_fd)
+            try:
+                os.write(fd, (json.dumps(self.state) + "\n").encode())
+            finally:
+                os.close(fd)
+            os.rename(name + ".tmp", name, src_dir_fd=self.state_dir_fd, dst_dir_fd=self.state_dir_fd)
+        except OSError as error:  # only `kiwi-overlay status` reads it: not worth failing for
+            self.say(f"cannot update {name}: {error.strerror}")
 
     def run(self, ready: Any) -> None:
         log.debug("nbd supervisor: started")
@@ -229,11 +406,21 @@ class Supervisor:
                 time.sleep(1)
                 continue
             for _ in (dead for dead in dead_links if dead == index):
-                self.say(f"/dev/nbd{index}: connection to {self.root.address} lost; reconnecting")
-                sock = self.reconnect()
+                self.say(f"/dev/nbd{index}: connection to {self.server.address} lost; reconnecting")
+                self.update_state("reconnecting")
+
+                def give_up() -> None:
+                    # Requests fail at once from now on, instead of each waiting for a server.
+                    kernel.reconfigure(link, index, [], backend=self.config().backend, dead_conn_timeout=0)
+                    self.update_state("failing")
+
+                sock = self.reconnect(give_up=give_up)
                 try:
-                    kernel.reconfigure(link, index, [sock.fileno()], backend=self.config().backend)
-                    self.say(f"/dev/nbd{index}: reconnected to {self.root.uri}")
+                    kernel.reconfigure(
+                        link, index, [sock.fileno()], backend=self.config().backend, dead_conn_timeout=self.dead_conn_timeout()
+                    )
+                    self.say(f"/dev/nbd{index}: reconnected to {self.root.server_uri(self.server)}")
+                    self.update_state("connected")
                 except Exception as error:
                     self.say(f"/dev/nbd{index}: {error}")
                 finally:
@@ -260,9 +447,13 @@ class Supervisor:
                 self.start_logging()
                 ready(f"ok {device}")
                 ready = None
+            else:
+                self.update_state("connected")
             done.wait()
             sock.close()
-            self.say(f"{device}: connection to {self.root.address} lost; reconnecting")
+            self.say(f"{device}: connection to {self.server.address} lost; reconnecting")
+            self.update_state("reconnecting")
+            # The old interface has no dead-connection wait: I/O fails while no connection is alive, whatever lost= says.
             sock = self.reconnect()
 
     @staticmethod
@@ -274,11 +465,19 @@ class Supervisor:
         done.set()
 
     def start_logging(self) -> None:
+        """Open what messages and lost=reboot need, while the initrd's /dev and /proc are there."""
         if self.request.log_to_kmsg:
             try:
                 self.kmsg = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
             except OSError:
                 self.kmsg = None
+        if self.root.lost.action == "reboot":
+            try:
+                self.sysrq = os.open("/proc/sysrq-trigger", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as error:
+                log.info(
+                    f"rd.root.overlay.nbd.lost=reboot: cannot open /proc/sysrq-trigger ({error.strerror}); the machine will not reboot"
+                )
 
 
 def _harden() -> None:

@@ -1,7 +1,8 @@
 """The network for a root server, in dracut's syntax, configured with pyroute2.
 
-    grammar.py   ip=, ifname=, BOOTIF=, nameserver=, rd.route= parsed into frozen dataclasses
+    grammar.py   ip=, ifname=, BOOTIF=, nameserver=, rd.route=, vlan=, bond=, bridge= parsed into frozen dataclasses
     links.py     Ethernet links up and carrier, by kernel link events (shared with AoE)
+    virtual.py   bonds, bridges and VLANs created before any address
     bringup.py   "already up" by a route lookup; otherwise links, addresses, routes, DNS as ip= says
     dhcp.py      DHCPv4 leases with pyroute2's client, configured for a boot
 

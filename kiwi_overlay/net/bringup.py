@@ -4,8 +4,8 @@ Whatever network stack dracut put into the initrd (network-legacy, systemd-netwo
 NetworkManager, none) may or may not have configured the interface by the time the root is
 attached. kiwi-overlay checks for a route to the root server first and changes nothing when
 there is one; otherwise it does what ip= asks itself: interface names, links up, carrier,
-static addresses and routes, DHCPv4, IPv6 autoconfiguration. pyroute2 (and with it asyncio)
-is imported only in that second case.
+static addresses and routes, DHCPv4 (net/dhcp.py), IPv6 autoconfiguration. pyroute2 and
+asyncio are imported only in that second case.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import NbdRoot, Network, Plan
+from kiwi_overlay.config import DhcpRoot, NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease
@@ -118,32 +118,43 @@ def bring_up(
     timeout: float,
     lease_dir: Path = LEASE_DIR,
     resolv_conf: Path = RESOLV_CONF,
-) -> None:
+    requested: bool = False,
+) -> tuple[DhcpLease, ...]:
     """Make the root server reachable as ip= says, within TIMEOUT seconds; raise KiwiOverlayError if not.
 
-    Does nothing when the plan needs no IP configuration or the network is already up.
+    Does nothing when the network is already up (except for root=dhcp, which needs a lease of its
+    own), or when the plan needs no IP configuration and it was not REQUESTED (`kiwi-overlay net up`
+    asks for what ip= says even without a network root). Returns the DHCP leases it applied.
     """
     network = plan.network
-    if not network.needs_ip:
-        return
+    if not (network.needs_ip or requested):
+        return ()
+    if not network.ip:
+        raise KiwiOverlayError("nothing to configure: no ip=, no rd.neednet=1 and no network root on the command line; e.g. ip=eth0:dhcp")
     started = time.monotonic()
     server = plan.root.host if isinstance(plan.root, NbdRoot) else None
-    if already_up(network, server):
+    if not isinstance(plan.root, DhcpRoot) and already_up(network, server):
         log.info(f"network already up ({f'route to {server}' if server else 'interfaces configured'}): nothing to change")
-        return
+        return ()
     configs = [config for config in network.configs if config.method != "off"]
     if not configs:
         raise KiwiOverlayError(f"ip={' ip='.join(network.ip)}: no IP configuration asked for, and no route to {server or 'the network'}")
+    if network.team:
+        raise KiwiOverlayError(
+            f"team={network.team[0]}: teaming needs teamd, which kiwi-overlay does not run; use bond= "
+            "(e.g. bond=bond0:eth0,eth1:mode=active-backup)"
+        )
     for config in configs:
         if config.method == "dhcp6":
             raise KiwiOverlayError(
                 f"ip={config.text}: {config.method} is not supported by kiwi-overlay's own network bring-up "
                 "(it works when the initrd's network stack configures the interface first); use dhcp, auto6 or a static address"
             )
-    _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
+    leases = _Bringup(network, started, timeout, lease_dir, resolv_conf).run(configs)
     if server is not None:
         _check_server(server)
     log.info(f"network up in {time.monotonic() - started:.3f} s")
+    return leases
 
 
 class _Bringup:
@@ -164,7 +175,7 @@ class _Bringup:
     def elapsed(self) -> str:
         return f"{time.monotonic() - self.started:.3f} s"
 
-    def run(self, configs: Sequence[IpConfig]) -> None:
+    def run(self, configs: Sequence[IpConfig]) -> tuple[DhcpLease, ...]:
         from kiwi_overlay.pyroute import skip_package_init
 
         skip_package_init()
@@ -172,7 +183,12 @@ class _Bringup:
 
         with _netlink("preparing the links"), IPRoute() as ipr:
             _rename_links(ipr, self.network)
-            jobs = [(config, (config.interface,) if config.interface else self._candidates()) for config in configs]
+            used: tuple[str, ...] = ()
+            if self.network.bonds or self.network.bridges or self.network.vlans:
+                from kiwi_overlay.net.virtual import create_links
+
+                used = create_links(ipr, self.network)
+            jobs = [(config, (config.interface,) if config.interface else self._candidates(used)) for config in configs]
             for config, names in jobs:
                 for name in names:
                     _prepare_link(ipr, name, config)
@@ -192,7 +208,8 @@ class _Bringup:
                     self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
                     if lease.mtu:
                         ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
-                    nameservers += lease.nameservers
+                    if self.network.peerdns:
+                        nameservers += lease.nameservers
                 for route in self.network.routes:
                     spec = {
                         "dst": route.destination,
@@ -209,14 +226,18 @@ class _Bringup:
             raise
         for lease in leases:
             self._write_lease(lease)
-        domain = next((lease.domain for lease in leases if lease.domain), None)
+        domain = next((lease.domain for lease in leases if lease.domain and self.network.peerdns), None)
         if nameservers:
             _write_resolv_conf(self.resolv_conf, list(dict.fromkeys(nameservers)), domain)
+        return tuple(leases)
 
-    def _candidates(self) -> tuple[str, ...]:
-        """The interfaces ip= without a name may use: the BOOTIF one, else every Ethernet link not named elsewhere."""
+    def _candidates(self, used: tuple[str, ...]) -> tuple[str, ...]:
+        """The interfaces ip= without a name may use: bootdev=, the BOOTIF one, else every Ethernet link
+        not named elsewhere and not a port or VLAN parent (USED)."""
         from kiwi_overlay.net.links import ethernet_links
 
+        if self.network.bootdev:
+            return (self.network.bootdev,)
         links = ethernet_links()
         if self.network.bootif:
             chosen = [link.name for link in links if link.mac.lower() == self.network.bootif]
@@ -224,7 +245,7 @@ class _Bringup:
                 log.info(f"BOOTIF {self.network.bootif} is {chosen[0]}")
                 return (chosen[0],)
             log.info(f"no interface has the BOOTIF address {self.network.bootif}: trying every Ethernet interface")
-        named = {config.interface for config in self.network.configs}
+        named = {config.interface for config in self.network.configs} | set(used)
         candidates = tuple(link.name for link in links if link.name not in named)
         if not candidates:
             raise KiwiOverlayError("no Ethernet interface for ip=dhcp (is the network driver in the initrd?)")
@@ -232,7 +253,7 @@ class _Bringup:
 
     def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
         """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
-        from kiwi_overlay.net.links import links_up
+        from kiwi_overlay.net.links import forward_pyroute2_logging, links_up
 
         for config, names in jobs:
             log.info(f"{', '.join(names)}: link up, waiting for carrier")
@@ -248,7 +269,7 @@ class _Bringup:
         if dhcp_jobs:
             import asyncio
 
-            dhcp.forward_pyroute2_logging()
+            forward_pyroute2_logging()
             leases = asyncio.run(self._leases(dhcp_jobs))
         for config, names in jobs:
             if config.method == "auto6":
@@ -269,9 +290,9 @@ class _Bringup:
             indexes = {_index(ipr, name): name for name in names}
             while True:
                 for message in ipr.get_addr(family=socket.AF_INET6):
-                    flags = message.get("IFA_FLAGS") or message["flags"]
+                    flags = message.get_attr("IFA_FLAGS") or message["flags"]
                     if message["index"] in indexes and message["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
-                        address = f"{message.get('IFA_ADDRESS')}/{message['prefixlen']}"
+                        address = f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
                         log.info(f"{indexes[message['index']]}: address {address} from router advertisements ({self.elapsed()})")
                         return
                 remaining = self.remaining()

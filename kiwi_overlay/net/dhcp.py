@@ -1,15 +1,55 @@
-"""DHCPv4 for a boot with pyroute2's client: no release on exit, no files, no signal handlers."""
+"""DHCPv4 for a boot: DISCOVER, OFFER, REQUEST, ACK on a packet socket, with the standard library only.
+
+pyroute2's own DHCP layers differ between the releases kiwi-overlay supports: 0.7 (Debian 12
+and 13) has a blocking socket and a message codec without the host name, domain name, root path
+and MTU options; 0.9 has an asyncio client, socket and codec of another shape. The few hundred
+bytes of RFC 2131 are simpler to write than to bridge, and one code path serves every release
+(and imports no pyroute2). A boot needs no renewal and no release: the booted system's DHCP
+client takes the lease over (the lease file, see bringup).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
 
 # DHCP retransmissions for a boot: quick at first (RFC 2131's 4 s start is for busy networks).
 DHCP_RETRY = (0.5, 1.0, 1.0, 2.0)
+SERVER_PORT, CLIENT_PORT = 67, 68
+ETH_P_IP = 0x0800
+BROADCAST_MAC = b"\xff" * 6
+MAGIC_COOKIE = b"c\x82Sc"
+BOOTREQUEST, BOOTREPLY = 1, 2
+FLAG_BROADCAST = 0x8000  # the client has no address yet: servers answer by broadcast
+DISCOVER, OFFER, REQUEST, ACK, NAK = 1, 2, 3, 5, 6
+MIN_BOOTP_SIZE = 300  # some servers ignore shorter requests (RFC 951's size)
+# The options a reply carries that kiwi-overlay reads: code -> (name, kind). Names as pyroute2's
+# lease files spell them, so the booted system's tools read kiwi-overlay's lease file alike.
+OPTIONS: dict[int, tuple[str, str]] = {
+    1: ("subnet_mask", "ip"),
+    3: ("router", "ips"),
+    6: ("name_server", "ips"),
+    12: ("host_name", "text"),
+    15: ("domain_name", "text"),
+    17: ("root_path", "text"),
+    26: ("interface_mtu", "u16"),
+    28: ("broadcast_address", "ip"),
+    51: ("lease_time", "u32"),
+    53: ("message_type", "u8"),
+    54: ("server_id", "ip"),
+    58: ("renewal_time", "u32"),
+    59: ("rebinding_time", "u32"),
+}
+# Requested (option 55): mask, router, DNS, host and domain name, root path (root=dhcp), MTU, times.
+PARAMETER_LIST = (1, 3, 6, 12, 15, 17, 26, 28, 51, 58, 59)
 
 
 @dataclass(frozen=True)
@@ -24,23 +64,107 @@ class DhcpLease:
     domain: str | None
     mtu: int | None
     server: str | None
-    record: dict[str, Any]  # pyroute2's lease as JSON, loadable by its JSONFileLease
+    record: dict[str, Any]  # the lease file's content: the ACK as JSON, in pyroute2's lease file layout
+    root_path: str | None = None  # option 17: where the root is (root=dhcp)
 
 
-def forward_pyroute2_logging() -> None:
-    """pyroute2's DHCP client logs every step: into kiwi-overlay's debug log, never raw onto the console."""
-    import logging
+@dataclass(frozen=True)
+class Reply:
+    """A decoded server reply."""
 
-    class ToDebugLog(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            log.debug(f"pyroute2: {record.getMessage()}")
+    xid: int
+    yiaddr: str
+    siaddr: str
+    chaddr: bytes
+    options: dict[str, Any] = field(default_factory=dict)
 
-    logger = logging.getLogger("pyroute2")
-    logger.handlers[:] = [ToDebugLog()]
-    logger.propagate = False
-    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
-    # The DHCP client's own steps (DISCOVER, OFFER, REQUEST, ACK), not every netlink message.
-    logging.getLogger("pyroute2.dhcp").setLevel(logging.INFO if log.debugging() else logging.CRITICAL)
+
+def _option(code: int, value: bytes) -> bytes:
+    return bytes((code, len(value))) + value
+
+
+def encode(*, kind: int, xid: int, mac: bytes, hostname: str | None, requested: str | None = None, server: str | None = None) -> bytes:
+    """A BOOTREQUEST of message type KIND from MAC, padded to the BOOTP minimum."""
+    header = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", BOOTREQUEST, 1, 6, 0, xid, 0, FLAG_BROADCAST, *(b"\0" * 4,) * 4, mac, b"", b"")
+    options = _option(53, bytes((kind,))) + _option(61, b"\x01" + mac) + _option(55, bytes(PARAMETER_LIST))
+    options += _option(57, struct.pack("!H", 1500))
+    if hostname:
+        options += _option(12, hostname.encode()[:255])
+    if requested:
+        options += _option(50, socket.inet_aton(requested))
+    if server:
+        options += _option(54, socket.inet_aton(server))
+    message = header + MAGIC_COOKIE + options + b"\xff"
+    return message.ljust(MIN_BOOTP_SIZE, b"\0")
+
+
+def _value(kind: str, data: bytes) -> Any:
+    if kind == "ip":
+        return socket.inet_ntoa(data[:4]) if len(data) >= 4 else None
+    if kind == "ips":
+        return [socket.inet_ntoa(data[index : index + 4]) for index in range(0, len(data) - 3, 4)]
+    if kind == "text":
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+    size = {"u8": 1, "u16": 2, "u32": 4}[kind]
+    return int.from_bytes(data[:size], "big") if len(data) >= size else None
+
+
+def decode(message: bytes) -> Reply | None:
+    """A BOOTREPLY's fields and the options of OPTIONS; None for anything else."""
+    if len(message) < 240 or message[0] != BOOTREPLY or message[236:240] != MAGIC_COOKIE:
+        return None
+    xid = int.from_bytes(message[4:8], "big")
+    raw: dict[int, bytes] = {}
+    offset = 240
+    while offset < len(message) and message[offset] != 255:
+        code = message[offset]
+        if code == 0:  # pad
+            offset += 1
+            continue
+        length = message[offset + 1] if offset + 1 < len(message) else 0
+        raw[code] = raw.get(code, b"") + message[offset + 2 : offset + 2 + length]  # RFC 3396: repeated codes concatenate
+        offset += 2 + length
+    options = {name: _value(kind, raw[code]) for code, (name, kind) in OPTIONS.items() if code in raw}
+    return Reply(
+        xid=xid,
+        yiaddr=socket.inet_ntoa(message[16:20]),
+        siaddr=socket.inet_ntoa(message[20:24]),
+        chaddr=message[28:34],
+        options={name: value for name, value in options.items() if value is not None},
+    )
+
+
+def udp_payload(packet: bytes) -> bytes | None:
+    """The payload of an IPv4 UDP packet to the DHCP client port (not fragmented); None for anything else."""
+    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_UDP:
+        return None
+    if int.from_bytes(packet[6:8], "big") & 0x3FFF:  # more fragments, or an offset
+        return None
+    header = (packet[0] & 0x0F) * 4
+    sport, dport, length = struct.unpack("!HHH", packet[header : header + 6])
+    if dport != CLIENT_PORT or sport != SERVER_PORT:
+        return None
+    return packet[header + 8 : header + length]
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_packet(payload: bytes) -> bytes:
+    """PAYLOAD from 0.0.0.0:68 to 255.255.255.255:67 as an IPv4 packet (the UDP checksum is optional in IPv4)."""
+    udp = struct.pack("!HHHH", CLIENT_PORT, SERVER_PORT, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0x10, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0, b"\0" * 4, b"\xff" * 4)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + udp
+
+
+def new_xid() -> int:
+    return int.from_bytes(os.urandom(4), "big")
 
 
 def _retransmission() -> Iterator[float]:
@@ -49,56 +173,88 @@ def _retransmission() -> Iterator[float]:
         yield DHCP_RETRY[-1]
 
 
+class _Exchange:
+    """One interface's packet socket (IPv4, link layer handled by the kernel) and transaction."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mac = bytes.fromhex(Path(f"/sys/class/net/{name}/address").read_text().strip().replace(":", ""))
+        self.xid = new_xid()
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        self.sock.setblocking(False)
+        self.sock.bind((name, ETH_P_IP))
+
+    async def ask(self, request: bytes, wanted: tuple[int, ...]) -> tuple[Reply, bytes]:
+        """Send REQUEST until a reply of a WANTED type comes back (retransmitting); the reply and the server's MAC."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        packet = udp_packet(request)
+        waits = _retransmission()
+        while True:
+            wait = next(waits)
+            await loop.sock_sendto(self.sock, packet, (self.name, ETH_P_IP, 0, 0, BROADCAST_MAC))
+            deadline = loop.time() + wait
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    data, address = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 4096), remaining)
+                except TimeoutError:
+                    break
+                payload = udp_payload(data)
+                reply = decode(payload) if payload else None
+                if reply and reply.xid == self.xid and reply.chaddr == self.mac and reply.options.get("message_type") in wanted:
+                    return reply, address[4]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 async def lease(name: str, hostname: str | None) -> DhcpLease:
-    """A DHCPv4 lease on NAME, configured for a boot: no release on exit, no files, no signal handlers."""
-    from dataclasses import asdict
+    """A DHCPv4 lease on NAME: retries until the caller gives up (it cancels); a NAK starts over."""
+    exchange = _Exchange(name)
+    try:
+        while True:
+            discover = encode(kind=DISCOVER, xid=exchange.xid, mac=exchange.mac, hostname=hostname)
+            offer, _ = await exchange.ask(discover, (OFFER,))
+            server = offer.options.get("server_id")
+            log.debug(f"{name}: DHCP offer of {offer.yiaddr} from {server}")
+            request = encode(kind=REQUEST, xid=exchange.xid, mac=exchange.mac, hostname=hostname, requested=offer.yiaddr, server=server)
+            ack, server_mac = await exchange.ask(request, (ACK, NAK))
+            if ack.options["message_type"] == ACK:
+                return _lease(name, ack, server_mac)
+            log.debug(f"{name}: DHCP NAK from {server}, starting over")
+            exchange.xid = new_xid()
+    finally:
+        exchange.close()
 
-    from kiwi_overlay.pyroute import skip_package_init
 
-    skip_package_init()
-    from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
-    from pyroute2.dhcp.fsm import State
-    from pyroute2.dhcp.leases import Lease, MissingOptionError
+def _lease(name: str, ack: Reply, server_mac: bytes) -> DhcpLease:
+    import ipaddress
 
-    class BootLease(Lease):  # type: ignore[misc]
-        """Kept in memory: kiwi-overlay writes the lease file itself once the address is applied."""
-
-        def dump(self) -> None:
-            pass
-
-        @classmethod
-        def load(cls, interface: str) -> None:
-            return None
-
-    config = ClientConfig(
-        interface=name,
-        lease_type=BootLease,
-        release=False,
-        write_pidfile=False,
-        handle_signals=False,
-        retransmission=_retransmission,
-        vendor_id=None,
-        host_name=hostname,
-    )
-    async with AsyncDHCPClient(config) as client:
-        await client.bootstrap()
-        await client.wait_for_state(State.BOUND)
-        lease = client.lease
-
-    def option(name: str) -> Any:
-        try:
-            return getattr(lease, name)
-        except MissingOptionError:
-            return None
-
+    options = ack.options
+    mask = options.get("subnet_mask")
+    record = {
+        "ack": {
+            "op": BOOTREPLY,
+            "xid": ack.xid,
+            "yiaddr": ack.yiaddr,
+            "siaddr": ack.siaddr,
+            "chaddr": ack.chaddr.hex(":"),
+            "options": options,
+        },
+        "interface": name,
+        "server_mac": server_mac.hex(":"),
+        "obtained": time.time(),
+    }
     return DhcpLease(
         interface=name,
-        address=lease.ip,
-        prefix=lease.prefixlen if option("subnet_mask") else 32,
-        routers=tuple(option("routers") or ()),
-        nameservers=tuple(option("name_servers") or ()),
-        domain=option("domain_name"),
-        mtu=option("mtu"),
-        server=option("server_id"),
-        record=asdict(lease),
+        address=ack.yiaddr,
+        prefix=ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else 32,
+        routers=tuple(options.get("router", ())),
+        nameservers=tuple(options.get("name_server", ())),
+        domain=options.get("domain_name") or None,
+        mtu=options.get("interface_mtu"),
+        server=options.get("server_id"),
+        record=record,
+        root_path=options.get("root_path") or None,
     )

@@ -1,7 +1,8 @@
-"""dracut's network options parsed into data: ip=, ifname=, BOOTIF=, nameserver=, rd.route=.
+"""dracut's network options parsed into data: ip=, ifname=, BOOTIF=, nameserver=, rd.route=, vlan=, bond=, bridge=.
 
 Pure parsing (no I/O, no pyroute2), following dracut 059's net-lib.sh (ip_to_var,
-route_to_var, parse_ifname_opts, fix_bootif). Malformed values raise a one-line OptionError.
+route_to_var, parse_ifname_opts, fix_bootif) and network-legacy's parse-vlan.sh, parse-bond.sh,
+parse-bridge.sh. Malformed values raise a one-line OptionError.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kiwi_overlay.cmdline import KernelCmdline
+from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.errors import OptionError
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
@@ -116,19 +117,21 @@ def _prefix_of(mask: str, address: str, value: str) -> int:
     """The prefix length of a netmask given as a number or (IPv4) a dotted mask."""
     version = 6 if ":" in address else 4
     limit = 128 if version == 6 else 32
-    if mask.isdigit() and 0 < int(mask) <= limit:
-        return int(mask)
+    prefix = whole_number(mask, low=1, high=limit)
+    if prefix is not None:
+        return prefix
     if version == 4 and _address(mask, family=4):
         bits = "".join(f"{int(octet):08b}" for octet in mask.split("."))
         if "01" not in bits and "1" in bits:
             return bits.count("1")
-    raise OptionError("ip", value, f"netmask {mask!r} is not a prefix length (1-{limit}) or a dotted netmask", _STATIC_EXAMPLE)
+    raise OptionError("ip", value, f"netmask {mask[:20]!r} is not a prefix length (1-{limit}) or a dotted netmask", _STATIC_EXAMPLE)
 
 
 def _mtu(text: str, value: str) -> int:
-    if not text.isdigit() or not 68 <= int(text) <= 65535:
-        raise OptionError("ip", value, f"MTU {text!r} is not a number from 68 to 65535", "ip=eth0:dhcp:9000")
-    return int(text)
+    mtu = whole_number(text, low=68, high=65535)
+    if mtu is None:
+        raise OptionError("ip", value, f"MTU {text[:20]!r} is not a number from 68 to 65535", "ip=eth0:dhcp:9000")
+    return mtu
 
 
 def _mtu_and_mac(rest: list[str], value: str) -> tuple[int | None, str | None]:
@@ -242,8 +245,8 @@ def parse_route(value: str) -> StaticRoute:
     network, slash, prefix = destination.partition("/")
     address = _address(network)
     limit = 128 if address and ":" in address else 32
-    if address is None or (slash and not (prefix.isdigit() and int(prefix) <= limit)):
-        raise OptionError("rd.route", value, f"{destination!r} is not NET/PREFIX", example)
+    if address is None or (slash and whole_number(prefix, low=0, high=limit) is None):
+        raise OptionError("rd.route", value, f"{destination[:60]!r} is not NET/PREFIX", example)
     family = 6 if ":" in address else 4
     if gateway and _address(gateway, family=family) is None:
         raise OptionError("rd.route", value, f"gateway {gateway!r} is not an IPv{family} address", example)
@@ -251,6 +254,94 @@ def parse_route(value: str) -> StaticRoute:
     if interface is not None:
         interface = _interface(interface, option="rd.route", value=value, example=example)
     return StaticRoute(f"{address}/{prefix or limit}", _address(gateway) if gateway else None, interface)
+
+
+@dataclass(frozen=True)
+class Vlan:
+    """vlan=NAME:PARENT; the VLAN ID is the number at the end of NAME (vlan0042, vlan42, eth0.0042, eth0.42)."""
+
+    text: str  # as given
+    name: str
+    parent: str
+    vid: int
+
+
+@dataclass(frozen=True)
+class Bond:
+    """bond=NAME[:PORTS[:OPTIONS[:MTU]]]; OPTIONS are the bonding driver's (its sysfs names and values)."""
+
+    text: str
+    name: str
+    ports: tuple[str, ...]
+    options: tuple[tuple[str, str], ...]  # (name, value); arp_ip_target may come more than once
+    mtu: int | None
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """bridge=NAME:PORTS."""
+
+    text: str
+    name: str
+    ports: tuple[str, ...]
+
+
+_VLAN_EXAMPLE = "vlan=eth0.42:eth0"
+_BOND_EXAMPLE = "bond=bond0:eth0,eth1:mode=active-backup,miimon=100"
+_BRIDGE_EXAMPLE = "bridge=br0:eth0"
+_BOND_OPTION = re.compile(r"([a-z_0-9]+)=([A-Za-z0-9_.+;-]+)")
+
+
+def parse_vlan(value: str) -> Vlan:
+    name, _, parent = value.partition(":")
+    if not name or not parent or ":" in parent:
+        raise OptionError("vlan", value, "needs NAME:PARENT", _VLAN_EXAMPLE)
+    _interface(name, option="vlan", value=value, example=_VLAN_EXAMPLE)
+    _interface(parent, option="vlan", value=value, example=_VLAN_EXAMPLE)
+    # dracut's get_vid: vlanNNNN, or PARENT.NNNN (any parent name, zero padding optional).
+    vid_text = name.removeprefix("vlan") if name.startswith("vlan") else name.rpartition(".")[2] if "." in name else ""
+    if not vid_text.isdigit() or not 1 <= int(vid_text) <= 4094:
+        raise OptionError("vlan", value, f"{name!r} does not end in a VLAN ID from 1 to 4094 (vlanID or IFACE.ID)", _VLAN_EXAMPLE)
+    return Vlan(value, name, parent, int(vid_text))
+
+
+def _ports(text: str, *, option: str, value: str, example: str) -> tuple[str, ...]:
+    ports = tuple(text.split(","))
+    for port in ports:
+        _interface(port, option=option, value=value, example=example)
+    if len(set(ports)) != len(ports):
+        raise OptionError(option, value, "names a port twice", example)
+    return ports
+
+
+def parse_bond(value: str) -> Bond:
+    """bond=NAME[:PORTS[:OPTIONS[:MTU]]], or a bare `bond`: bond0 over eth0,eth1 in balance-rr, as dracut does."""
+    fields = value.split(":") if value not in ("", "bond") else []  # a bare `bond` (getargs gives the key)
+    if len(fields) > 4:
+        raise OptionError("bond", value, "has more than NAME:PORTS:OPTIONS:MTU", _BOND_EXAMPLE)
+    name = _interface(fields[0], option="bond", value=value, example=_BOND_EXAMPLE) if fields else "bond0"
+    ports = _ports(fields[1], option="bond", value=value, example=_BOND_EXAMPLE) if len(fields) > 1 else ("eth0", "eth1")
+    options: list[tuple[str, str]] = []
+    for text in fields[2].split(",") if len(fields) > 2 and fields[2] else ("mode=balance-rr",) * (len(fields) < 3):
+        option = _BOND_OPTION.fullmatch(text)
+        if not option or (";" in option[2] and option[1] != "arp_ip_target"):
+            raise OptionError("bond", value, f"bonding option {text!r} is not NAME=VALUE", _BOND_EXAMPLE)
+        # Several ARP targets are separated by ';' (',' separates the options).
+        values = option[2].split(";") if option[1] == "arp_ip_target" else [option[2]]
+        options += [(option[1], item) for item in values]
+    mtu = _mtu(fields[3], value) if len(fields) > 3 and fields[3] else None
+    return Bond(value, name, ports, tuple(options), mtu)
+
+
+def parse_bridge(value: str) -> Bridge:
+    """bridge=NAME:PORTS, or a bare `bridge`: br0 over eth0, as dracut does."""
+    if value in ("", "bridge"):  # a bare `bridge` (getargs gives the key)
+        return Bridge(value, "br0", ("eth0",))
+    name, _, ports = value.partition(":")
+    if not name or not ports or ":" in ports:
+        raise OptionError("bridge", value, "needs NAME:PORTS (ports separated by commas)", _BRIDGE_EXAMPLE)
+    _interface(name, option="bridge", value=value, example=_BRIDGE_EXAMPLE)
+    return Bridge(value, name, _ports(ports, option="bridge", value=value, example=_BRIDGE_EXAMPLE))
 
 
 def parse_ip_configs(values: tuple[str, ...]) -> tuple[IpConfig, ...]:

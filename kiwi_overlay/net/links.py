@@ -33,13 +33,27 @@ class Link:
 
 def _link(message: Any) -> Link:
     return Link(
-        name=message.get("IFLA_IFNAME"),
+        name=message.get_attr("IFLA_IFNAME"),
         index=message["index"],
-        mac=message.get("IFLA_ADDRESS") or "",
+        mac=message.get_attr("IFLA_ADDRESS") or "",
         up=bool(message["flags"] & IFF_UP),
-        carrier=message.get("IFLA_CARRIER") == 1,
+        carrier=message.get_attr("IFLA_CARRIER") == 1,
         ethernet=message["ifi_type"] == ARPHRD_ETHER,
     )
+
+
+def forward_pyroute2_logging() -> None:
+    """pyroute2 logs through logging: into kiwi-overlay's debug log, never raw onto the console."""
+    import logging
+
+    class ToDebugLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug(f"pyroute2: {record.getMessage()}")
+
+    logger = logging.getLogger("pyroute2")
+    logger.handlers[:] = [ToDebugLog()]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
 
 
 def ethernet_links() -> tuple[Link, ...]:

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kiwi_overlay.run import run
@@ -67,6 +67,7 @@ def build_initrd(
     compress: str = "zstd",
     kernel: GuestKernel | None = None,
     kiwi_overlay: Path | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Path:
     """Build OUTPUT with dracut: BASE_MODULES (+ SYSTEMD_MODULES) + MODULES, nothing else.
 
@@ -74,7 +75,8 @@ def build_initrd(
     dracut/modules.d/90kiwi-overlay); name them in MODULES to include them. DRIVERS are kernel
     modules added on top of what the dracut modules install. COMPRESS is dracut's compressor
     name, or "cat" for none. KIWI_OVERLAY is the kiwi-overlay command whose Python the
-    kiwi-overlay module installs. The dracut log is kept next to OUTPUT (OUTPUT.log).
+    kiwi-overlay module installs. ENVIRONMENT is added to dracut's (what a dracut.conf.d file
+    would set). The dracut log is kept next to OUTPUT (OUTPUT.log).
     """
     kernel = kernel or guest_kernel()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,9 @@ def build_initrd(
         for module_dir in module_dirs:
             shutil.copytree(module_dir, upper / "dracut/modules.d" / module_dir.name, symlinks=True)
         argv = [
-            *(["env", f"KIWI_OVERLAY={kiwi_overlay}"] if kiwi_overlay else []),
+            "env",
+            *([f"KIWI_OVERLAY={kiwi_overlay}"] if kiwi_overlay else []),
+            *(f"{name}={value}" for name, value in (environment or {}).items()),
             "dracut",
             "--conf=/dev/null",
             f"--confdir={scratch}/no-conf.d",
@@ -129,8 +133,10 @@ def stock_nbd_initrd(*, output: Path, systemd: bool = False) -> Path:
     return build_initrd(output=output, systemd=systemd, modules=STOCK_NBD_MODULES)
 
 
-def kiwi_overlay_initrd(*, output: Path, systemd: bool, extra_modules: Sequence[str] = (), compress: str = "zstd") -> Path:
-    """An initrd with this project's module, run by this virtual environment's kiwi-overlay."""
+def kiwi_overlay_initrd(
+    *, output: Path, systemd: bool, extra_modules: Sequence[str] = (), compress: str = "zstd", environment: Mapping[str, str] | None = None
+) -> Path:
+    """An initrd with this project's module, run by this virtual environment's kiwi-overlay (ENVIRONMENT: see build_initrd)."""
     return build_initrd(
         output=output,
         systemd=systemd,
@@ -138,6 +144,7 @@ def kiwi_overlay_initrd(*, output: Path, systemd: bool, extra_modules: Sequence[
         module_dirs=(MODULE_DIR,),
         compress=compress,
         kiwi_overlay=Path(sys.executable).parent / "kiwi-overlay",
+        environment=environment,
     )
 
 

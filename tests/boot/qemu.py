@@ -15,7 +15,10 @@ a copy to the kernel log for people reading the console. Markers, in order:
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
                                     read-all=ok|failed device=DEV ..., marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
+                                    read-files=ok COUNT|failed FILE (every file of the root read),
                                     aoe-discover=eS.S|none, hold=SECONDS,
+                                    fill-overlay-82|91|96=USE% warnings=N (the write layer filled in
+                                    three steps, each followed by a wait for one more kiwi-overlay-watch line),
                                     shutdown-initramfs=pivot|failed ... (then dracut's /shutdown
                                     powers off: needs Guest(disks=(initrd_disk(...),)))
     poweroff uptime=S               powering off now
@@ -71,7 +74,9 @@ class Guest:
     """What to boot: the guest kernel with INITRD, CMDLINE (added to BASE_CMDLINE), disks and NICs.
 
     USER_NET gives a NIC on QEMU user networking (DHCP, the host at 10.0.2.2); each of TAPS a NIC on
-    that host tap device (AoE). NIC MACs are 52:54:00:12:34:56, then :57, ... in that order.
+    that host tap device (AoE); each of NETDEVS a NIC on that QEMU -netdev backend (e.g. tests/boot/vlan.py's
+    dgram socket, or "user" for a second user-networking NIC). NIC MACs are 52:54:00:12:34:56, then
+    :57, ... in that order.
     """
 
     initrd: Path
@@ -79,6 +84,7 @@ class Guest:
     disks: Sequence[Disk] = ()
     user_net: bool = True
     taps: Sequence[str] = ()
+    netdevs: Sequence[str] = ()
     memory_mb: int = 1024
     kernel: GuestKernel | None = None
 
@@ -95,6 +101,7 @@ class Guest:
             argv += ["-drive", f"file={disk.image},if=none,id=disk{number},format={disk.format},readonly={readonly},cache=unsafe"]
             argv += ["-device", f"virtio-blk-pci,drive=disk{number},serial={disk.serial}"]
         backends = (["user"] if self.user_net else []) + [f"tap,ifname={tap},script=no,downscript=no" for tap in self.taps]
+        backends += self.netdevs
         for number, backend in enumerate(backends):
             argv += ["-netdev", f"{backend},id=net{number}", "-device", f"virtio-net-pci,netdev=net{number},mac={mac(number)}"]
         return argv

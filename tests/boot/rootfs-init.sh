@@ -140,6 +140,36 @@ action() {
             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev
             exec /shutdown poweroff
             ;;
+        read-files)
+            # Every file of the root read back (the page cache dropped first): "ok COUNT" or the first that failed.
+            sync
+            echo 3 > /proc/sys/vm/drop_caches
+            count=0 failed=
+            find / -xdev -type f > /run/ko-files # /run: not on the root
+            while read -r file; do
+                if cat "$file" > /dev/null 2>&1; then count=$((count + 1)); else failed=${failed:-$file}; fi
+            done < /run/ko-files
+            rm -f /run/ko-files
+            if [ -z "$failed" ]; then mark "read-files=ok $count"; else mark "read-files=failed $failed"; fi
+            ;;
+        fill-overlay)
+            # Fill the write layer to 82, 91 and 96 %; after each, wait up to 60 s for one more warning of the watch.
+            warned=0
+            for percent in 82 91 96; do
+                total=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $2 }')
+                used=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $3 }')
+                kib=$((total * percent / 100 - used))
+                [ "$kib" -gt 0 ] && dd if=/dev/zero of="/ko-fill-$percent" bs=1k count="$kib" 2> /dev/null
+                warned=$((warned + 1))
+                i=0
+                while [ $i -lt 600 ] && [ "$(dmesg | grep -c 'kiwi-overlay-watch.* % full')" -lt $warned ]; do
+                    sleep 0.1
+                    i=$((i + 1))
+                done
+                mark "fill-overlay-$percent=$(df -k /run/overlay/overlayfs | awk 'NR == 2 { print $5 }') warnings=$(dmesg | grep -c 'kiwi-overlay-watch.* % full')"
+            done
+            rm -f /ko-fill-*
+            ;;
         noise)
             # The harness's result channel under printk load: a background writer floods the
             # console with kernel messages while 200 markers with long values are written.

@@ -87,6 +87,28 @@ def root_image(fstype: str = "squashfs", *, label: str = LABEL) -> Path:
     return image
 
 
+GPT_PARTLABEL = "system"  # of the root's partition (2) on gpt_disk()
+
+
+def gpt_disk(fstype: str = "squashfs") -> Path:
+    """A whole-disk image (cached): GPT, partition 1 "esp" (1 MiB, empty), partition 2 GPT_PARTLABEL holding root_image(FSTYPE)."""
+    root = root_image(fstype)
+    digest = hashlib.sha256(f"{root.name}:{GPT_PARTLABEL}".encode()).hexdigest()[:16]
+    image = IMAGES / f"gpt-{digest}.img"
+    if image.exists():
+        return image
+    sectors = -(-root.stat().st_size // 512)
+    with tempfile.TemporaryDirectory(prefix="ko-bt-gpt-", dir=IMAGES) as scratch:
+        partial = Path(scratch) / image.name
+        with partial.open("wb") as handle:
+            handle.truncate((4096 + sectors + 2048) * 512)  # room for the backup GPT at the end
+        table = f"label: gpt\nstart=2048, size=2048, name=esp\nstart=4096, size={sectors}, name={GPT_PARTLABEL}\n"
+        run(["sfdisk", "--quiet", partial], input=table, capture=True)
+        run(["dd", f"if={root}", f"of={partial}", "bs=512", "seek=4096", "conv=notrunc,sparse", "status=none"], capture=True)
+        partial.rename(image)
+    return image
+
+
 def blank_disk(path: Path, *, size_mb: int) -> Path:
     """A sparse, unformatted disk image of SIZE_MB (a write device for the overlay)."""
     path.parent.mkdir(parents=True, exist_ok=True)

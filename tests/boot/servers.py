@@ -5,6 +5,7 @@
   on the same port while a guest runs (server down / restarted scenarios).
 - AoeTarget: vblade in a network namespace, its veth's host end and a tap device on one bridge;
   a guest gets the tap (`Guest(taps=(target.tap,))`). AoE frames never leave that bridge.
+- DhcpSegment: the same bridge and namespace, with dnsmasq (DHCP, a root-path) and qemu-nbd there.
 All are context managers; leaving the block removes everything they created, also on errors.
 Names on the host start with PREFIX (ko-bt-) plus a short random part, so runs do not collide.
 """
@@ -64,6 +65,7 @@ class _Server:
     """A server process group, stopped and started again on the same port at will."""
 
     what = "server"
+    scheme = "nbd"  # of url(): "nbds" for a server that requires TLS
 
     def __init__(self, image: Path, *, name: str, readonly: bool, port: int | None) -> None:
         self.image = image
@@ -125,25 +127,42 @@ class _Server:
         return f"nbd:{GUEST_HOST}:{self.port}:{fstype}:ro:-name,{self.name}"
 
     def url(self) -> str:
-        """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://...)."""
-        return f"nbd://{GUEST_HOST}:{self.port}/{self.name}"
+        """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://..., nbds:// with TLS)."""
+        return f"{self.scheme}://{GUEST_HOST}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A TLS server's files: its certificate and key, and the CA that client certificates must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
 
 
 class NbdServer(_Server):
     """nbd-server 3.24 with one named export, configured by a private config file.
 
     It runs as the daemon it wants to be: in the foreground (-d) it serves a single connection.
+    With TLS a client must STARTTLS before anything else (`force_tls`: 3.24 still served a plain
+    client an export marked only `tlsonly`), and must present a certificate that CLIENT_CA signed
+    (3.24 ends the session of a TLS client without one: "Error in the certificate").
     """
 
     what = "nbd-server"
 
-    def __init__(self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, tls: ServerTls | None = None
+    ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
+        self.scheme = "nbds" if tls else "nbd"
         self.config = Path(self._workdir.name) / "config"
-        self.config.write_text(
-            f"[generic]\nport = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
-            f"[{name}]\nexportname = {image}\nreadonly = {str(readonly).lower()}\n"
-        )
+        generic = f"port = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
+        export = f"exportname = {image}\nreadonly = {str(readonly).lower()}\n"
+        if tls:
+            generic += f"force_tls = true\ncertfile = {tls.cert}\nkeyfile = {tls.key}\ncacertfile = {tls.client_ca}\n"
+            export += "tlsonly = true\n"
+        self.config.write_text(f"[generic]\n{generic}[{name}]\n{export}")
         self._pidfile = Path(self._workdir.name) / "pid"
 
     def _launch(self) -> int:
@@ -167,10 +186,21 @@ class QemuNbd(_Server):
     what = "qemu-nbd"
 
     def __init__(
-        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, connections: int = 8, trace: bool = False
+        self,
+        image: Path,
+        *,
+        name: str = "root",
+        readonly: bool = True,
+        port: int | None = None,
+        connections: int = 8,
+        trace: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.connections = connections
+        # TLS_DIR holds server-cert.pem and server-key.pem (QEMU's names); no client certificate is asked for.
+        self.tls_dir = tls_dir
+        self.scheme = "nbds" if tls_dir else "nbd"
         self.trace = trace  # qemu-nbd's nbd_* trace events (every request, with its type) into self.log
 
     def _launch(self) -> int:
@@ -184,6 +214,11 @@ class QemuNbd(_Server):
             f"--shared={self.connections}",
             *(["--read-only"] if self.readonly else []),
             *(["--trace=nbd_*"] if self.trace else []),
+            *(
+                ["--object", f"tls-creds-x509,id=tls0,dir={self.tls_dir},endpoint=server,verify-peer=off", "--tls-creds=tls0"]
+                if self.tls_dir
+                else []
+            ),
             str(self.image),
         ]
         with self.log.open("ab") as log:
@@ -204,16 +239,15 @@ class AoeNames:
         return cls(f"{PREFIX}aoe{tag}", f"{PREFIX}br{tag}", f"{PREFIX}tap{tag}", f"{PREFIX}vh{tag}", f"{PREFIX}vt{tag}")
 
 
-class AoeTarget:
-    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+class _Segment:
+    """A namespace behind a veth and the tap a guest gets (`Guest(taps=(segment.tap,))`), on one bridge of their own.
 
-    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
-        self.image = image
-        self.shelf = shelf
-        self.slot = slot
-        self.readonly = readonly
+    Subclasses start their servers in the namespace (`_start`) and end them (`stop`); leaving the
+    block removes everything, also on errors.
+    """
+
+    def __init__(self) -> None:
         self.names = AoeNames.fresh()
-        self._vblade: subprocess.Popen[bytes] | None = None
 
     @property
     def tap(self) -> str:
@@ -223,13 +257,10 @@ class AoeTarget:
     def bridge(self) -> str:
         return self.names.bridge
 
-    @property
-    def target(self) -> str:
-        return f"e{self.shelf}.{self.slot}"
-
     def __enter__(self) -> Self:
         try:
-            self._create()
+            self._make()
+            self._start()
         except BaseException:
             self._remove()
             raise
@@ -238,7 +269,7 @@ class AoeTarget:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._remove()
 
-    def _create(self) -> None:
+    def _make(self) -> None:
         n = self.names
         run(["ip", "netns", "add", n.namespace])
         run(["ip", "link", "add", n.bridge, "type", "bridge"])
@@ -252,6 +283,38 @@ class AoeTarget:
             run(["ip", "link", "set", port, "up"])
         run(["ip", "link", "set", n.bridge, "up"])
         run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        self.stop()
+        n = self.names
+        for link in (n.tap, n.veth_host, n.bridge):
+            run(["ip", "link", "delete", link], check=False, capture=True)
+        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+
+
+class AoeTarget(_Segment):
+    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+
+    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
+        super().__init__()
+        self.image = image
+        self.shelf = shelf
+        self.slot = slot
+        self.readonly = readonly
+        self._vblade: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+    def _start(self) -> None:
+        n = self.names
         argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
         with tempfile.TemporaryFile() as log:
@@ -261,11 +324,60 @@ class AoeTarget:
                 log.seek(0)
                 raise RuntimeError(f"vblade exited with status {self._vblade.returncode}: {log.read().decode(errors='replace').strip()}")
 
-    def _remove(self) -> None:
+    def stop(self) -> None:
+        """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
             _stop_group(self._vblade.pid)
         self._vblade = None
+
+
+class DhcpSegment(_Segment):
+    """dnsmasq (DHCP, with ROOT_PATH as option 17 when given) and qemu-nbd exporting IMAGE as NAME, in a
+    namespace at SERVER_ADDRESS behind a bridge that a guest's tap joins (`Guest(user_net=False, taps=(segment.tap,))`)."""
+
+    SERVER_ADDRESS = "10.43.0.1"  # inside the namespace only
+    NBD_PORT = 10809
+
+    def __init__(self, image: Path, *, root_path: str | None, name: str = "root") -> None:
+        super().__init__()
+        self.image = image
+        self.root_path = root_path
+        self.name = name
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}dhcp-")
+        self.log = Path(self._workdir.name) / "servers.log"
+        self._processes: list[int] = []
+
+    def url(self) -> str:
+        return f"nbd://{self.SERVER_ADDRESS}:{self.NBD_PORT}/{self.name}"
+
+    def _start(self) -> None:
         n = self.names
-        for link in (n.tap, n.veth_host, n.bridge):
-            run(["ip", "link", "delete", link], check=False, capture=True)
-        run(["ip", "netns", "delete", n.namespace], check=False, capture=True)
+        run(["ip", "-n", n.namespace, "addr", "add", f"{self.SERVER_ADDRESS}/24", "dev", n.veth_target])
+        prefix = self.SERVER_ADDRESS.rpartition(".")[0]
+        dnsmasq = ["dnsmasq", "--no-daemon", "--no-ping", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp"]
+        dnsmasq += [f"--interface={n.veth_target}", "--bind-interfaces", f"--dhcp-range={prefix}.50,{prefix}.99,255.255.255.0,1h"]
+        dnsmasq += [f"--dhcp-leasefile={Path(self._workdir.name) / 'leases'}"]
+        dnsmasq += [f"--dhcp-option=option:root-path,{self.root_path}"] if self.root_path else []
+        nbd = ["qemu-nbd", f"--bind={self.SERVER_ADDRESS}", f"--port={self.NBD_PORT}", f"--export-name={self.name}", "--format=raw"]
+        nbd += ["--persistent", "--shared=8", "--read-only", str(self.image)]
+        with self.log.open("ab") as log:
+            for argv in (dnsmasq, nbd):
+                process = subprocess.Popen(
+                    ["ip", "netns", "exec", n.namespace, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+                self._processes.append(process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while f":{self.NBD_PORT}" not in run(["ip", "netns", "exec", n.namespace, "ss", "-Hltn"], capture=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"qemu-nbd not listening in {n.namespace}: {self.log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """End dnsmasq and qemu-nbd (the links stay)."""
+        for pid in self._processes:
+            _stop_group(pid)
+        self._processes = []
+
+    def _remove(self) -> None:
+        super()._remove()
+        self._workdir.cleanup()

@@ -1,4 +1,5 @@
-"""The kernel side of NBD in a QEMU guest (Debian's 6.1 kernel): attach, reconnect after a server restart, detach.
+"""The kernel side of NBD in a QEMU guest (Debian's 6.1 kernel): attach, reconnect after a server restart, detach;
+failover between two servers and the policies for a lost server.
 
 The host kernel has no nbd module. The guest boots a tiny busybox initramfs that mounts the host's
 root read-only over 9p (with a tmpfs overlay on top), binds the guest kernel's modules over /lib/modules, and runs this
@@ -40,7 +41,7 @@ for dir in proc sys dev; do mount --bind /$dir /newroot/$dir; done
 mount -t tmpfs run /newroot/run
 mount --bind /newroot{moddir} /newroot/lib/modules
 echo KO-NBD-GUEST-START
-chroot /newroot /bin/bash {checkout}/tests/boot/nbd_guest.sh {checkout} {pki} 2>&1
+chroot /newroot /bin/bash {checkout}/tests/boot/{script} {checkout} {pki} 2>&1
 echo KO-NBD-GUEST-EXIT $?
 poweroff -f
 """
@@ -76,7 +77,7 @@ def _pki(directory: Path) -> Path:
     return directory
 
 
-def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
+def _initramfs(kernel: GuestKernel, directory: Path, script: str) -> Path:
     tree = directory / "initramfs"
     for sub in ("bin", "proc", "sys", "dev", "newroot", "modules"):
         (tree / sub).mkdir(parents=True)
@@ -87,7 +88,11 @@ def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
     modules_in_host_root = kernel.moddir.parent  # /lib/modules of the guest kernel tree, seen through 9p
     (tree / "init").write_text(
         INIT.format(
-            pki=_pki(directory / "pki"), modules=" ".join(module.name for module in modules), moddir=modules_in_host_root, checkout=CHECKOUT
+            pki=_pki(directory / "pki"),
+            modules=" ".join(module.name for module in modules),
+            moddir=modules_in_host_root,
+            checkout=CHECKOUT,
+            script=script,
         )
     )
     (tree / "init").chmod(0o755)
@@ -98,9 +103,10 @@ def _initramfs(kernel: GuestKernel, directory: Path) -> Path:
     return image
 
 
-def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
+def _boot(directory: Path, script: str) -> tuple[str, list[str]]:
+    """The console and the result lines of a guest that runs tests/boot/SCRIPT; the console is kept as DIRECTORY/console.log."""
     kernel = guest_kernel()
-    initramfs = _initramfs(kernel, tmp_path)
+    initramfs = _initramfs(kernel, directory, script)
     channel = ResultChannel()
     qemu = subprocess.Popen(
         [
@@ -119,8 +125,12 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
         if qemu.poll() is None:
             qemu.kill()
             qemu.wait()
-    lines = channel.read_all()
-    (tmp_path / "console.log").write_text(output)  # kept by pytest for a look after a failure
+    (directory / "console.log").write_text(output)  # kept by pytest for a look after a failure
+    return output, channel.read_all()
+
+
+def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
+    output, lines = _boot(tmp_path, "nbd_guest.sh")
     assert "KO-NBD-GUEST-START" in output, output[-3000:]
     assert "KO-NBD-GUEST-EXIT 0" in output, output[-6000:]
     steps = (
@@ -144,3 +154,27 @@ def test_attach_reconnect_detach_in_a_guest(tmp_path: Path) -> None:
     assert all(line.startswith("KO-NBD: ") for line in lines), lines
     for step in steps:
         assert f"KO-NBD: {step}" in lines, f"{lines}\n{output[-6000:]}"
+
+
+def test_failover_and_lost_server_policies_in_a_guest(tmp_path: Path) -> None:
+    output, lines = _boot(tmp_path, "nbd_failover_guest.sh")
+    assert "KO-NBD-GUEST-START" in output, output[-3000:]
+    steps = (
+        "failover attached /dev/nbd0 through nbd://127.0.0.1:10809/rootfs",
+        "failover read complete, checksum ok",
+        "failover second server took over",
+        "failover record says connected to the second",
+        "fail attached /dev/nbd1",
+        "fail read gave an I/O error",
+        "fail console line",
+        "fail next read fails at once",
+        "fail record says failing",
+        "reboot attached /dev/nbd2",
+    )
+    assert all(line.startswith("KO-NBD: ") for line in lines), lines
+    for step in steps:
+        assert f"KO-NBD: {step}" in lines, f"{lines}\n{output[-6000:]}"
+    # QEMU runs with -no-reboot: the reboot ends it before the script does. The line is the supervisor's, on the console.
+    assert "no NBD server for 3 s: rebooting (rd.root.overlay.nbd.lost=reboot:3)" in output, output[-6000:]
+    assert "KO-NBD: reboot did not happen" not in lines
+    assert "KO-NBD-GUEST-EXIT" not in output

@@ -1,0 +1,177 @@
+"""The `kiwi-overlay-watch` process: a warning before the write layer fills up.
+
+A tmpfs write layer lives in RAM and is capped by rd.root.overlay.size: once it is full every write
+fails with ENOSPC. The watch checks its fill level every few seconds and warns at 80, 90 and 95 %
+on the kernel log, which reaches the console and the journal (identifier kiwi-overlay-watch).
+It ends when the write layer is unmounted.
+
+It is started in the initrd as a process of its own (`kiwi-overlay-watch`) and lives on in the real
+root, whether or not the initrd or the real root run systemd, needing nothing from the real root:
+it holds descriptors of /run and /dev/kmsg, opened before the switch. Unlike the NBD supervisor its
+name has no '@': the shutdown killing spree ends it before the file systems are unmounted.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kiwi_overlay.errors import KiwiOverlayError
+
+PROCESS_NAME = "kiwi-overlay-watch"
+LEVELS = (80, 90, 95)
+INTERVAL = 5.0
+# A level warned about is warned about again only after the fill level fell this far below it.
+REARM_BELOW = 5
+
+
+def fill_percent(stat: os.statvfs_result) -> float:
+    """How full a filesystem is, as df counts it (of the blocks unprivileged users may fill)."""
+    usable = stat.f_blocks - stat.f_bfree + stat.f_bavail
+    return 100.0 * (stat.f_blocks - stat.f_bfree) / usable if usable else 0.0
+
+
+def next_warning(percent: float, warned: int) -> tuple[int | None, int]:
+    """(the level to warn about now or None, the level warned about from now on) for PERCENT full.
+
+    WARNED is the highest level warned about so far (0: none). Only the highest level crossed is
+    named; a level is re-armed once the fill level drops REARM_BELOW points under it.
+    """
+    while warned and percent < warned - REARM_BELOW:
+        lower = [level for level in LEVELS if level < warned]
+        warned = lower[-1] if lower else 0
+    crossed = [level for level in LEVELS if percent >= level and level > warned]
+    if not crossed:
+        return None, warned
+    return crossed[-1], crossed[-1]
+
+
+def message(level: int, percent: float, *, where: str, size: int) -> tuple[int, str]:
+    """(syslog priority, text) for the warning at LEVEL."""
+    priority = 3 if level >= LEVELS[-1] else 4  # the last one passes `quiet` on the console
+    return priority, (
+        f"the overlay write layer ({where}, {size >> 20} MiB) is {percent:.0f} % full; "
+        "writes fail with 'No space left on device' when it is full (rd.root.overlay.size sets a tmpfs layer's size)"
+    )
+
+
+def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], None] | None = None) -> None:
+    """Warn about the write layer at DIRECTORY from when it is mounted until it is unmounted.
+
+    READY() once everything needed is open. It holds a descriptor of DIRECTORY's grandparent (/run for
+    /run/overlay/overlayfs), not of the layer: /run moves to the real root with the descriptor (this
+    process still sees the initrd's emptied tree), and the layer stays free to be unmounted. The layer
+    counts as mounted while DIRECTORY is on another filesystem than the grandparent.
+    """
+    directory = directory.absolute()
+    try:
+        anchor = os.open(directory.parent.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise KiwiOverlayError(f"cannot watch {directory}: {directory.parent.parent}: {error.strerror}") from None
+    anchor_device = os.fstat(anchor).st_dev
+    below = f"{directory.parent.name}/{directory.name}"
+    try:
+        kmsg: int | None = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        kmsg = None  # not root: stderr only
+    if ready is not None:
+        ready()
+    mounted = False
+    warned = 0
+    while True:
+        stat = _layer(anchor, below, anchor_device)
+        if stat is None:
+            if mounted:
+                return  # unmounted: the write layer is gone
+            time.sleep(min(interval, 0.1))  # not mounted yet
+            continue
+        mounted = True
+        percent = fill_percent(stat)
+        level, warned = next_warning(percent, warned)
+        if level is not None:
+            _say(kmsg, *message(level, percent, where=str(directory), size=stat.f_blocks * stat.f_frsize))
+        time.sleep(interval)
+
+
+def _layer(anchor: int, below: str, anchor_device: int) -> os.statvfs_result | None:
+    """The write layer's filesystem statistics, or None while it is not mounted."""
+    try:
+        fd = os.open(below, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=anchor)
+    except OSError:
+        return None
+    try:
+        return os.fstatvfs(fd) if os.fstat(fd).st_dev != anchor_device else None
+    finally:
+        os.close(fd)
+
+
+def _say(kmsg: int | None, priority: int, text: str) -> None:
+    line = f"kiwi-overlay-watch[{os.getpid()}]: {text}"
+    if kmsg is not None:
+        try:
+            os.write(kmsg, f"<{priority}>{line}\n".encode()[:1000])
+            return
+        except OSError:
+            pass
+    with contextlib.suppress(OSError, ValueError):  # stderr gone: nowhere left to say it
+        print(line, file=sys.stderr, flush=True)
+
+
+class Started:
+    """A watch process, started before the write layer is mounted: its interpreter starts while the root is attached."""
+
+    def __init__(self, directory: Path, *, interval: float = INTERVAL) -> None:
+        import subprocess
+
+        from kiwi_overlay.nbd import _child_environment
+
+        self.directory = directory
+        self.process = subprocess.Popen(
+            [PROCESS_NAME, "-m", "kiwi_overlay.watch", str(directory), str(interval)],
+            executable=sys.executable,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # it speaks through /dev/kmsg
+            env=_child_environment(),
+            start_new_session=True,  # not in the boot step's signals
+            cwd="/",
+        )
+
+    def confirm(self, *, timeout: float = 60.0) -> None:
+        """Wait until it is ready (imported, descriptors open: the initrd's files may go); stop it and raise if not."""
+        import select
+
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            answered, _, _ = select.select([self.process.stdout], [], [], timeout)
+            line = self.process.stdout.readline() if answered else b""
+        if line != b"ready\n":
+            self.stop()
+            raise KiwiOverlayError(f"the watch of {self.directory} did not start (status {self.process.returncode})")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def main() -> int:
+    directory, interval = Path(sys.argv[1]), float(sys.argv[2])
+
+    def ready() -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 1)
+        os.close(null)
+
+    watch(directory, interval=interval, ready=ready)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
