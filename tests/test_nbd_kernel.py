@@ -165,3 +165,10 @@ def test_device_index_refuses_other_devices(device: str) -> None:
 def test_device_index() -> None:
     assert kernel.device_index(Path("/dev/nbd12")) == 12
     assert kernel.device_path(12) == Path("/dev/nbd12")
+
+
+def test_reconfigure_can_carry_a_new_dead_connection_timeout() -> None:
+    # rd.root.overlay.nbd.lost=fail:S ends the wait for a reconnect with a dead-connection timeout of 0.
+    _, _, attrs = encoded(kernel.build(kernel.CMD_RECONFIGURE, index=2, backend="b", dead_conn_timeout=0))
+    assert [kind for kind, _ in attrs] == [1, 10, 8]
+    assert u64(dict(attrs)[8]) == 0

@@ -15,7 +15,7 @@ import pytest
 from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, make_ca, make_image, qemu_nbd, sign
 from test_nbd_protocol import read_first_sector
 
-from kiwi_overlay.nbd import kernel, protocol, root_from_uri
+from kiwi_overlay.nbd import genetlink, kernel, protocol, root_from_uri
 from kiwi_overlay.nbd.supervisor import Request, Supervisor, TlsProxy
 
 
@@ -45,9 +45,9 @@ def test_fewer_connections_than_asked_fall_back_with_a_line(tmp_path: Path, caps
 def test_sub_second_timeouts_never_become_zero(seconds: float, kernel_seconds: int) -> None:
     """Item 11: round(0.4) == 0 is 'no timeout' to the kernel; the timeout is rounded up instead."""
     config = kernel.Config(size=IMAGE_SIZE, block_size=512, server_flags=1, io_timeout=seconds, dead_conn_timeout=seconds, backend="b")
-    message = kernel.build(kernel.CMD_CONNECT, index=0, config=config)
-    attrs = dict(message["attrs"])
-    assert (attrs["NBD_ATTR_TIMEOUT"], attrs["NBD_ATTR_DEAD_CONN_TIMEOUT"]) == (kernel_seconds, kernel_seconds)
+    message = genetlink.parse(kernel.build(kernel.CMD_CONNECT, index=0, config=config))
+    timeouts = (message.get(kernel.ATTR_TIMEOUT), message.get(kernel.ATTR_DEAD_CONN_TIMEOUT))
+    assert tuple(genetlink.unsigned(value or b"") for value in timeouts) == (kernel_seconds, kernel_seconds)
     assert kernel.kernel_seconds(seconds) == kernel_seconds
 
 
