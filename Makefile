@@ -37,8 +37,13 @@ demo: deps venv
 # Every benchmark (issue 9), written to BENCHMARKS.md: about 20 min, most of it QEMU TCG boots.
 # Needs root and the Debian packages of .ci/install-deps (QEMU, dracut, nbd-server, nbd-client, dnsmasq).
 # BENCH_ARGS=--quick: one boot per variant (a smoke run); --only SECTION...; see python -m benchmarks --help.
-bench: deps venv
+bench: deps venv $(VENV)/.bench-installed
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# matplotlib for the boot timeline: only `make bench` needs it.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	touch $@
 
 lint: deps venv
 	$(PY) -m ruff check kiwi_overlay tests benchmarks

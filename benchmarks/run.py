@@ -16,13 +16,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from benchmarks import boot_phases, boot_time, initrd_size, negotiation, storm, throughput, tls_proxy
+from benchmarks import boot_phases, boot_time, goals, initrd_size, negotiation, storm, throughput, timeline, tls_proxy
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
 from tests.boot.rootfs import root_image
 
+T = TypeVar("T")
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
@@ -51,10 +53,21 @@ class Section:
     measure: Callable[[], str]
 
 
-def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Section]:
+def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) -> list[Section]:
     image = root_image("squashfs")
     trees = scratch / "trees"
     s = settings
+    # Results kept for the timeline and the goals: the boots of items 1 and 2, initrd sizes, storms.
+    kept: dict[str, Any] = {}
+
+    def keep(key: str, results: T) -> T:
+        kept[key] = results
+        return results
+
+    def phases(results: dict[bool, boot_time.Samples]) -> dict[bool, boot_time.Samples]:
+        kept["phases"] = {(boot_time.KIWI, systemd): samples for systemd, samples in results.items()}
+        return results
+
     return [
         Section(
             "negotiation", "3. NBD negotiation on loopback (host)",
@@ -65,13 +78,14 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
         ),
         Section(
             "storm", "6. Boot storm: concurrent clients against one nbd-server (host)",
-            "N clients start together (a barrier). kiwi-overlay clients are threads doing what the boot does "
-            "(connect.with_retry + open_export), then read the whole export with NBD_CMD_READ (256 KiB, one in flight). "
-            "nbd-client cannot read on this host (no nbd module): N processes, negotiation only, compared with N "
-            "`kiwi-overlay nbd info` processes (spawning staggers both alike). Times from the common start; nbd-server "
-            "listens with a backlog of 10: clients caught in its overflow wait for a TCP retry or, kiwi-overlay, its 5 s "
-            "greeting timeout, so medians are bimodal between runs.",
-            lambda: storm.table(storm.measure(sizes=s.storm_sizes, image=image)),
+            "N clients start together. Threads: kiwi-overlay's boot code (connect.with_retry + open_export), then the whole "
+            "export read with NBD_CMD_READ (256 KiB, one in flight). Processes with processes: N kiwi-overlay client "
+            "processes (benchmarks/storm_client.py) and N nbd-client processes, each started and ready (interpreter and "
+            "imports done), blocked on a FIFO, released together; negotiation only (nbd-client cannot attach on this host: "
+            "no nbd module). Times from the release to the negotiated export. nbd-server listens with a backlog of 10: "
+            "a client caught in its overflow waits for a TCP retransmission; kiwi-overlay allows the first connection and "
+            "greeting 0.5 s, then connects again (1 s, 2 s, up to 5 s), nbd-client waits without a limit.",
+            lambda: storm.table(keep("storm", storm.measure(sizes=s.storm_sizes, image=image))),
         ),
         Section(
             "net", "Extra: network bring-up (host, namespaces)",
@@ -101,7 +115,9 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "dracut initrds for the guest kernel (tests/boot/initrd.py): kiwi-overlay's (module + bash + udev-rules on "
             "dracut's base), the same module list without kiwi-overlay, and dracut's stock nbd + overlay-root + "
             "network-legacy for scale. zstd as built; uncompressed = the cpio after zstd -d.",
-            lambda: initrd_size.table([initrd_size.measure(systemd=flavour, initrds=initrds, scratch=trees) for flavour in FLAVOURS]),
+            lambda: initrd_size.table(
+                keep("initrd", [initrd_size.measure(systemd=flavour, initrds=initrds, scratch=trees) for flavour in FLAVOURS])
+            ),
         ),
         Section(
             "boot", "1. Kernel start to the root's init (QEMU TCG)",
@@ -109,24 +125,42 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path) -> list[Sectio
             "kernel, 1 vCPU, 1 GiB, QEMU user networking with DHCP. dracut: `root=nbd:...:squashfs rootovl ip=dhcp` "
             f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. Up to {s.boot_runs} boots "
             "each, variants interleaved round by round. Below 1: kiwi-overlay is faster.",
-            lambda: boot_time.table(boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image)),
+            lambda: boot_time.table(keep("boot", boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image))),
         ),
         Section(
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
             "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
             "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
             "the command line hook and the NBD supervisor show what an interpreter start with imports costs.",
-            lambda: boot_phases.table(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image)),
+            lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),
+        ),
+        Section(
+            "timeline", "7. The boot as a timeline",
+            "From the console stamps (CLOCK_BOOTTIME) of this run's boots: kiwi-overlay from item 2's boots (rd.kiwi.debug), "
+            "dracut from item 1's, for each the boot with the median time to root. A phase ends at a message: the kernel "
+            "starting /init, dracut's cmdline stage, kiwi-overlay's messages, the kernel's `nbd0: detected capacity change`, "
+            "the root mounted, the root's init.",
+            lambda: timeline_section(kept, svg),
         ),
         Section(
             "throughput", "5. Sequential read of the root device in the guest",
             f"`dd bs=1M` of the whole export ({s.read_size_mb} MiB: the root image padded with zeros) from the root's init, "
             "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
-            "Above 1: faster than nbd-client.",
+            "Above 1: faster than nbd-client. The last column is qemu-nbd's own trace of each boot (every NBD_CMD_READ it "
+            "received: how many, the median length, the most outstanding at once): what the client's kernel asked for. "
+            "Reading the trace: when both kernels ask for the whole export in about as many READs of about the same size "
+            "with 1-2 outstanding, the gap is the time each READ takes on nbd-client's connection, not block size, request "
+            "size, readahead or the number of connections; where that time goes (the socket nbd-client hands to the kernel, "
+            "its ioctl path, QEMU user networking) is not found yet.",
             lambda: throughput.table(
                 throughput.measure(runs=s.read_runs, initrds=initrds, image=image, size_mb=s.read_size_mb, scratch=scratch),
                 size_mb=s.read_size_mb,
             ),
+        ),
+        Section(
+            "goals", "Issue 16's goals in this run",
+            "Each goal against this run's own figures (from the items below); `not measured` where this run has none.",
+            lambda: goals.table(kept, timeline_drawn=svg.exists() and "timeline" in kept),
         ),
     ]  # fmt: skip
 
@@ -140,7 +174,27 @@ def net_up(runs: int) -> str:
     return result.stdout.strip()
 
 
-ORDER = ("boot", "phases", "negotiation", "initrd", "throughput", "tls", "storm", "net")
+def timeline_section(boots: dict[str, Any], svg: Path) -> str:
+    if "boot" not in boots or "phases" not in boots:
+        return "Not drawn: items 1 and 2 did not both run."
+    rows = []
+    for systemd, flavour in FLAVOURS.items():
+        for kind, source, events in ((boot_time.KIWI, "phases", timeline.KIWI_EVENTS), (boot_time.DRACUT, "boot", timeline.DRACUT_EVENTS)):
+            samples = boots[source].get((kind, systemd))
+            result = timeline.median_boot(samples.results) if samples else None
+            if result is not None:
+                rows.append(timeline.Row(f"{boot_time.TITLES[kind]}, {flavour}", timeline.phases(result, events)))
+    if not rows:
+        return "Not drawn: no boot reached the root."
+    timeline.draw(rows, svg, title="Kernel start to the root's init, QEMU TCG (one boot each: the median)")
+    boots["timeline"] = rows
+    lines = [f"![the boot as a timeline]({svg.name})", "", "| boot | phases (seconds) |", "|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.label} | " + ", ".join(f"{label}: {end - start:.2f}" for label, start, end in row.phases) + " |")
+    return "\n".join(lines)
+
+
+ORDER = ("goals", "boot", "phases", "timeline", "negotiation", "initrd", "throughput", "tls", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:
@@ -179,7 +233,7 @@ def main() -> int:
     results: dict[str, tuple[Section, str]] = {}
     with tempfile.TemporaryDirectory(prefix="ko-bn-") as scratch:
         initrds = Initrds(Path(scratch) / "initrds")
-        for section in sections(settings, initrds, Path(scratch)):
+        for section in sections(settings, initrds, Path(scratch), svg=args.output.with_name("boot-timeline.svg")):
             if args.only and section.key not in args.only:
                 continue
             progress(f"{section.title} ...")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.boot_time import DRACUT, KIWI, Initrds, Samples, boot_variant, cmdline
@@ -40,16 +41,51 @@ def mb_per_second(result: BootResult) -> float | None:
     return int(found[1]) / float(found[2]) / 1e6
 
 
-def measure(*, runs: int, initrds: Initrds, image: Path, size_mb: int, scratch: Path) -> dict[str, Samples]:
+@dataclass(frozen=True)
+class Requests:
+    """What the server saw of one boot's NBD_CMD_READs (qemu-nbd's trace): how many, how big, how many at once."""
+
+    count: int
+    median_bytes: float
+    most_in_flight: int
+
+
+_GOT_READ = re.compile(r"nbd_receive_request Got request: \{[^}]*\.type = 0x0, from = \d+, len = (\d+)")
+_REPLY = re.compile(r"nbd_co_send_simple_reply ")
+
+
+def requests(trace: str) -> Requests | None:
+    sizes, in_flight, most = [], 0, 0
+    for line in trace.splitlines():
+        if found := _GOT_READ.search(line):
+            sizes.append(int(found[1]))
+            in_flight += 1
+            most = max(most, in_flight)
+        elif _REPLY.search(line) and in_flight:
+            in_flight -= 1
+    return Requests(len(sizes), median(sizes) or 0.0, most) if sizes else None
+
+
+def measure(
+    *, runs: int, initrds: Initrds, image: Path, size_mb: int, scratch: Path
+) -> tuple[dict[str, Samples], dict[str, list[Requests]]]:
+    """The MB/s of each variant's boots, and what the server's trace shows of their reads."""
     results = {label: Samples() for label in VARIANTS}
+    seen: dict[str, list[Requests]] = {label: [] for label in VARIANTS}
     padded = padded_image(image, size_mb=size_mb, output=scratch / "padded.squashfs")
-    with QemuNbd(padded, connections=8) as server:
+    with QemuNbd(padded, connections=8, trace=True) as server:
         for round_number in range(runs):
             for label, (kind, extra) in VARIANTS.items():
                 guest = Guest(initrd=initrds.get(kind, systemd=False), cmdline=cmdline(kind, server, *extra, "ko.test=read-all"))
                 connections = extra[0].rsplit("=", 1)[1] if extra else "default"
+                offset = server.log.stat().st_size if server.log.exists() else 0
                 boot_variant(results[label], guest, name=f"read-{kind}-{connections}-{round_number}", value=mb_per_second)
-    return results
+                with server.log.open("rb") as log:
+                    log.seek(offset)
+                    found = requests(log.read().decode(errors="replace"))
+                if found:
+                    seen[label].append(found)
+    return results, seen
 
 
 def _multi_conn_note(samples: Samples) -> str:
@@ -60,15 +96,20 @@ def _multi_conn_note(samples: Samples) -> str:
     return ""
 
 
-def table(results: dict[str, Samples], *, size_mb: int) -> str:
+def table(measured: tuple[dict[str, Samples], dict[str, list[Requests]]], *, size_mb: int) -> str:
+    results, seen = measured
     reference = next(iter(results.values())).median
-    rows = [f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client |", "|---|---|---|---|"]
+    rows = [
+        f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | READs per boot (median size, most in flight) |",
+        "|---|---|---|---|---|",
+    ]
     for label, samples in results.items():
         if not samples.values:
-            rows.append(f"| {label} | not measured | | |")
+            rows.append(f"| {label} | not measured | | | |")
             continue
         figures = spread(samples.values, "MB/s")
         compared = ratio(samples.median, reference)
-        rows.append(f"| {label}{_multi_conn_note(samples)} | **{median(samples.values):.1f} MB/s** | {figures} | {compared} |")
+        reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in seen.get(label, [])) or "n/m"
+        rows.append(f"| {label}{_multi_conn_note(samples)} | **{median(samples.values):.1f} MB/s** | {figures} | {compared} | {reads} |")
     notes = [f"- {label}: not measured: {samples.failure}" for label, samples in results.items() if samples.failure]
     return "\n".join(rows + (["", *notes] if notes else []))

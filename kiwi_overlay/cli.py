@@ -153,9 +153,14 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_dracut_cmdline(args: argparse.Namespace) -> int:
-    from kiwi_overlay.dracut_cmdline import prepare
+    from kiwi_overlay.dracut_cmdline import load_modules_early, prepare
 
-    return 0 if prepare(load_plan(args), root=args.root) else 1
+    plan = load_plan(args)
+    if not prepare(plan, root=args.root):
+        return 1
+    if args.cmdline is None:  # this machine's own boot, not a command line given to look at
+        load_modules_early(plan)
+    return 0
 
 
 def cmd_dracut_module(args: argparse.Namespace) -> int:

@@ -36,3 +36,12 @@ def prepare(plan: Plan, *, root: Path = Path("/")) -> bool:
         log.debug("dracut cmdline: need_shutdown for the shutdown hook")
     log.debug(f"dracut cmdline: overlay root over {plan.root.transport}")
     return True
+
+
+def load_modules_early(plan: Plan) -> None:
+    """Start loading the nbd module now, in the background: it loads while udev settles, not when the NBD step needs it."""
+    if isinstance(plan.root, NbdRoot):
+        from kiwi_overlay.run import start
+
+        log.debug("dracut cmdline: loading the nbd module in the background")
+        start(["modprobe", "-q", "nbd"])

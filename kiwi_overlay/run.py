@@ -32,3 +32,12 @@ def run(
         reason = detail[-1] if detail else f"exit status {result.returncode}"
         raise KiwiOverlayError(f"{' '.join(args)}: {reason}")
     return result
+
+
+def start(argv: Sequence[str | Path]) -> None:
+    """Start ARGV in the background and do not wait for it (its output goes nowhere); a missing program is ignored."""
+    args = [str(arg) for arg in argv]
+    try:
+        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as error:
+        log.debug(f"{args[0]}: {error.strerror}")

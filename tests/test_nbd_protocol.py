@@ -467,3 +467,28 @@ def test_a_stall_during_option_negotiation_is_retried(monkeypatch: pytest.Monkey
     finally:
         server.close()
     assert info.size == 1 << 20
+
+
+def test_greeting_timeouts_start_short_and_double_up_to_the_limit() -> None:
+    assert [connect.greeting_timeout(attempt) for attempt in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
+    # As in a full accept queue: the first connection would be greeted after 3 s, later ones at once.
+    # with_retry's first attempt waits 0.5 s for its greeting, so a second connection gets there first.
+    calls: list[int] = []
+
+    def slow_first(conn: socket.socket) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            time.sleep(3)
+        old_server(conn)
+
+    server = Hostile(slow_first)
+    try:
+        root = root_from_uri(f"nbd://127.0.0.1:{server.port}/legacy")
+        info = connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=60)
+    finally:
+        server.close()
+    assert info.size == 1 << 20
+    assert len(calls) >= 2

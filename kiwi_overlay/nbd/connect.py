@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, TypeVar
 
 from kiwi_overlay import log
@@ -30,9 +31,14 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 10.0
 # One attempt may not use the whole boot timeout: a stalled server must not hide a restarted one.
 ATTEMPT_TIMEOUT = 30.0
-# A server whose accept queue overflowed (nbd-server listens with a backlog of 10) has the
-# connection but not accepted it: after this long without a greeting, connect again.
+# A client caught in a full accept queue (nbd-server listens with a backlog of 10) waits for a
+# SYN or SYN-ACK retransmission (1 s, 3 s, 7 s later); a new connection is the quicker way in.
+# So with_retry's first attempt allows FIRST_GREETING_TIMEOUT for the greeting, each next one
+# twice as long up to GREETING_TIMEOUT (a loaded server still gets the time to accept and fork).
+FIRST_GREETING_TIMEOUT = 0.5
 GREETING_TIMEOUT = 5.0
+# The current attempt's greeting timeout: set by with_retry around each attempt (per thread).
+_greeting_timeout: ContextVar[float] = ContextVar("greeting_timeout", default=GREETING_TIMEOUT)
 
 
 class Unreachable(NbdError):
@@ -114,7 +120,7 @@ def handshake(
 
     Returns the wire and the handshake flags. TLS checks the certificate against the host name, not the address.
     """
-    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + GREETING_TIMEOUT))
+    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + _greeting_timeout.get()))
     try:
         with _retried_when_lost():
             flags = protocol.greet(wire)
@@ -163,6 +169,11 @@ def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
         sock.close()
 
 
+def greeting_timeout(attempt: int) -> float:
+    """Seconds attempt ATTEMPT (from 1) of with_retry allows for the server's greeting."""
+    return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before attempt ATTEMPT+1: exponential, capped, with jitter."""
     return min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.5)
@@ -175,13 +186,20 @@ def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -
     attempt = 0
     while True:
         attempt += 1
+        began = time.monotonic()
+        greeting = greeting_timeout(attempt)
+        token = _greeting_timeout.set(greeting)
         try:
-            return action(min(end, time.monotonic() + ATTEMPT_TIMEOUT))
+            return action(min(end, began + ATTEMPT_TIMEOUT))
         except Unreachable as error:
             now = time.monotonic()
-            delay = backoff(attempt)
+            # An attempt that waited out its greeting timeout has backed off already (the timeouts
+            # double): only a little jitter before the next. A refused connection backs off.
+            delay = random.uniform(0.0, FIRST_DELAY) if now - began >= greeting else backoff(attempt)
             if now + delay >= end:
                 raise NbdError(f"{error} (gave up after {timeout:.0f} s, {attempt} attempts)") from None
             log.debug(str(error))
             log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:.0f} s)")
             time.sleep(delay)
+        finally:
+            _greeting_timeout.reset(token)

@@ -74,7 +74,10 @@ def kernel_seconds(seconds: float) -> int:
 
 
 def message_class() -> type[Any]:
-    """The pyroute2 genlmsg class for the nbd family (imports pyroute2)."""
+    """The pyroute2 genlmsg class for the nbd family (imports pyroute2's netlink modules, not the whole package)."""
+    from kiwi_overlay.pyroute import skip_package_init
+
+    skip_package_init()
     from pyroute2.netlink import genlmsg, nla
 
     class nbd_msg(genlmsg):  # type: ignore[misc]
@@ -137,10 +140,10 @@ class Netlink:
     """A socket bound to the nbd family; loads the nbd module when the family is missing."""
 
     def __init__(self, *, load_module: bool = True) -> None:
+        self.msg_class = message_class()
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.generic import GenericNetlinkSocket
 
-        self.msg_class = message_class()
         self.socket = GenericNetlinkSocket()
         # Our own error says it in one line; pyroute2 0.9 keeps the level on the socket's core, 0.7 on the socket.
         getattr(self.socket, "asyncore", self.socket).module_err_level = "debug"

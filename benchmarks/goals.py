@@ -1,0 +1,112 @@
+"""Issue 16's goals against this run's figures: met, not met, or not measured."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks import boot_phases
+from benchmarks.boot_time import DRACUT, FLAVOURS, KIWI, WITHOUT, Samples
+from benchmarks.stats import median, percentile
+from benchmarks.storm import Storm
+
+ROOT_RATIO = 0.5
+OWN_TIME = 1.5  # s, network start to root assembled
+CMDLINE_HOOK = 0.5  # s
+ADDED_ZSTD = 4.0e6  # bytes
+STORM_CLIENTS = 200
+STORM_P99_RATIO = 2.0
+
+
+def _verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return "**met**" if value <= limit else "not met"
+
+
+def _time_to_root(boots: dict[tuple[str, bool], Samples] | None) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for systemd, flavour in FLAVOURS.items():
+        kiwi, dracut = (boots.get((kind, systemd)) if boots else None for kind in (KIWI, DRACUT))
+        value = kiwi.median / dracut.median if kiwi and dracut and kiwi.median and dracut.median else None
+        shown = f"{value:.2f}× ({kiwi.median:.1f} s / {dracut.median:.1f} s)" if value is not None and kiwi and dracut else "n/m"
+        rows.append((f"1. time to root, {flavour}", f"≤ {ROOT_RATIO}× dracut's", shown, _verdict(value, ROOT_RATIO)))
+    return rows
+
+
+def _own_time(phases: dict[tuple[str, bool], Samples] | None) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for systemd, flavour in FLAVOURS.items():
+        samples = phases.get((KIWI, systemd)) if phases else None
+        timelines = [boot_phases.timeline(result) for result in samples.results if result.reached_root] if samples else []
+        for label, phase, limit in (
+            ("network start to root assembled", boot_phases.PHASES[-1], OWN_TIME),
+            ("cmdline hook", boot_phases.PHASES[0], CMDLINE_HOOK),
+        ):
+            value = median([found for events in timelines if (found := phase.value(events)) is not None])
+            shown = f"{value:.2f} s" if value is not None else "n/m"
+            rows.append((f"2. {label}, {flavour}", f"≤ {limit} s", shown, _verdict(value, limit)))
+    return rows
+
+
+def _initrd(results: Sequence[dict[str, Any]] | None) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for result in results or ():
+        added = result["zstd"][KIWI] - result["zstd"][WITHOUT]
+        rows.append(
+            (
+                f"3. initrd, added (zstd), {result['flavour']}",
+                f"≤ {ADDED_ZSTD / 1e6:.1f} MB",
+                f"{added / 1e6:.1f} MB",
+                _verdict(added, ADDED_ZSTD),
+            )
+        )
+    return rows or [("3. initrd, added (zstd)", f"≤ {ADDED_ZSTD / 1e6:.1f} MB", "n/m", "not measured")]
+
+
+def _storm(storms: Sequence[Storm] | None) -> list[tuple[str, str, str, str]]:
+    found = {storm.label.split(":")[0]: storm for storm in storms or () if storm.clients == STORM_CLIENTS}
+    kiwi, reference = found.get("kiwi-overlay processes"), found.get("nbd-client processes")
+    value = None
+    shown = "n/m"
+    if kiwi and reference and kiwi.times and reference.times:
+        p99, reference_p99 = percentile(kiwi.times, 0.99), percentile(reference.times, 0.99)
+        if p99 is not None and reference_p99:
+            value = p99 / reference_p99 if kiwi.success_rate == 1 else float("inf")
+            shown = (
+                f"{len(kiwi.times)}/{kiwi.clients} succeeded, p99 {p99:.2f} s vs nbd-client's {reference_p99:.2f} s "
+                f"({len(reference.times)}/{reference.clients} succeeded): {p99 / reference_p99:.2f}×"
+            )
+    target = f"{STORM_CLIENTS} processes: 100% success, p99 ≤ {STORM_P99_RATIO}× nbd-client's"
+    return [("4. boot storm", target, shown, _verdict(value, STORM_P99_RATIO))]
+
+
+def table(kept: dict[str, Any], *, timeline_drawn: bool) -> str:
+    rows = [
+        *_time_to_root(kept.get("boot")),
+        ("1. time to root on Debian 13", f"≤ {ROOT_RATIO}× dracut's", "n/m", "not measured: no Debian 13 image root on this branch"),
+        *_own_time(kept.get("phases")),
+        *_initrd(kept.get("initrd")),
+        *_storm(kept.get("storm")),
+        (
+            "5. throughput: nbd-client's 0.3 MB/s explained",
+            "explained or fair",
+            "see item 5's trace column",
+            "partly: not the request pattern (item 5)",
+        ),
+        (
+            "5. throughput: 4 connections beat 1 with 2 ms RTT (netem)",
+            "4 > 1",
+            "n/m",
+            "not measured: this host's kernel has no sch_netem, and the guest-side setup is not written",
+        ),
+        (
+            "6. the boot as a timeline",
+            "drawn by make bench",
+            "boot-timeline.svg" if timeline_drawn else "n/m",
+            "**met**" if timeline_drawn else "not met",
+        ),
+    ]
+    lines = ["| goal | target | this run | verdict |", "|---|---|---|---|"]
+    lines += [f"| {goal} | {target} | {shown} | {verdict} |" for goal, target, shown, verdict in rows]
+    return "\n".join(lines)
