@@ -48,6 +48,10 @@ def test_each_install_form_puts_a_working_kiwi_overlay_into_the_initrd(suite: st
     assert explain.returncode == 0 and "AoE target e0.1" in explain.stdout, explain.stderr
     check = subprocess.run([*chroot, "python3", "-I", "-S", "-c", CHECK], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    # The NBD attach path with this pyroute2: a one-line reason (no nbd module here, or nothing on port 1), never an exception.
+    attach = 'mount -t proc proc "$1/proc"; mount -t sysfs sysfs "$1/sys"; exec chroot "$1" kiwi-overlay nbd attach nbd://127.0.0.1:1/root'
+    failed = subprocess.run(["unshare", "--mount", "sh", "-ec", attach, "sh", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "unexpected" not in failed.stderr, failed.stderr
     python, psutil, pyudev = check.stdout.split()
     assert python == DEBIAN_VERSIONS[suite][0]
     if form == "deb":

@@ -240,6 +240,9 @@ class _Bringup:
         if self.network.bootdev:
             return (self.network.bootdev,)
         links = ethernet_links()
+        while not links and self.remaining() > 0:  # the NIC's driver may still be loading (udev, modprobe)
+            time.sleep(0.1)
+            links = ethernet_links()
         if self.network.bootif:
             chosen = [link.name for link in links if link.mac.lower() == self.network.bootif]
             if chosen:
