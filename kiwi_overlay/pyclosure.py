@@ -74,8 +74,9 @@ import pyudev
 pyudev.Context()
 sys.stdout = sys.__stdout__
 for name, module in sorted(sys.modules.items()):
-    if type(module) is not type(sys) or module.__name__ != name or name == "__main__" or not getattr(module, "__file__", None):
-        continue  # an alias (os.path, collections.abc on 3.13), a pseudo-module (typing.io), a builtin
+    alias = module.__name__ != name or getattr(getattr(module, "__spec__", None), "name", name) != name
+    if type(module) is not type(sys) or alias or name == "__main__" or not getattr(module, "__file__", None):
+        continue  # an alias (os.path; collections.abc on 3.13: _collections_abc, named so), a pseudo-module (typing.io), a builtin
     print(("-" if (getattr(module, "__file__", None) or "").startswith(search) else "") + name)
 """
 
