@@ -72,6 +72,7 @@ class Guest:
 
     USER_NET gives a NIC on QEMU user networking (DHCP, the host at 10.0.2.2); each of TAPS a NIC on
     that host tap device (AoE). NIC MACs are 52:54:00:12:34:56, then :57, ... in that order.
+    VMLINUZ boots a kernel file of its own (with its own initrd) instead of the guest kernel tree.
     """
 
     initrd: Path
@@ -81,15 +82,16 @@ class Guest:
     taps: Sequence[str] = ()
     memory_mb: int = 1024
     kernel: GuestKernel | None = None
+    vmlinuz: Path | None = None  # a kernel file of its own (a KIWI image's .kernel) instead of KERNEL's
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
-        kernel = self.kernel or guest_kernel()
+        vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).vmlinuz
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(self.memory_mb)]
         argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio"]
         argv += results.serial_argv() if results else ["-serial", "null"]
         argv += ["-no-reboot"]
-        argv += ["-kernel", str(kernel.vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
+        argv += ["-kernel", str(vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
         for number, disk in enumerate(self.disks):
             readonly = "on" if disk.readonly else "off"
             argv += ["-drive", f"file={disk.image},if=none,id=disk{number},format={disk.format},readonly={readonly},cache=unsafe"]

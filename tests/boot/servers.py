@@ -7,11 +7,14 @@
   a guest gets the tap (`Guest(taps=(target.tap,))`). AoE frames never leave that bridge.
 All are context managers; leaving the block removes everything they created, also on errors.
 Names on the host start with PREFIX (ko-bt-) plus a short random part, so runs do not collide.
+A server on a fixed port (NBD's 10809) holds that port's lock file (PORT_LOCKS) while it exists:
+another test run on this machine waits for it, and a foreign listener is reported, never used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -29,6 +32,8 @@ from kiwi_overlay.run import run
 GUEST_HOST = "10.0.2.2"  # the host as seen from a guest on QEMU user networking
 PREFIX = "ko-bt-"
 START_TIMEOUT = 10.0
+PORT_LOCKS = Path("/run/lock")  # kiwi-overlay-port-PORT.lock
+PORT_LOCK_TIMEOUT = 900.0  # the longest a test holds a fixed port (a few boots)
 
 
 def free_port() -> int:
@@ -36,6 +41,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def lock_port(port: int) -> int:
+    """Hold PORT's lock file (the descriptor returned; closing it releases): one user of a fixed port at a time."""
+    path = PORT_LOCKS / f"kiwi-overlay-port-{port}.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + PORT_LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(descriptor)
+                raise RuntimeError(f"port {port}: still held by another kiwi-overlay test after {PORT_LOCK_TIMEOUT:g} s ({path})") from None
+            time.sleep(0.5)
 
 
 def _alive(pid: int) -> bool:
@@ -69,8 +90,10 @@ class _Server:
         self.image = image
         self.name = name
         self.readonly = readonly
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self._pid: int | None = None
+        self._port_lock: int | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{self.what}-")
         self.log = Path(self._workdir.name) / "log"  # the server's output; removed with the server
 
@@ -110,15 +133,23 @@ class _Server:
 
     def __enter__(self) -> Self:
         try:
+            if self.fixed_port:
+                self._port_lock = lock_port(self.port)
             self.start()
         except BaseException:
-            self._workdir.cleanup()
+            self._release()
             raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.stop()
+        self._release()
+
+    def _release(self) -> None:
         self._workdir.cleanup()
+        if self._port_lock is not None:
+            os.close(self._port_lock)
+        self._port_lock = None
 
     def nbd_root(self, fstype: str = "auto") -> str:
         """This export in dracut's own syntax (95nbd): nbd:SERVER:PORT:FSTYPE:FLAGS:NBDOPTS, for root=."""
@@ -137,11 +168,15 @@ class NbdServer(_Server):
 
     what = "nbd-server"
 
-    def __init__(self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, config: str | None = None
+    ) -> None:
+        """CONFIG: the whole config file instead of the generated one (KIWI's page's); it must say NAME, PORT, READONLY."""
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.config = Path(self._workdir.name) / "config"
         self.config.write_text(
-            f"[generic]\nport = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
+            config
+            or f"[generic]\nport = {self.port}\nlistenaddr = 127.0.0.1\nallowlist = true\n"
             f"[{name}]\nexportname = {image}\nreadonly = {str(readonly).lower()}\n"
         )
         self._pidfile = Path(self._workdir.name) / "pid"
@@ -205,13 +240,18 @@ class AoeNames:
 
 
 class AoeTarget:
-    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins.
 
-    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
+    DAEMON runs it as KIWI's page does, `vbladed SHELF SLOT IFACE IMAGE` (vblade in the background,
+    its output to syslog through logger); removing the target ends every process in its namespace.
+    """
+
+    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True, daemon: bool = False) -> None:
         self.image = image
         self.shelf = shelf
         self.slot = slot
         self.readonly = readonly
+        self.daemon = daemon
         self.names = AoeNames.fresh()
         self._vblade: subprocess.Popen[bytes] | None = None
 
@@ -252,8 +292,16 @@ class AoeTarget:
             run(["ip", "link", "set", port, "up"])
         run(["ip", "link", "set", n.bridge, "up"])
         run(["ip", "-n", n.namespace, "link", "set", n.veth_target, "up"])
-        argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
+        argv = ["ip", "netns", "exec", n.namespace, "vbladed" if self.daemon else "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
+        if self.daemon:
+            run(argv)
+            deadline = time.monotonic() + START_TIMEOUT
+            while not any(Path(f"/proc/{pid}/comm").read_text().strip() == "vblade" for pid in self._namespace_pids()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"vbladed: no vblade running in {n.namespace} after {START_TIMEOUT:g} s")
+                time.sleep(0.05)
+            return
         with tempfile.TemporaryFile() as log:
             self._vblade = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
             time.sleep(0.2)  # vblade opens its socket at once; a quick exit means bad arguments
@@ -261,10 +309,17 @@ class AoeTarget:
                 log.seek(0)
                 raise RuntimeError(f"vblade exited with status {self._vblade.returncode}: {log.read().decode(errors='replace').strip()}")
 
+    def _namespace_pids(self) -> list[int]:
+        out = run(["ip", "netns", "pids", self.names.namespace], check=False, capture=True).stdout
+        return [int(pid) for pid in out.split()]
+
     def _remove(self) -> None:
         if self._vblade is not None:
             _stop_group(self._vblade.pid)
         self._vblade = None
+        for pid in self._namespace_pids():  # vbladed's vblade and logger
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         n = self.names
         for link in (n.tap, n.veth_host, n.bridge):
             run(["ip", "link", "delete", link], check=False, capture=True)
