@@ -21,7 +21,9 @@ import pytest
 from tests.boot.kiwi_image import (
     DOCS_IMAGE,
     NBD_CONFIG,
+    Archive,
     KiwiImage,
+    debian_archive,
     disconnected,
     kiwi_guest,
     kiwi_image,
@@ -32,8 +34,6 @@ from tests.boot.kiwi_image import (
 from tests.boot.qemu import BootResult, Disk, boot
 from tests.boot.rootfs import blank_disk, ext4_disk
 from tests.boot.servers import AoeTarget
-
-pytestmark = [pytest.mark.kiwi, pytest.mark.boot]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs/kiwi.md"
@@ -99,9 +99,29 @@ def test_docs_show_the_configuration_and_the_boot_entries_the_tests_use() -> Non
     assert (description / "root/etc/dracut.conf.d/overlay.conf").read_text() == 'add_dracutmodules+=" kiwi-overlay "\n'
 
 
+def test_the_debian_archive_is_the_first_deb_entry_of_the_apt_sources(tmp_path: Path) -> None:
+    sources = tmp_path / "debian.sources"
+    sources.write_text(
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: trixie\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian http://other.example/debian\nSuites: bookworm\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    archive = debian_archive(sources)
+    assert archive == Archive("http://mirror.example/debian", "/usr/share/keyrings/debian-archive-keyring.gpg")
+    assert archive.add_repo() == (
+        "http://mirror.example/debian,apt-deb,debian,,,,{file:///usr/share/keyrings/debian-archive-keyring.gpg},main,trixie"
+    )
+    (tmp_path / "none.sources").write_text("Types: deb-src\nURIs: http://src.example/debian\n")
+    with pytest.raises(RuntimeError, match="no 'Types: deb' entry"):
+        debian_archive(tmp_path / "none.sources")
+
+
 # ---- 1: KIWI's NBD form ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.kiwi
+@pytest.mark.boot
 @pytest.mark.usefixtures("unchanged")
 def test_kiwi_nbd_root_on_the_default_port(image: KiwiImage, tftpboot: Path, tmp_path: Path) -> None:
     with nbd_server(image, tmp_path):
@@ -115,6 +135,8 @@ def test_kiwi_nbd_root_on_the_default_port(image: KiwiImage, tftpboot: Path, tmp
 # ---- 2: KIWI's AoE form --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.kiwi
+@pytest.mark.boot
 @pytest.mark.usefixtures("unchanged")
 @pytest.mark.parametrize("source", ["e0.1", "eth0"])
 def test_kiwi_aoe_root_exported_with_vbladed(image: KiwiImage, tftpboot: Path, source: str) -> None:
@@ -128,6 +150,8 @@ def test_kiwi_aoe_root_exported_with_vbladed(image: KiwiImage, tftpboot: Path, s
 # ---- 3: a persistent write device ------------------------------------------------------------------------------------
 
 
+@pytest.mark.kiwi
+@pytest.mark.boot
 @pytest.mark.usefixtures("unchanged")
 def test_kiwi_nbd_root_with_a_persistent_write_device(image: KiwiImage, tftpboot: Path, tmp_path: Path) -> None:
     cow = ext4_disk(tmp_path / "cow.img", size_mb=256, label=COW_LABEL)

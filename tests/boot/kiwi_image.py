@@ -18,6 +18,7 @@ import argparse
 import base64
 import hashlib
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -102,7 +103,10 @@ class KiwiImage:
     @property
     def root(self) -> Path:
         """The root filesystem image ({name}.x86_64-{version}, ext4), the file to export."""
-        return self._one("*.x86_64-[0-9]*[0-9]")
+        found = [path for path in self.directory.glob("*.x86_64-*") if re.fullmatch(r".+\.x86_64-[0-9.]+", path.name)]
+        if len(found) != 1:
+            raise RuntimeError(f"{self.directory}: expected one root image NAME.x86_64-VERSION, found {[path.name for path in found]}")
+        return found[0]
 
 
 @dataclass(frozen=True)
