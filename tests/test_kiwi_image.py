@@ -38,7 +38,6 @@ from tests.boot.servers import AoeTarget
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs/kiwi.md"
 BOOT_TIMEOUT = 600.0  # a whole Debian 13 with systemd under TCG, and a shutdown
-# docs/kiwi.md's nbd-server configuration, the image path aside.
 COW_LABEL = "kiwicow"
 
 
@@ -50,6 +49,7 @@ def image() -> KiwiImage:
 
 @pytest.fixture(scope="session")
 def tftpboot(image: KiwiImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """KIWI's step 1, into a private TFTP root."""
     return pxe_files(image, tmp_path_factory.mktemp("tftpboot"))
 
 
@@ -62,6 +62,7 @@ def unchanged(image: KiwiImage) -> Iterator[None]:
 
 
 def mounted(result: BootResult, mountpoint: str) -> tuple[str, str] | None:
+    """(source, fstype) of the mount on MOUNTPOINT as the probe saw it."""
     for line in result.mounts:
         fields = line.split()
         if len(fields) > 2 and fields[1] == mountpoint:
