@@ -74,9 +74,9 @@ import pyudev
 pyudev.Context()
 sys.stdout = sys.__stdout__
 for name, module in sorted(sys.modules.items()):
-    alias = module.__name__ != name or getattr(getattr(module, "__spec__", None), "name", name) != name
-    if type(module) is not type(sys) or alias or name == "__main__" or not getattr(module, "__file__", None):
-        continue  # an alias (os.path; collections.abc on 3.13: _collections_abc, named so), a pseudo-module (typing.io), a builtin
+    spec_name = getattr(getattr(module, "__spec__", None), "name", name)
+    if type(module) is not type(sys) or name != module.__name__ or name != spec_name or not getattr(module, "__file__", None):
+        continue  # an alias (os.path; collections.abc on 3.13 is _collections_abc), a pseudo-module (typing.io), a builtin
     print(("-" if (getattr(module, "__file__", None) or "").startswith(search) else "") + name)
 """
 
@@ -91,17 +91,26 @@ class Closure:
 # says the same): an older or missing one stops the initrd build, never a boot.
 MINIMUM_VERSIONS = {"psutil": "5.9.4", "pyroute2": "0.7.2", "pyudev": "0.24.0"}
 
-# Runs in the child, with its site: per package, its directory and version ("-" for none).
+# Runs in the child, with its site: per package, its directory, version and metadata directory
+# ("-" for none), tab-separated.
 _LOCATE = """
 import sys, importlib.util, importlib.metadata
 for name in sys.argv[1:]:
     spec = importlib.util.find_spec(name)
     try:
-        version = importlib.metadata.version(name.replace("_", "-"))
+        distribution = importlib.metadata.distribution(name.replace("_", "-"))
+        version, metadata = distribution.version, str(getattr(distribution, "_path", "-"))
     except importlib.metadata.PackageNotFoundError:
-        version = "-"
-    print(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-", version)
+        version = metadata = "-"
+    directory = next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else "-"
+    print(directory, version, metadata, sep="\t")
 """
+
+
+@dataclass(frozen=True)
+class Installed:
+    directory: Path  # the package
+    metadata: Path | None  # its .dist-info or .egg-info: pyroute2 0.7 finds its classes through entry points
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -109,20 +118,23 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
-def _locate(python: Path) -> dict[str, Path]:
-    """The directory of each package PYTHON has installed; a missing or too old one is a one-line error."""
+def _locate(python: Path) -> dict[str, Installed]:
+    """Each package PYTHON has installed; a missing or too old one is a one-line error."""
     from kiwi_overlay.run import run
 
     lines = run([python, "-I", "-c", _LOCATE, *PACKAGES], capture=True).stdout.splitlines()
-    found = {name: line.rpartition(" ")[::2] for name, line in zip(PACKAGES, lines, strict=True)}  # (directory, version)
-    missing = [name for name, (directory, _) in found.items() if directory == "-"]
+    found = {name: line.split("\t") for name, line in zip(PACKAGES, lines, strict=True)}  # directory, version, metadata
+    missing = [name for name, (directory, _, _) in found.items() if directory == "-"]
     if missing:
         raise KiwiOverlayError(f"{python} has no {', '.join(missing)}: install kiwi-overlay for the Python that goes into the initrd")
     for name, minimum in MINIMUM_VERSIONS.items():
         version = found[name][1]
         if version != "-" and _version(version) < _version(minimum):  # no metadata: a source tree; its import worked
             raise KiwiOverlayError(f"{name} {version} is too old for kiwi-overlay: it needs {name} >= {minimum} (for {python})")
-    return {name: Path(directory) for name, (directory, _) in found.items()}
+    return {
+        name: Installed(Path(directory), Path(metadata) if metadata != "-" and Path(metadata).is_dir() else None)
+        for name, (directory, _, metadata) in found.items()
+    }
 
 
 def _source_imports(package_dir: Path) -> set[str]:
@@ -161,7 +173,7 @@ def trace(*, python: Path) -> Closure:
     """The closure of kiwi-overlay's imports under PYTHON, with the packages installed for it."""
     from kiwi_overlay.run import run
 
-    roots = _locate(python)
+    roots = {name: installed.directory for name, installed in _locate(python).items()}
     imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
     search = sorted({str(root.parent) for root in roots.values()})
     loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
@@ -245,13 +257,15 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
         source = _stdlib_file(name, dirs, found)
         if source is not None:
             _place(source, source, initdir, extensions, optimize=2)
-    for name, root in _locate(Path(sys.executable)).items():
+    for name, installed in _locate(Path(sys.executable)).items():
         if name not in closure.packages:
             continue
-        for source in sorted(root.rglob("*")):
-            relative = source.relative_to(root.parent)
+        for source in sorted(installed.directory.rglob("*")):
+            relative = source.relative_to(installed.directory.parent)
             if source.is_file() and not _SKIPPED_DIRS.intersection(relative.parts) and source.suffix not in (".pyc", ".pyi"):
                 _place(source, stdlib / relative, initdir, extensions)
+        if installed.metadata:  # as it is: importlib.metadata finds it on sys.path, the standard-library directory
+            shutil.copytree(installed.metadata, initdir / stdlib.relative_to("/") / installed.metadata.name, dirs_exist_ok=True)
     launcher = initdir / LAUNCHER.relative_to("/")
     launcher.parent.mkdir(parents=True, exist_ok=True)
     flags = "".join(flag.lstrip("-") for flag in INTERPRETER_FLAGS)  # one shebang argument: -ISBXutf8

@@ -121,6 +121,7 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     stdlib = tmp_path / Path(sysconfig.get_path("stdlib")).relative_to("/")
     assert (stdlib / "os.pyc").is_file() and not (stdlib / "os.py").exists()
     assert (stdlib / "kiwi_overlay/cli.pyc").is_file()
+    assert [path.name.split("-")[0] for path in sorted(stdlib.glob("*.dist-info"))] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
     assert not list(stdlib.rglob("*.py"))
 
 
