@@ -128,7 +128,9 @@ class Netlink:
 
         self.msg_class = message_class()
         self.socket = GenericNetlinkSocket()
-        self.socket.asyncore.module_err_level = "debug"  # our own error says it in one line
+        engine = getattr(self.socket, "asyncore", None)  # pyroute2 0.9; 0.7 (Debian's) has none
+        if engine is not None:
+            engine.module_err_level = "debug"  # our own error says it in one line
         try:
             try:
                 self.socket.bind(FAMILY, self.msg_class)
