@@ -13,6 +13,7 @@ powers the machine off; the image's own shutdown then ends the guest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def test_kiwi_nbd_root_on_the_default_port(image: KiwiImage, tftpboot: Path, tmp
     with nbd_server(image, tmp_path):
         result = boot(kiwi_guest(tftpboot, "root=overlay:nbd=10.0.2.2:export"), name="kiwi-image-nbd", timeout=BOOT_TIMEOUT)
     expect_probe(result)
-    assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "ext4"), result.describe()
+    source, fstype = mounted(result, "/run/overlay/rootfsbase") or ("", "")
+    assert re.fullmatch(r"/dev/nbd\d+", source) and fstype == "ext4", result.describe()  # the first free device
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()
     assert disconnected(tmp_path), f"nbd-server saw no NBD_CMD_DISC\n{result.describe()}"
 
