@@ -6,7 +6,7 @@ DESTDIR ?=
 buildroot ?= $(DESTDIR)
 dracutdir ?= /usr/lib/dracut/modules.d
 
-.PHONY: all deps venv test lint format install dracut-module deb clean demo bench
+.PHONY: all deps venv test lint format install dracut-module deb kiwi-image clean demo bench
 
 all: venv
 
@@ -21,7 +21,7 @@ deps: build/.deps-installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,kiwi]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -31,6 +31,7 @@ test: deps venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Installs the Debian packages (root), builds the guest initrd and root, boots scenario 1 in QEMU.
+# DEMO_ARGS=--kiwi boots the KIWI image of docs/kiwi.md instead (make kiwi-image; built when missing).
 demo: deps venv
 	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
@@ -50,7 +51,7 @@ lint: deps venv
 	$(PY) -m ruff format --check kiwi_overlay tests benchmarks
 	$(PY) -m mypy kiwi_overlay benchmarks
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
-	shellcheck tests/boot/*.sh
+	shellcheck tests/boot/*.sh docs/kiwi/*/config.sh
 
 format: venv
 	$(PY) -m ruff format kiwi_overlay tests benchmarks
@@ -80,6 +81,12 @@ deb: deps
 	# Debian's python3 builds it, whatever python3 is first on the caller's PATH (pyenv, a venv).
 	cd build/deb/kiwi-overlay-$(DEB_VERSION) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	lintian --fail-on error build/deb/kiwi-overlay_$(DEB_VERSION)_all.deb
+
+# The KIS image of docs/kiwi/kis-debian13 (docs/kiwi.md), built with kiwi-ng from this checkout's .deb
+# and Debian's archive of this machine's apt sources: about 5 min, cached in
+# /var/cache/kiwi-overlay/kiwi (KIWI_OVERLAY_CACHE) by content (description, .deb, kiwi's version, archive).
+kiwi-image: deb venv
+	$(PY) -m tests.boot.kiwi_image --deb build/deb/kiwi-overlay_$(DEB_VERSION)_all.deb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -78,6 +78,7 @@ class Guest:
     that host tap device (AoE); each of NETDEVS a NIC on that QEMU -netdev backend (e.g. tests/boot/vlan.py's
     dgram socket, or "user" for a second user-networking NIC). NIC MACs are 52:54:00:12:34:56, then
     :57, ... in that order.
+    VMLINUZ boots a kernel file of its own (with its own initrd) instead of the guest kernel tree.
     """
 
     initrd: Path
@@ -88,15 +89,16 @@ class Guest:
     netdevs: Sequence[str] = ()
     memory_mb: int = 1024
     kernel: GuestKernel | None = None
+    vmlinuz: Path | None = None  # a kernel file of its own (a KIWI image's .kernel) instead of KERNEL's
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
-        kernel = self.kernel or guest_kernel()
+        vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).vmlinuz
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(self.memory_mb)]
         argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio"]
         argv += results.serial_argv() if results else ["-serial", "null"]
         argv += ["-no-reboot"]
-        argv += ["-kernel", str(kernel.vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
+        argv += ["-kernel", str(vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
         for number, disk in enumerate(self.disks):
             readonly = "on" if disk.readonly else "off"
             argv += ["-drive", f"file={disk.image},if=none,id=disk{number},format={disk.format},readonly={readonly},cache=unsafe"]

@@ -8,11 +8,14 @@
 - DhcpSegment: the same bridge and namespace, with dnsmasq (DHCP, a root-path) and qemu-nbd there.
 All are context managers; leaving the block removes everything they created, also on errors.
 Names on the host start with PREFIX (ko-bt-) plus a short random part, so runs do not collide.
+A server on a fixed port (NBD's 10809) holds that port's lock file (PORT_LOCKS) while it exists:
+another test run on this machine waits for it, and a foreign listener is reported, never used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -31,6 +34,8 @@ GUEST_HOST = "10.0.2.2"  # the host as seen from a guest on QEMU user networking
 GUEST_HOST6 = "fec0::2"  # ... over IPv6 (router advertisements give the guest fec0::/64); reaches the host's ::1
 PREFIX = "ko-bt-"
 START_TIMEOUT = 10.0
+PORT_LOCKS = Path("/run/lock")  # kiwi-overlay-port-PORT.lock
+PORT_LOCK_TIMEOUT = 900.0  # the longest a test holds a fixed port (a few boots)
 
 
 def free_port() -> int:
@@ -38,6 +43,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def lock_port(port: int) -> int:
+    """Hold PORT's lock file (the descriptor returned; closing it releases): one user of a fixed port at a time."""
+    path = PORT_LOCKS / f"kiwi-overlay-port-{port}.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + PORT_LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(descriptor)
+                raise RuntimeError(f"port {port}: still held by another kiwi-overlay test after {PORT_LOCK_TIMEOUT:g} s ({path})") from None
+            time.sleep(0.5)
 
 
 def _alive(pid: int) -> bool:
@@ -73,8 +94,10 @@ class _Server:
         self.bind = bind  # 127.0.0.1, or ::1 for a guest that reaches GUEST_HOST6
         self.name = name
         self.readonly = readonly
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self._pid: int | None = None
+        self._port_lock: int | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{self.what}-")
         self.log = Path(self._workdir.name) / "log"  # the server's output; removed with the server
 
@@ -119,15 +142,23 @@ class _Server:
 
     def __enter__(self) -> Self:
         try:
+            if self.fixed_port:
+                self._port_lock = lock_port(self.port)
             self.start()
         except BaseException:
-            self._workdir.cleanup()
+            self._release()
             raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.stop()
+        self._release()
+
+    def _release(self) -> None:
         self._workdir.cleanup()
+        if self._port_lock is not None:
+            os.close(self._port_lock)
+        self._port_lock = None
 
     def nbd_root(self, fstype: str = "auto") -> str:
         """This export in dracut's own syntax (95nbd): nbd:SERVER:PORT:FSTYPE:FLAGS:NBDOPTS, for root=."""
@@ -160,8 +191,16 @@ class NbdServer(_Server):
     what = "nbd-server"
 
     def __init__(
-        self, image: Path, *, name: str = "root", readonly: bool = True, port: int | None = None, tls: ServerTls | None = None
+        self,
+        image: Path,
+        *,
+        name: str = "root",
+        readonly: bool = True,
+        port: int | None = None,
+        tls: ServerTls | None = None,
+        config: str | None = None,
     ) -> None:
+        """CONFIG: the whole config file instead of the generated one (KIWI's page's); it must say NAME, PORT, READONLY."""
         super().__init__(image, name=name, readonly=readonly, port=port)
         self.scheme = "nbds" if tls else "nbd"
         self.config = Path(self._workdir.name) / "config"
@@ -170,7 +209,7 @@ class NbdServer(_Server):
         if tls:
             generic += f"force_tls = true\ncertfile = {tls.cert}\nkeyfile = {tls.key}\ncacertfile = {tls.client_ca}\n"
             export += "tlsonly = true\n"
-        self.config.write_text(f"[generic]\n{generic}[{name}]\n{export}")
+        self.config.write_text(config or f"[generic]\n{generic}[{name}]\n{export}")
         self._pidfile = Path(self._workdir.name) / "pid"
 
     def _launch(self) -> int:
