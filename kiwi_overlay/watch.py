@@ -60,13 +60,15 @@ def message(level: int, percent: float, *, where: str, size: int) -> tuple[int, 
     )
 
 
-def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], None] | None = None) -> None:
+def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], None] | None = None, starter: int | None = None) -> None:
     """Warn about the write layer at DIRECTORY from when it is mounted until it is unmounted.
 
     READY() once everything needed is open. It holds a descriptor of DIRECTORY's grandparent (/run for
     /run/overlay/overlayfs), not of the layer: /run moves to the real root with the descriptor (this
     process still sees the initrd's emptied tree), and the layer stays free to be unmounted. The layer
-    counts as mounted while DIRECTORY is on another filesystem than the grandparent.
+    counts as mounted while DIRECTORY is on another filesystem than the grandparent. STARTER: a pipe
+    the starting process closes once the layer is mounted (or it gave up): a layer still not
+    mounted then never will be, and the watch ends instead of waiting for it.
     """
     directory = directory.absolute()
     try:
@@ -86,9 +88,12 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
     while True:
         stat = _layer(anchor, below, anchor_device)
         if stat is None:
-            if mounted:
-                return  # unmounted: the write layer is gone
-            time.sleep(min(interval, 0.1))  # not mounted yet
+            if mounted or (
+                starter is not None and _closed(starter, timeout=min(interval, 0.1)) and _layer(anchor, below, anchor_device) is None
+            ):
+                return  # unmounted, or never mounted by a starter that is done: the write layer is gone
+            if starter is None:
+                time.sleep(min(interval, 0.1))  # not mounted yet
             continue
         mounted = True
         percent = fill_percent(stat)
@@ -96,6 +101,14 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
         if level is not None:
             _say(kmsg, *message(level, percent, where=str(directory), size=stat.f_blocks * stat.f_frsize))
         time.sleep(interval)
+
+
+def _closed(fd: int, *, timeout: float) -> bool:
+    """Whether the pipe FD reached its end within TIMEOUT (its writer closed it or is gone)."""
+    import select
+
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return bool(readable) and os.read(fd, 1) == b""
 
 
 def _layer(anchor: int, below: str, anchor_device: int) -> os.statvfs_result | None:
@@ -134,7 +147,7 @@ class Started:
         self.process = subprocess.Popen(
             [PROCESS_NAME, "-m", "kiwi_overlay.watch", str(directory), str(interval)],
             executable=sys.executable,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # closed by confirm(), once the layer is mounted
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # it speaks through /dev/kmsg
             env=_child_environment(),
@@ -153,6 +166,8 @@ class Started:
         if line != b"ready\n":
             self.stop()
             raise KiwiOverlayError(f"the watch of {self.directory} did not start (status {self.process.returncode})")
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # the layer is mounted: from now on its unmount ends the watch
 
     def stop(self) -> None:
         self.process.kill()
@@ -169,7 +184,7 @@ def main() -> int:
         os.dup2(null, 1)
         os.close(null)
 
-    watch(directory, interval=interval, ready=ready)
+    watch(directory, interval=interval, ready=ready, starter=sys.stdin.fileno())
     return 0
 
 

@@ -97,3 +97,14 @@ def test_watch_without_the_directory_above_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == f"kiwi-overlay: cannot watch {missing}/overlay/overlayfs: {missing}: No such file or directory\n"
+
+
+def test_a_watch_whose_layer_was_never_mounted_ends_once_its_starter_is_done(tmp_path: Path) -> None:
+    """A layer unmounted before the watch saw it (or never mounted) must not leave the watch waiting for ever."""
+    from kiwi_overlay.watch import Started
+
+    layer = tmp_path / "run" / "overlay" / "overlayfs"
+    layer.mkdir(parents=True)
+    started = Started(layer, interval=0.2)
+    started.confirm()
+    assert started.process.wait(timeout=30) == 0
