@@ -28,7 +28,7 @@ venv: $(VENV)/.installed
 
 # pytest exits 5 when a marker selection (PYTEST_ARGS="-m ...") matches no test: not a failure.
 test: deps venv
-	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -ra --durations=40 $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Installs the Debian packages (root), builds the guest initrd and root, boots scenario 1 in QEMU.
 # DEMO_ARGS=--kiwi boots the KIWI image of docs/kiwi.md instead (make kiwi-image; built when missing).
