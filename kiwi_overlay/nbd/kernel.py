@@ -145,9 +145,8 @@ class Netlink:
         from pyroute2.netlink.generic import GenericNetlinkSocket
 
         self.socket = GenericNetlinkSocket()
-        engine = getattr(self.socket, "asyncore", None)  # pyroute2 0.9; 0.7 (Debian's) has none
-        if engine is not None:
-            engine.module_err_level = "debug"  # our own error says it in one line
+        # Our own error says it in one line; pyroute2 0.9 keeps the level on the socket's core, 0.7 on the socket.
+        getattr(self.socket, "asyncore", self.socket).module_err_level = "debug"
         try:
             try:
                 self.socket.bind(FAMILY, self.msg_class)
