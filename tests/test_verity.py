@@ -75,6 +75,14 @@ def test_plan_carries_the_root_hash_and_explain_shows_the_verity_device() -> Non
     assert parse_plan(KernelCmdline("root=overlay:LABEL=root")).verity is None
 
 
+def test_explain_says_a_reconnect_checks_the_root_hash() -> None:
+    servers = "root=overlay:nbd=10.0.2.2,10.0.2.3:root"
+    assert "any with the same size and verity root hash" in describe(
+        parse_plan(KernelCmdline(f"{servers} rd.root.overlay.verity={ROOT_HASH}"))
+    )
+    assert "any with the same size\n" in describe(parse_plan(KernelCmdline(servers)))
+
+
 @pytest.mark.parametrize("value", ["", "xyz", "0123", ROOT_HASH + "0", "g" * 64])
 def test_a_value_that_is_no_root_hash_is_refused_in_one_line(value: str) -> None:
     with pytest.raises(OptionError, match=r"^rd\.root\.overlay\.verity=.*: needs the root hash .*; e\.g\. rd\.root\.overlay\.verity="):
