@@ -306,24 +306,25 @@ class Supervisor:
                 deadline = min(deadline, max(policy_at, time.monotonic() + 1))
             try:
                 server, sock, info = self._open_first(order, deadline)
+                try:
+                    problem = self.different_image(server, info, sock)
+                except NbdError:  # lost while looking at the image: like an unreachable server, tried after the others
+                    sock.close()
+                    order.remove(server)
+                    order.append(server)
+                    raise
             except KiwiOverlayError as error:
                 if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
                     self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
             else:
-                try:
-                    problem = self.different_image(server, info, sock)
-                except NbdError as error:  # lost while looking at the image: like an unreachable server
-                    sock.close()
-                    self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
-                else:
-                    if problem is None:
-                        if server != previous:
-                            self.say(f"{self.root.server_uri(server)} took over from {self.root.server_uri(previous)} (same image)")
-                        self.server = server
-                        return self.kernel_socket(sock)
-                    sock.close()
-                    self.say(f"{problem}; not reconnecting to it")
-                    order.remove(server)
+                if problem is None:
+                    if server != previous:
+                        self.say(f"{self.root.server_uri(server)} took over from {self.root.server_uri(previous)} (same image)")
+                    self.server = server
+                    return self.kernel_socket(sock)
+                sock.close()
+                self.say(f"{problem}; not reconnecting to it")
+                order.remove(server)
             if policy_at is not None and time.monotonic() >= policy_at:
                 policy_at = None
                 self.lost_too_long(give_up)
