@@ -22,14 +22,13 @@ from nbd_servers import (
     IMAGE_SIZE,
     Hostile,
     greeting,
-    make_ca,
     make_image,
     nbd_server,
     qemu_nbd,
+    qemu_nbd_tls,
     read_option,
     recv_exact,
     reply,
-    sign,
 )
 from test_nbd_protocol import info_export, read_first_sector
 
@@ -95,18 +94,12 @@ def test_logging_survives_a_broken_stderr() -> None:
 
 def test_tls_proxy_uses_one_thread_and_carries_pipelined_requests(tmp_path: Path) -> None:
     """Item 11: one SSLSocket is driven from one thread only; many requests in flight both ways arrive intact."""
-    ca = make_ca(tmp_path, "ca")
-    server = sign(tmp_path, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
-        (creds / name).write_bytes(source.read_bytes())
+    ca, extra = qemu_nbd_tls(tmp_path)
     image = make_image(tmp_path / "rootfs.img")
     with image.open("r+b") as handle:  # a pattern to check every block against
         handle.write(b"".join(struct.pack(">Q", block) * 512 for block in range(256)))
-    extra = ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
     with qemu_nbd(image, extra=extra) as port:
-        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca[0]))
+        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca))
         sock, _ = supervisor._open(supervisor.root.servers[0], time.monotonic() + 20)
         before = threading.active_count()
         proxy = TlsProxy(sock)
@@ -225,20 +218,14 @@ def test_a_reconnect_takes_only_a_server_whose_image_has_the_root_hash(tmp_path:
 
 def test_a_reconnect_over_tls_checks_the_root_hash_too(tmp_path: Path) -> None:
     images, root_hash, other_hash = _verity_images(tmp_path)
-    ca = make_ca(tmp_path, "ca")
-    server = sign(tmp_path, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
-        (creds / name).write_bytes(source.read_bytes())
-    extra = ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
+    ca, extra = qemu_nbd_tls(tmp_path)
     with (
         qemu_nbd(images["attached"], extra=extra) as attached,
         qemu_nbd(images["copy"], extra=extra) as copy,
         qemu_nbd(images["other"], extra=extra) as other,
     ):
         uris = ",".join(f"nbds://127.0.0.1:{port}/rootfs" for port in (attached, copy, other))
-        supervisor = Supervisor(replace(request_for(uris, tls_ca=ca[0]), verity=root_hash))
+        supervisor = Supervisor(replace(request_for(uris, tls_ca=ca), verity=root_hash))
         for sock in supervisor.first_connections():
             sock.close()
         _, copy_server, other_server = supervisor.root.servers
