@@ -62,7 +62,9 @@ def attach_read_device(plan: Plan, *, timeout: float) -> tuple[Plan, Path]:
     if isinstance(root, NbdRoot):
         from kiwi_overlay import nbd
 
-        return plan, nbd.attach_root(root, timeout=timeout)
+        # The verity layout fills the export unless it is in a partition: then only the size is checked on a reconnect.
+        verity = plan.verity if plan.partition is None else None
+        return plan, nbd.attach_root(root, timeout=timeout, verity=verity)
     if isinstance(root, AoeRoot):
         from kiwi_overlay import aoe
 

@@ -145,7 +145,8 @@ def describe(plan: Plan) -> str:
         lines.append(f"read layer:  NBD export {root.export!r} on {root.address}" + (" over TLS" if root.tls else ""))
         if len(root.servers) > 1:
             others = ", ".join(f"{server.export!r} on {server.address}" for server in root.servers[1:])
-            lines.append(f"             or, in this order, {others}: the first that answers; a reconnect goes to any with the same size")
+            same = "size and verity root hash" if plan.verity and plan.partition is None else "size"
+            lines.append(f"             or, in this order, {others}: the first that answers; a reconnect goes to any with the same {same}")
         lines.append(f"             {root.connections} connection(s)" + (f", I/O timeout {root.io_timeout:g} s" if root.io_timeout else ""))
         lines.append(f"             {_lost_line(root)}")
         if root.tls:

@@ -14,7 +14,9 @@ version, and is the tool that wrote the image, so format and open cannot disagre
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 from pathlib import Path
 
 from kiwi_overlay.errors import KiwiOverlayError
@@ -24,6 +26,13 @@ DEVICE_NAME = "kiwi-overlay-root"
 MAPPER = Path("/dev/mapper") / DEVICE_NAME
 SUPERBLOCK_MAGIC = b"verity\0\0"
 ROOT_HASH_LENGTHS = {40: "sha1", 64: "sha256", 128: "sha512"}  # hex digits: veritysetup's usual algorithms
+# veritysetup's on-disk superblock up to the salt, little-endian: magic, version, hash type, uuid,
+# algorithm name, data and hash block sizes, data blocks, salt size, padding, salt.
+SUPERBLOCK = struct.Struct("<8sII16s32sIIQH6x256s")
+
+
+class VerityError(KiwiOverlayError):
+    """A verity superblock that cannot give a root hash; the message says what is wrong with it."""
 
 
 def hash_tree_blocks(data_blocks: int, *, digest_size: int = 32) -> int:
@@ -49,6 +58,51 @@ def data_blocks_of(size: int, *, digest_size: int = 32) -> int | None:
             return middle
         low, high = (middle + 1, high) if total < blocks else (low, middle - 1)
     return None
+
+
+def hash_locations(size: int, *, digest_size: int = 32) -> tuple[int, int] | None:
+    """Where an image of SIZE bytes in this layout has its superblock and the block its root hash digests.
+
+    That block is the top level of the hash tree, written first, right after the superblock; with a
+    single data block there is no tree and it is the data block itself. None when SIZE fits no layout.
+    """
+    data_blocks = data_blocks_of(size, digest_size=digest_size)
+    if data_blocks is None:
+        return None
+    superblock = data_blocks * BLOCK
+    return superblock, superblock + BLOCK if data_blocks > 1 else 0
+
+
+def root_hash_of(superblock: bytes, top_block: bytes) -> str:
+    """The root hash (lowercase hex) from an image's verity SUPERBLOCK and the top block of its hash tree.
+
+    It is the salted digest of that block with the superblock's algorithm: hash type 1 (veritysetup's
+    default) hashes the salt first, type 0 (Chrome OS) last. Raises VerityError for a superblock
+    that is not one (magic, version, hash type, salt size, algorithm, block size).
+    """
+    if len(superblock) < SUPERBLOCK.size:
+        raise VerityError(f"is truncated ({len(superblock)} bytes)")
+    magic, version, hash_type, _, algorithm, _, hash_block_size, _, salt_size, salt = SUPERBLOCK.unpack_from(superblock)
+    if magic != SUPERBLOCK_MAGIC:
+        raise VerityError("lacks the magic verity\\0\\0")
+    if version != 1:
+        raise VerityError(f"has version {version} (only 1 exists)")
+    if hash_type not in (0, 1):
+        raise VerityError(f"has hash type {hash_type} (0 or 1)")
+    if salt_size > len(salt):
+        raise VerityError(f"claims a salt of {salt_size} bytes (at most {len(salt)})")
+    if hash_block_size != len(top_block):
+        raise VerityError(f"has {hash_block_size}-byte hash blocks instead of {len(top_block)}")
+    name = algorithm.rstrip(b"\0").decode("ascii", "replace")
+    try:
+        digest = hashlib.new(name)
+    except ValueError:
+        digest = None
+    if digest is None or not digest.digest_size:  # the variable-length SHAKEs have none
+        raise VerityError(f"names the hash algorithm {name[:32]!r}, which this Python lacks")
+    salt = salt[:salt_size]
+    digest.update(salt + top_block if hash_type == 1 else top_block + salt)
+    return digest.hexdigest()
 
 
 def _has_superblock(image: Path, data_blocks: int) -> bool:

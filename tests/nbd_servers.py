@@ -124,6 +124,17 @@ def sign(directory: Path, ca: tuple[Path, Path], name: str, *, san: str, usage: 
     return cert, key
 
 
+def qemu_nbd_tls(directory: Path) -> tuple[Path, tuple[str, ...]]:
+    """A CA and a server certificate for 127.0.0.1, made in DIRECTORY: the CA's certificate and qemu-nbd's TLS options."""
+    ca = make_ca(directory, "ca")
+    server = sign(directory, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
+    creds = directory / "creds"
+    creds.mkdir()
+    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
+        (creds / name).write_bytes(source.read_bytes())
+    return ca[0], ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
+
+
 class Hostile:
     """A TCP server on loopback that runs SCRIPT(conn) for each client, in a thread."""
 

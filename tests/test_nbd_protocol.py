@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import struct
@@ -492,3 +493,41 @@ def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
         server.close()
     assert info.size == 1 << 20
     assert len(calls) >= 2
+
+
+# --- NBD_CMD_READ in transmission phase (the supervisor's look at an image, issue 17 item 2) ----------
+
+
+@pytest.mark.parametrize(
+    ("answer", "message", "lost"),
+    [
+        (struct.pack(">IIQ", 0x67446698, 5, protocol.COOKIE), "read of 4096 bytes at 0 failed: Input/output error (error 5)", False),
+        (struct.pack(">IIQ", 0x67446698, 0, 99), "read reply for request 0x0000000000000063, not ours", False),
+        (
+            struct.pack(">IHHQI", 0x668E33EF, 0, 0, protocol.COOKIE, 0),
+            "read reply with a structured reply, which was not negotiated",
+            False,
+        ),
+        (struct.pack(">IIQ", 0x67446698, 0, protocol.COOKIE) + b"x" * 100, "closed the connection while sending the data read", True),
+    ],
+    ids=["error reply", "another cookie", "structured reply", "short data"],
+)
+def test_read_checks_the_reply(answer: bytes, message: str, lost: bool) -> None:
+    client, server = socket.socketpair()
+    with client, server:
+        server.sendall(answer)
+        server.shutdown(socket.SHUT_WR)
+        with pytest.raises(NbdError, match="^" + re.escape(f"NBD server peer: {message}")) as raised:
+            protocol.read(Wire(client, peer="peer", deadline=time.monotonic() + 5), offset=0, length=4096)
+        assert raised.value.lost == lost
+        assert recv_exact(server, 28) == struct.pack(">IHHQQI", protocol.REQUEST_MAGIC, 0, 0, protocol.COOKIE, 0, 4096)
+
+
+def test_read_is_bounded_and_reads_a_real_export(qemu_port: int) -> None:
+    sock, _ = connect.open_export(root_from_uri(f"nbd://127.0.0.1:{qemu_port}/rootfs"), deadline=deadline(), context=None)
+    with sock:
+        wire = Wire(sock, peer="qemu-nbd", deadline=deadline())
+        with pytest.raises(ValueError, match="at most 65536 bytes"):
+            protocol.read(wire, offset=0, length=protocol.MAX_READ + 1)
+        assert protocol.read(wire, offset=0, length=512) == FIRST_SECTOR
+        assert read_first_sector(sock) == FIRST_SECTOR  # nothing left unread: the connection goes on

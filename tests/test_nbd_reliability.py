@@ -4,20 +4,39 @@ stderr, and the TLS proxy on one thread. The kernel side (ioctl detach order) is
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, make_ca, make_image, nbd_server, qemu_nbd, sign
-from test_nbd_protocol import read_first_sector
+from nbd_servers import (
+    FIRST_SECTOR,
+    IMAGE_SIZE,
+    Hostile,
+    greeting,
+    make_image,
+    nbd_server,
+    qemu_nbd,
+    qemu_nbd_tls,
+    read_option,
+    recv_exact,
+    reply,
+)
+from test_nbd_protocol import info_export, read_first_sector
 
+from kiwi_overlay.config import NbdServer
 from kiwi_overlay.nbd import kernel, protocol, root_from_uri
 from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY
 from kiwi_overlay.nbd.supervisor import Request, Supervisor, TlsProxy
+from kiwi_overlay.verity import BLOCK, format_image
 
 
 def request_for(uri: str, **options: object) -> Request:
@@ -75,18 +94,12 @@ def test_logging_survives_a_broken_stderr() -> None:
 
 def test_tls_proxy_uses_one_thread_and_carries_pipelined_requests(tmp_path: Path) -> None:
     """Item 11: one SSLSocket is driven from one thread only; many requests in flight both ways arrive intact."""
-    ca = make_ca(tmp_path, "ca")
-    server = sign(tmp_path, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
-        (creds / name).write_bytes(source.read_bytes())
+    ca, extra = qemu_nbd_tls(tmp_path)
     image = make_image(tmp_path / "rootfs.img")
     with image.open("r+b") as handle:  # a pattern to check every block against
         handle.write(b"".join(struct.pack(">Q", block) * 512 for block in range(256)))
-    extra = ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
     with qemu_nbd(image, extra=extra) as port:
-        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca[0]))
+        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca))
         sock, _ = supervisor._open(supervisor.root.servers[0], time.monotonic() + 20)
         before = threading.active_count()
         proxy = TlsProxy(sock)
@@ -125,3 +138,191 @@ def test_the_kernel_gets_the_read_only_flag_for_a_writable_export(tmp_path: Path
             sock.close()
     assert supervisor.info is not None and not supervisor.info.flags & FLAG_READ_ONLY  # the export is writable
     assert supervisor.config().server_flags & FLAG_READ_ONLY
+
+
+# ---- issue 17 item 2: a reconnect checks the root hash (rd.root.overlay.verity) ---------------------------------
+
+
+def test_the_request_carries_the_root_hash_to_the_supervisor() -> None:
+    request = replace(request_for("nbd://10.0.0.1/rootfs,nbd://10.0.0.2/rootfs"), verity="ab" * 32)
+    assert Request.from_json(request.to_json()) == request
+    assert Request.from_json(replace(request, verity=None).to_json()).verity is None
+
+
+OTHER_SECTOR = b"another version".ljust(512, b".")
+
+
+def _verity_images(directory: Path) -> tuple[dict[str, Path], str, str]:
+    """Verity-formatted images of one size: the attached one, a copy, another content, and the size without a tree."""
+    images = {name: directory / f"{name}.img" for name in ("attached", "copy", "other", "unformatted")}
+    images["attached"].write_bytes(FIRST_SECTOR * (200 * BLOCK // 512))  # 200 blocks: a two-level tree
+    images["other"].write_bytes(OTHER_SECTOR * (200 * BLOCK // 512))
+    root_hash, other_hash = format_image(images["attached"]), format_image(images["other"])
+    shutil.copyfile(images["attached"], images["copy"])
+    images["unformatted"].write_bytes(bytes(images["attached"].stat().st_size))
+    assert len({image.stat().st_size for image in images.values()}) == 1
+    return images, root_hash, other_hash
+
+
+def _reconnect(supervisor: Supervisor) -> socket.socket:
+    """supervisor.reconnect(), which tries forever, within 60 s."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError("reconnect() found no server with the image in 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    try:
+        return supervisor.reconnect()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check(supervisor: Supervisor, server: NbdServer, *, first_sector: bytes = FIRST_SECTOR) -> str | None:
+    """different_image() on a new connection to SERVER; a connection it accepts must still serve the kernel."""
+    sock, info = supervisor._open(server, time.monotonic() + 20)
+    with sock:
+        problem = supervisor.different_image(server, info, sock)
+        if problem is None:
+            assert sock.gettimeout() is None  # blocking, as the kernel needs it, with nothing left unread
+            assert read_first_sector(sock) == first_sector
+    return problem
+
+
+def test_a_reconnect_takes_only_a_server_whose_image_has_the_root_hash(tmp_path: Path) -> None:
+    """Same size, different content: only the root hash tells them apart; without it the size is all there is."""
+    images, root_hash, other_hash = _verity_images(tmp_path)
+    with (
+        qemu_nbd(images["attached"]) as attached,
+        qemu_nbd(images["copy"]) as copy,
+        qemu_nbd(images["other"]) as other,
+        qemu_nbd(images["unformatted"]) as unformatted,
+    ):
+        uris = ",".join(f"nbd://127.0.0.1:{port}/rootfs" for port in (attached, copy, other, unformatted))
+        checked = Supervisor(replace(request_for(uris), verity=root_hash))
+        unchecked = Supervisor(request_for(uris))
+        for supervisor in (checked, unchecked):
+            for sock in supervisor.first_connections():
+                sock.close()
+        _, copy_server, other_server, unformatted_server = checked.root.servers
+        assert _check(checked, copy_server) is None
+        assert _check(checked, other_server) == (
+            f"nbd://127.0.0.1:{other}/rootfs serves an image with root hash {other_hash} instead of rd.root.overlay.verity={root_hash}"
+        )
+        assert _check(checked, unformatted_server) == (
+            f"nbd://127.0.0.1:{unformatted}/rootfs: its verity superblock lacks the magic verity\\0\\0 (rd.root.overlay.verity)"
+        )
+        assert _check(unchecked, other_server, first_sector=OTHER_SECTOR) is None
+
+
+def test_a_reconnect_over_tls_checks_the_root_hash_too(tmp_path: Path) -> None:
+    images, root_hash, other_hash = _verity_images(tmp_path)
+    ca, extra = qemu_nbd_tls(tmp_path)
+    with (
+        qemu_nbd(images["attached"], extra=extra) as attached,
+        qemu_nbd(images["copy"], extra=extra) as copy,
+        qemu_nbd(images["other"], extra=extra) as other,
+    ):
+        uris = ",".join(f"nbds://127.0.0.1:{port}/rootfs" for port in (attached, copy, other))
+        supervisor = Supervisor(replace(request_for(uris, tls_ca=ca), verity=root_hash))
+        for sock in supervisor.first_connections():
+            sock.close()
+        _, copy_server, other_server = supervisor.root.servers
+        assert _check(supervisor, copy_server) is None
+        assert f"root hash {other_hash} instead of" in (_check(supervisor, other_server) or "")
+
+
+def test_reconnect_skips_a_server_with_another_root_hash_with_a_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The attached server gone: the next one in order serves another image (one line, skipped), the one after takes over."""
+    images, root_hash, other_hash = _verity_images(tmp_path)
+    with qemu_nbd(images["other"]) as other, qemu_nbd(images["copy"]) as copy:
+        with qemu_nbd(images["attached"]) as attached:
+            uris = ",".join(f"nbd://127.0.0.1:{port}/rootfs" for port in (attached, other, copy))
+            supervisor = Supervisor(replace(request_for(uris), verity=root_hash))
+            for sock in supervisor.first_connections():
+                sock.close()
+        with _reconnect(supervisor) as sock:
+            assert read_first_sector(sock) == FIRST_SECTOR
+    assert supervisor.server == supervisor.root.servers[2]
+    err = capsys.readouterr().err
+    assert f"nbd://127.0.0.1:{other}/rootfs serves an image with root hash {other_hash} instead of " in err, err
+    assert "; not reconnecting to it\n" in err
+    assert f"nbd://127.0.0.1:{copy}/rootfs took over from nbd://127.0.0.1:{attached}/rootfs (same image)" in err
+
+
+AFTER_SWITCH_ROOT = """
+import sys
+from pathlib import Path
+from nbd_servers import FIRST_SECTOR, qemu_nbd
+from test_nbd_protocol import read_first_sector
+from kiwi_overlay.nbd import root_from_uri
+from kiwi_overlay.nbd.supervisor import Request, Supervisor
+
+attached, copy, root_hash = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+with qemu_nbd(copy) as copy_port:
+    with qemu_nbd(attached) as attached_port:
+        uris = f"nbd://127.0.0.1:{attached_port}/rootfs,nbd://127.0.0.1:{copy_port}/rootfs"
+        request = Request(root=root_from_uri(uris), timeout=20, device=None, state_dir=Path("/none"), log_to_kmsg=False, verity=root_hash)
+        supervisor = Supervisor(request)
+        for sock in supervisor.first_connections():
+            sock.close()
+    finders = sys.meta_path[:]
+    sys.meta_path.clear()  # what switch_root does to the initrd's files: nothing more can be imported
+    try:
+        sock = supervisor.reconnect()
+    finally:
+        sys.meta_path[:] = finders
+    with sock:
+        assert read_first_sector(sock) == FIRST_SECTOR
+print(supervisor.server.port == copy_port)
+"""
+
+
+def test_the_root_hash_check_needs_no_import_after_switch_root(tmp_path: Path) -> None:
+    """The supervisor loads the check's code before it reports: a reconnect after switch_root cannot import."""
+    images, root_hash, _ = _verity_images(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", AFTER_SWITCH_ROOT, str(images["attached"]), str(images["copy"]), root_hash],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "True\n"
+    assert "took over from" in result.stderr
+
+
+def test_a_connection_lost_while_reading_the_hash_is_tried_again_after_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that hangs up on the read is not a different image (not skipped for good), nor in the way of the next."""
+    images, root_hash, _ = _verity_images(tmp_path)
+    size = images["attached"].stat().st_size
+
+    def hang_up_on_the_read(conn: socket.socket) -> None:
+        greeting(conn)
+        option, _ = read_option(conn)
+        reply(conn, option, protocol.REP_INFO, info_export(size, 1 | FLAG_READ_ONLY))
+        reply(conn, option, protocol.REP_ACK)
+        recv_exact(conn, 28)
+        conn.close()
+
+    hostile = Hostile(hang_up_on_the_read)
+    try:
+        with qemu_nbd(images["copy"]) as copy:
+            with qemu_nbd(images["attached"]) as attached:
+                uris = ",".join(f"nbd://127.0.0.1:{port}/rootfs" for port in (attached, hostile.port, copy))
+                supervisor = Supervisor(replace(request_for(uris), verity=root_hash))
+                for sock in supervisor.first_connections():
+                    sock.close()
+            with _reconnect(supervisor) as sock:
+                assert read_first_sector(sock) == FIRST_SECTOR
+    finally:
+        hostile.close()
+    err = capsys.readouterr().err
+    hung_up = f"nbd://127.0.0.1:{hostile.port}/rootfs: closed the connection while sending a read reply"
+    assert f"reconnecting nbd://127.0.0.1:{attached}/rootfs (attempt 1): NBD server {hung_up}\n" in err, err
+    assert "not reconnecting to it" not in err
+    assert f"nbd://127.0.0.1:{copy}/rootfs took over from nbd://127.0.0.1:{attached}/rootfs (same image)" in err

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, free_port, make_ca, make_image, nbd_server, qemu_nbd, sign
+from nbd_servers import FIRST_SECTOR, IMAGE_SIZE, free_port, make_image, nbd_server, qemu_nbd, qemu_nbd_tls
 from test_nbd_protocol import read_first_sector
 
 from kiwi_overlay.nbd import NbdError, attach_root, detach_all, root_from_uri
@@ -149,16 +149,10 @@ def test_single_connection_when_the_server_lacks_multi_conn(tmp_path: Path) -> N
 
 
 def test_tls_connections_are_proxied_for_the_kernel(tmp_path: Path) -> None:
-    ca = make_ca(tmp_path, "ca")
-    server = sign(tmp_path, ca, "server", san="IP:127.0.0.1", usage="serverAuth")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    for source, name in ((ca[0], "ca-cert.pem"), (server[0], "server-cert.pem"), (server[1], "server-key.pem")):
-        (creds / name).write_bytes(source.read_bytes())
+    ca, extra = qemu_nbd_tls(tmp_path)
     image = make_image(tmp_path / "rootfs.img")
-    extra = ("--object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=server,verify-peer=off", "--tls-creds", "tls0")
     with qemu_nbd(image, extra=extra) as port:
-        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca[0]))
+        supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca))
         (kernel_end,) = supervisor.first_connections()
         with kernel_end:
             # What the kernel would send on its plain socket reaches the server through TLS.

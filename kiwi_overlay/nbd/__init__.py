@@ -66,11 +66,19 @@ def _child_environment() -> dict[str, str]:
 
 
 def attach_root(
-    root: NbdRoot, *, timeout: float, device: Path | None = None, state_dir: Path | None = None, kmsg: bool = True, ioctl: bool = False
+    root: NbdRoot,
+    *,
+    timeout: float,
+    device: Path | None = None,
+    state_dir: Path | None = None,
+    kmsg: bool = True,
+    ioctl: bool = False,
+    verity: str | None = None,
 ) -> Path:
     """Attach ROOT's export as a block device (the kernel's choice, or DEVICE) and supervise it; returns /dev/nbdN.
 
     Waits up to TIMEOUT seconds for the server. Raises NbdError (one line); nothing stays attached then.
+    VERITY: the root hash of the export's dm-verity layout; a reconnect takes only a server whose image has it.
     """
     from kiwi_overlay import log
     from kiwi_overlay.nbd import kernel
@@ -84,6 +92,7 @@ def attach_root(
         log_to_kmsg=kmsg,
         debug=log.debugging(),
         ioctl=ioctl,
+        verity=verity,
     )
     log.debug(f"starting the NBD supervisor for {root.uri}")
     process = subprocess.Popen(

@@ -8,6 +8,7 @@ hostile server ends in one NbdError line, never a hang or a huge buffer.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -23,6 +24,8 @@ NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
 REPLY_MAGIC = 0x0003E889045565A9
 REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
 
 # Handshake flags (server) and client flags.
 FLAG_FIXED_NEWSTYLE = 1 << 0
@@ -80,13 +83,18 @@ TRANSMISSION_FLAGS = {
 FLAG_HAS_FLAGS = 1 << 0
 FLAG_READ_ONLY = 1 << 1
 FLAG_CAN_MULTI_CONN = 1 << 8
+CMD_READ = 0
 CMD_DISC = 2
+# The cookie of our own requests: one at a time, before the kernel has the connection.
+COOKIE = int.from_bytes(b"kiwi-ovl", "big")
 
 # Limits: the spec caps names and strings at 4096 bytes; option replies are small.
 MAX_NAME = 4096
 MAX_REPLY = 64 * 1024
 MAX_LIST_ENTRIES = 65536
 MAX_INFO_REPLIES = 64
+# read(): a superblock or a hash block, never the image.
+MAX_READ = 64 * 1024
 
 
 class NbdError(KiwiOverlayError):
@@ -352,6 +360,27 @@ def open_export(wire: Wire, export: str, *, handshake_flags: int) -> ExportInfo:
         if error.reply != REP_ERR_UNSUP:
             raise
     return export_name(wire, export, no_zeroes=bool(handshake_flags & FLAG_NO_ZEROES))
+
+
+def read(wire: Wire, *, offset: int, length: int) -> bytes:
+    """NBD_CMD_READ of LENGTH bytes (at most MAX_READ) at OFFSET, in transmission phase (simple replies).
+
+    For the supervisor's own look at an export before the kernel gets the connection: checks the
+    reply's magic, cookie and error. A server's error reply raises NbdError naming the errno.
+    """
+    if not 0 < length <= MAX_READ or offset < 0:
+        raise ValueError(f"read of {length} bytes at {offset}: at most {MAX_READ} bytes at a non-negative offset")
+    wire.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, COOKIE, offset, length))
+    magic, error, cookie = struct.unpack(">IIQ", wire.recv(16, "a read reply"))
+    if magic != SIMPLE_REPLY_MAGIC:
+        kind = "a structured reply, which was not negotiated" if magic == STRUCTURED_REPLY_MAGIC else f"magic {magic:#010x}"
+        raise wire.fail(f"read reply with {kind}")
+    if cookie != COOKIE:
+        raise wire.fail(f"read reply for request {cookie:#018x}, not ours ({COOKIE:#018x})")
+    if error:
+        said = os.strerror(error) if error < 4096 else "unknown error"  # errno values; os.strerror takes a C int
+        raise wire.fail(f"read of {length} bytes at {offset} failed: {said} (error {error})")
+    return wire.recv(length, "the data read")
 
 
 def abort(wire: Wire) -> None:

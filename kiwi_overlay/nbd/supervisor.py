@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from kiwi_overlay import log
 from kiwi_overlay.config import LostPolicy, NbdRoot, NbdServer
 from kiwi_overlay.errors import KiwiOverlayError
-from kiwi_overlay.nbd import connect, kernel
-from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError
+from kiwi_overlay.nbd import connect, kernel, protocol
+from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError, Wire
 
 if TYPE_CHECKING:
     import ssl
@@ -52,6 +52,7 @@ class Request:
     log_to_kmsg: bool
     debug: bool = False
     ioctl: bool = False  # the old interface even where netlink exists (like nbd-client -nonetlink)
+    verity: str | None = None  # rd.root.overlay.verity: a reconnect checks the server's image has this root hash
 
     def to_json(self) -> str:
         from dataclasses import asdict
@@ -66,6 +67,7 @@ class Request:
                 "kmsg": self.log_to_kmsg,
                 "debug": self.debug,
                 "ioctl": self.ioctl,
+                "verity": self.verity,
             }
         )
 
@@ -85,6 +87,7 @@ class Request:
             log_to_kmsg=bool(data["kmsg"]),
             debug=bool(data["debug"]),
             ioctl=bool(data["ioctl"]),
+            verity=data["verity"],
         )
 
 
@@ -179,6 +182,9 @@ class Supervisor:
         self.sysrq: int | None = None  # /proc/sysrq-trigger, opened before switch_root for lost=reboot
         self.state: dict[str, object] = {}  # the record of the attached device (see record)
         self.state_dir_fd: int | None = None
+        if request.verity is not None:
+            # A reconnect checks the root hash with it: loaded now, while the initrd's files are there.
+            import kiwi_overlay.verity  # noqa: F401
 
     # -- connections --------------------------------------------------------------------
 
@@ -248,14 +254,39 @@ class Supervisor:
                     self.addresses[server] = []
                     log.info(f"{error}; it will not be used to reconnect")
 
-    def different_image(self, server: NbdServer, info: ExportInfo) -> str | None:
-        """Why SERVER's export (INFO) is not the image the device was attached to, or None when it is the same.
+    def different_image(self, server: NbdServer, info: ExportInfo, sock: socket.socket) -> str | None:
+        """Why SERVER's export (INFO, open on SOCK) is not the image the device was attached to, or None when it is the same.
 
         A reconnect only goes where this says None: another server may hold another version of the image.
+        The size must match; with rd.root.overlay.verity, the root hash of the image's verity superblock and
+        top hash block, read over SOCK, too. A connection lost while reading raises NbdError (worth another try).
         """
         assert self.info is not None
+        uri = self.root.server_uri(server)
         if info.size != self.info.size:
-            return f"{self.root.server_uri(server)} has {info.size} bytes instead of {self.info.size}"
+            return f"{uri} has {info.size} bytes instead of {self.info.size}"
+        if self.request.verity is None:
+            return None
+        from kiwi_overlay import verity
+
+        expected = self.request.verity
+        locations = verity.hash_locations(info.size, digest_size=len(expected) // 2)
+        if locations is None:
+            return f"{uri}: its {info.size} bytes hold no verity hash tree after the data (rd.root.overlay.verity)"
+        wire = Wire(sock, peer=uri, deadline=time.monotonic() + connect.ATTEMPT_TIMEOUT)
+        try:
+            superblock, top = [protocol.read(wire, offset=offset, length=verity.BLOCK) for offset in locations]
+            found = verity.root_hash_of(superblock, top)
+        except verity.VerityError as error:
+            return f"{uri}: its verity superblock {error} (rd.root.overlay.verity)"
+        except NbdError as error:
+            if error.lost:
+                raise
+            return str(error)
+        finally:
+            sock.settimeout(None)  # blocking again, as the kernel (or the TLS proxy) takes it
+        if found != expected:
+            return f"{uri} serves an image with root hash {found} instead of rd.root.overlay.verity={expected}"
         return None
 
     def reconnect(self, *, give_up: Callable[[], None] | None = None) -> socket.socket:
@@ -275,11 +306,17 @@ class Supervisor:
                 deadline = min(deadline, max(policy_at, time.monotonic() + 1))
             try:
                 server, sock, info = self._open_first(order, deadline)
+                try:
+                    problem = self.different_image(server, info, sock)
+                except NbdError:  # lost while looking at the image: like an unreachable server, tried after the others
+                    sock.close()
+                    order.remove(server)
+                    order.append(server)
+                    raise
             except KiwiOverlayError as error:
                 if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
                     self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
             else:
-                problem = self.different_image(server, info)
                 if problem is None:
                     if server != previous:
                         self.say(f"{self.root.server_uri(server)} took over from {self.root.server_uri(previous)} (same image)")
