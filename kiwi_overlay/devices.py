@@ -56,6 +56,15 @@ def filesystem_type(device: Path) -> str | None:
 _BLKROSET, _BLKROGET = 0x125D, 0x125E
 
 
+def device_size(device: Path) -> int:
+    """The size of the block device (or file) DEVICE in bytes."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def set_read_only(device: Path, read_only: bool) -> bool:
     """Make the kernel's DEVICE read-only (or writable) with BLKROSET; returns what it was before."""
     import fcntl

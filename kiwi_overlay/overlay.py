@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kiwi_overlay import log
 from kiwi_overlay.config import Plan
-from kiwi_overlay.devices import KNOWN_FILESYSTEMS, filesystem_type, set_read_only, wait_for_device
+from kiwi_overlay.devices import KNOWN_FILESYSTEMS, device_size, filesystem_type, set_read_only, wait_for_device
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout, Mount, mounts, read_options
 from kiwi_overlay.run import run
@@ -164,7 +164,7 @@ def _copy_to_ram(undo: ExitStack, step: Mount, device: Path, image: Path) -> Non
     """rd.root.overlay.ram: DEVICE copied to IMAGE, in the tmpfs of STEP sized to it (after checking the memory)."""
     from kiwi_overlay import ram
 
-    size, available = ram.device_size(device), ram.available_memory()
+    size, available = device_size(device), ram.available_memory()
     ram.check_fits(size, available=available, device=device)
     log.info(f"copying the read layer {device} ({ram.mib(size)}) into RAM, {ram.mib(available)} available ({ram.OPTION})")
     step.target.mkdir()

@@ -34,14 +34,6 @@ def mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
-def device_size(device: Path) -> int:
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 def check_fits(size: int, *, available: int, device: Path) -> None:
     """KiwiOverlayError (naming the option) when SIZE bytes plus RESERVE exceed AVAILABLE."""
     if size + RESERVE > available:

@@ -130,14 +130,6 @@ def format_image(image: Path) -> str:
     raise KiwiOverlayError(f"veritysetup format {image}: no root hash in its output")
 
 
-def _device_size(device: Path) -> int:
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 def _first_block_readable(device: Path) -> bool:
     """Whether the kernel verifies block 0 (the filesystem's superblock): an I/O error means it does not."""
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
@@ -156,6 +148,7 @@ def open_verified(device: Path, root_hash: str) -> Path:
     A hash that does not match (changed image, tree or hash) stops here with one line, before any mount.
     """
     from kiwi_overlay import log
+    from kiwi_overlay.devices import device_size
     from kiwi_overlay.run import run
 
     option = f"rd.root.overlay.verity={root_hash}"
@@ -163,7 +156,7 @@ def open_verified(device: Path, root_hash: str) -> Path:
 
     if which("veritysetup") is None:
         raise KiwiOverlayError(f"{option}: this initrd has no veritysetup; build it on a host with veritysetup (cryptsetup-bin)")
-    size = _device_size(device)
+    size = device_size(device)
     data_blocks = data_blocks_of(size, digest_size=len(root_hash) // 2)
     if data_blocks is None or not _has_superblock(device, data_blocks):
         raise KiwiOverlayError(
