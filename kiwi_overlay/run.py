@@ -41,3 +41,18 @@ def start(argv: Sequence[str | Path]) -> None:
         subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError as error:
         log.debug(f"{args[0]}: {error.strerror}")
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a kiwi-overlay interpreter started under another argv[0] (the supervisor, the watch)."""
+    import os
+    import sys
+
+    # argv[0] is not a path, so the child cannot find a virtualenv from it: hand over our sys.path,
+    # and this package's own directory first (an editable install is found by an import hook, not a path).
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parents[1])
+    paths = [package_parent, *(entry for entry in sys.path if entry and entry != package_parent and Path(entry).is_dir())]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("PYTHONHOME", None)
+    return env

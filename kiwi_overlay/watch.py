@@ -141,7 +141,7 @@ class Started:
     def __init__(self, directory: Path, *, interval: float = INTERVAL) -> None:
         import subprocess
 
-        from kiwi_overlay.nbd import _child_environment
+        from kiwi_overlay.run import child_environment
 
         self.directory = directory
         self.process = subprocess.Popen(
@@ -150,7 +150,7 @@ class Started:
             stdin=subprocess.PIPE,  # closed by confirm(), once the layer is mounted
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # it speaks through /dev/kmsg
-            env=_child_environment(),
+            env=child_environment(),
             start_new_session=True,  # not in the boot step's signals
             cwd="/",
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiwi_overlay.config import WAIT_FOREVER, LostPolicy, NbdRoot
 from kiwi_overlay.nbd.protocol import NbdError
+from kiwi_overlay.run import child_environment
 
 STATE_DIR = Path("/run/kiwi-overlay/nbd")
 # Where the shutdown hook finds it: dracut's /shutdown moves the old root's /run to /oldsys/run first.
@@ -52,17 +53,6 @@ def root_from_uri(
         tls_key=tls_key,
         lost=lost,
     )
-
-
-def _child_environment() -> dict[str, str]:
-    # argv[0] is not a path, so the child cannot find a virtualenv from it: hand over our sys.path,
-    # and this package's own directory first (an editable install is found by an import hook, not a path).
-    env = dict(os.environ)
-    package_parent = str(Path(__file__).resolve().parents[2])
-    paths = [package_parent, *(entry for entry in sys.path if entry and entry != package_parent and Path(entry).is_dir())]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("PYTHONHOME", None)
-    return env
 
 
 def attach_root(
@@ -100,7 +90,7 @@ def attach_root(
         executable=sys.executable,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=_child_environment(),
+        env=child_environment(),
         start_new_session=True,  # not in the boot step's process group, so not in its signals
         text=True,
     )
