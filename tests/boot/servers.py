@@ -69,7 +69,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stop_group(pid: int) -> None:
+def stop_group(pid: int) -> None:
     """End the process group PID leads (a server and the children it forked per client)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
@@ -128,7 +128,7 @@ class _Server:
     def stop(self) -> None:
         """Kill the server and every connection it serves (the guest sees the server go down)."""
         if self._pid is not None:
-            _stop_group(self._pid)
+            stop_group(self._pid)
         self._pid = None
 
     @property
@@ -375,7 +375,7 @@ class AoeTarget(_Segment):
     def stop(self) -> None:
         """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
-            _stop_group(self._vblade.pid)
+            stop_group(self._vblade.pid)
         self._vblade = None
 
 
@@ -423,7 +423,7 @@ class DhcpSegment(_Segment):
     def stop(self) -> None:
         """End dnsmasq and qemu-nbd (the links stay)."""
         for pid in self._processes:
-            _stop_group(pid)
+            stop_group(pid)
         self._processes = []
 
     def _remove(self) -> None:

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Self
 
 from kiwi_overlay.run import run
-from tests.boot.servers import PREFIX, START_TIMEOUT, _stop_group
+from tests.boot.servers import PREFIX, START_TIMEOUT, stop_group
 
 SERVER_ADDRESS = "10.42.0.1"  # inside the namespace only
 NBD_PORT = 10809
@@ -132,7 +132,7 @@ class VlanSegment:
 
     def _remove(self) -> None:
         for pid in self._processes:
-            _stop_group(pid)
+            stop_group(pid)
         if self._thread is not None:
             os.write(self._stop_w, b"x")
             self._thread.join(timeout=10)
