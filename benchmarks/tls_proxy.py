@@ -5,7 +5,7 @@ emulated). qemu-nbd serves a zero-padded image plain and with TLS (server certif
 each client reads the whole export with NBD_CMD_READ, CHUNK bytes, one in flight (benchmarks.storm):
 - plain: the TCP socket, as the kernel gets it for nbd://;
 - TLS proxy: the end of the socket pair that the supervisor hands the kernel for nbds://
-  (kiwi_overlay.nbd.supervisor.TlsProxy copying to and from the TLS socket);
+  (kiwi_overlay.nbd.tls_proxy.TlsProxy copying to and from the TLS socket);
 - TLS socket itself: the same requests over the SSL socket in this process: no proxy hop, the crypto
   only. This is roughly what kernel TLS would leave (the kernel socket would carry the records).
 """
@@ -27,7 +27,7 @@ from benchmarks.stats import median, ratio, seconds, spread
 from benchmarks.storm import read_export
 from benchmarks.throughput import padded_image
 from kiwi_overlay.nbd import connect, root_from_uri
-from kiwi_overlay.nbd.supervisor import TlsProxy
+from kiwi_overlay.nbd.tls_proxy import TlsProxy
 from tests.boot.servers import GUEST_HOST, QemuNbd
 from tests.nbd_servers import make_ca, sign
 

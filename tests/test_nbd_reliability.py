@@ -35,7 +35,8 @@ from test_nbd_protocol import info_export, read_first_sector
 from kiwi_overlay.config import NbdServer
 from kiwi_overlay.nbd import kernel, protocol, root_from_uri
 from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY
-from kiwi_overlay.nbd.supervisor import Request, Supervisor, TlsProxy
+from kiwi_overlay.nbd.supervisor import Request, Supervisor
+from kiwi_overlay.nbd.tls_proxy import TlsProxy
 from kiwi_overlay.verity import BLOCK, format_image
 
 
