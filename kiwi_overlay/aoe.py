@@ -3,8 +3,8 @@
 Discovery speaks AoE v1 itself over AF_PACKET raw sockets (Query Config broadcast, then an
 ATA IDENTIFY per answer for the size), so the boot knows which targets answer where before it
 loads the driver, and a timeout can say what did answer. The attach loads `aoe` restricted to
-the boot interfaces, triggers the driver's discovery with backoff and waits for the block device
-on kernel uevents (pyudev, no udevd needed).
+the boot interfaces, triggers the driver's discovery with backoff, waits for the block device
+on kernel uevents (pyudev, no udevd needed), then lifts the restriction (see unrestrict_driver).
 
 Frame layout (after the 14-byte Ethernet header): ver/flags u8, error u8, shelf be16, slot u8,
 command u8, tag be32; Config: buffers be16, firmware be16, sectors-per-command u8,
@@ -429,6 +429,18 @@ def load_driver(interfaces: Sequence[str]) -> Callable[[], object]:
     return partial(run, ["modprobe", "-r", "aoe"], check=False)
 
 
+def unrestrict_driver() -> None:
+    """Let the driver use every interface again, now that the target is attached.
+
+    The driver matches each received frame against its list by interface name, and udev in the
+    real root may rename the boot interface (Debian 13: eth0 to ens2): with the list kept, every
+    reply to the root is dropped and its I/O stalls. An empty write empties the list (the sysfs
+    parameter cannot: sysfs ignores empty writes, and a newline would be a list that matches nothing).
+    """
+    _write(ETHERD / "interfaces", "")
+    log.debug("aoe driver no longer restricted to the boot interfaces")
+
+
 def discover_and_wait(device: Path, *, deadline: float) -> bool:
     """Trigger the driver's discovery with backoff until DEVICE is a block device or DEADLINE passes.
 
@@ -471,6 +483,7 @@ def attach_root(root: AoeRoot, *, timeout: float) -> Path:
     except BaseException:
         undo()
         raise
+    unrestrict_driver()
     log.debug(f"{device} ready after {time.monotonic() - started:.2f} s")
     return device
 

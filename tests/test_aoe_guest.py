@@ -3,11 +3,14 @@
 The guest runs Debian's 6.1 kernel with a busybox initramfs that mounts the host's / read-only
 over 9p and runs kiwi_overlay from this checkout in a chroot of it: the code under test is the
 very code of the worktree, its Python and its libraries. vblade runs in a network namespace the
-test creates, on the guest's tap device.
+test creates, on the guest's tap device. At the end the guest renames its interface, as udev in a
+real root does, and reads the attached device again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 import shutil
 import subprocess
@@ -59,6 +62,7 @@ exec /usr/sbin/modprobe -d {root} "$@"
 # Results go to the harness's result channel (RESULT_PORT), never the console printk writes to.
 PROGRAM = """
 import functools
+import subprocess
 from pathlib import Path
 from kiwi_overlay import log
 from kiwi_overlay.aoe import attach_root
@@ -83,7 +87,20 @@ for root in (AoeRoot(target=None, interface="eth0", interfaces=("eth0",)), AoeRo
         attach_root(root, timeout=3)
     except KiwiOverlayError as error:
         print("RESULT", root.target or root.interface, error)
+# udev in a real root may rename the boot interface (6.1 renames only a link that is down): the
+# attached root must still answer. Bounded here, as a stalled read never ends.
+for command in (["ip", "link", "set", "eth0", "down"], ["ip", "link", "set", "eth0", "name", "ens2"], ["ip", "link", "set", "ens2", "up"]):
+    subprocess.run(command, check=True)
+Path("/proc/sys/vm/drop_caches").write_text("3")
+read = subprocess.Popen(
+    ["sh", "-c", "dd if=/dev/etherd/e0.1 bs=1M count={read_mib} iflag=direct status=none | sha256sum"], stdout=subprocess.PIPE, text=True
+)
+try:
+    print("RESULT renamed", read.communicate(timeout=60)[0].split()[0])
+except subprocess.TimeoutExpired:
+    print("RESULT renamed stalled: no complete read of {read_mib} MiB within 60 s")
 """
+READ_MIB = 4
 
 
 def _module_closure(kernel: GuestKernel, names: tuple[str, ...]) -> list[str]:
@@ -116,7 +133,7 @@ def _initramfs(kernel: GuestKernel, work: Path) -> Path:
     (bin_dir / "modprobe").write_text(MODPROBE.format(root=kernel.root))
     (bin_dir / "modprobe").chmod(0o755)
     program = work / "guest.py"
-    program.write_text(PROGRAM.format(marker=len(MARKER), marker_bytes=MARKER, result_port=RESULT_PORT))
+    program.write_text(PROGRAM.format(marker=len(MARKER), marker_bytes=MARKER, result_port=RESULT_PORT, read_mib=READ_MIB))
     python = CHECKOUT / ".venv/bin/python"
     (root / "init").write_text(INIT.format(bin=bin_dir, python=python if python.exists() else sys.executable, program=program))
     (root / "init").chmod(0o755)
@@ -146,8 +163,9 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
     kernel = guest_kernel()
     initramfs = _initramfs(kernel, tmp_path)
     disk = tmp_path / "root.img"
+    content = MARKER + random.randbytes(READ_MIB * 2**20 - len(MARKER))
     with disk.open("wb") as handle:
-        handle.write(MARKER)
+        handle.write(content)
         handle.truncate(16 * 2**20)
     tap = "ko-aoe-tap0"
     channel = ResultChannel()
@@ -186,7 +204,7 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
                 process.wait()
     (tmp_path / "console.log").write_text(console)
     results = dict(line.removeprefix("RESULT ").split(" ", 1) for line in lines)
-    assert all(line.startswith("RESULT ") for line in lines) and len(results) == len(lines) == 7, lines
+    assert all(line.startswith("RESULT ") for line in lines) and len(results) == len(lines) == 8, lines
     assert "GUEST-EXIT 0" in console, console[-4000:]
     assert results["no-device"].startswith(
         "/dev/etherd/e7.7 did not appear within 15 s (aoe driver on eth0); targets that answered the wire probe: "
@@ -194,7 +212,8 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
     assert "e7.7 on eth0 (02:00:00:00:00:bb)" in results["no-device"]
     assert results["unloaded"] == "True"  # the failed attach unloaded the aoe module it had loaded
     assert results["device"] == "/dev/etherd/e0.1 True True"
-    assert results["iflist"] == "'eth0'"
+    assert results["iflist"] == "''"  # lifted once attached: it goes by interface name
+    assert results["renamed"] == hashlib.sha256(content).hexdigest()
     assert results["loaded"] == "/dev/etherd/e0.1"
     mac = "([0-9a-f]{2}:){5}[0-9a-f]{2}"
     answered = rf"e0\.1 on eth0 \({mac}\), e7\.7 on eth0 \(02:00:00:00:00:bb\)"
