@@ -3,8 +3,7 @@
 The KIS image of docs/kiwi/kis-debian13 is built once per session with kiwi-ng (the project's
 .deb from `make deb` in a local apt repository, Debian's archive from this machine's apt sources;
 cached by content) and its .kernel and .initrd boot in QEMU from the root image exported as KIWI's
-page says: nbd-server with [generic] and [export] on NBD's port 10809. (AoE with vbladed and a
-persistent write device: not yet, see docs/kiwi.md.)
+page says: nbd-server with [generic] and [export] on NBD's port 10809, or `vbladed 0 1 IFACE IMAGE`.
 
 The image is what KIWI built, nothing added. To see the booted system the test hands systemd a
 small unit on the kernel command line (a systemd.extra-unit credential, wanted with
@@ -33,7 +32,9 @@ from tests.boot.kiwi_image import (
     project_deb,
     pxe_files,
 )
-from tests.boot.qemu import BootResult, boot
+from tests.boot.qemu import BootResult, Disk, boot
+from tests.boot.rootfs import blank_disk, ext4_disk
+from tests.boot.servers import AoeTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs/kiwi.md"
@@ -132,3 +133,41 @@ def test_kiwi_nbd_root_on_the_default_port(image: KiwiImage, tftpboot: Path, tmp
     assert re.fullmatch(r"/dev/nbd\d+", source) and fstype == "ext4", result.describe()  # the first free device
     assert mounted(result, "/run/overlay") == ("tmpfs", "tmpfs"), result.describe()
     assert disconnected(tmp_path), f"nbd-server saw no NBD_CMD_DISC\n{result.describe()}"
+
+
+# ---- 2: KIWI's AoE form --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kiwi
+@pytest.mark.boot
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("source", ["e0.1", "eth0"])
+def test_kiwi_aoe_root_exported_with_vbladed(image: KiwiImage, tftpboot: Path, source: str) -> None:
+    with AoeTarget(image.root, shelf=0, slot=1, readonly=False, daemon=True) as target:
+        guest = kiwi_guest(tftpboot, f"root=overlay:aoe={source}", taps=(target.tap,))
+        result = boot(guest, name=f"kiwi-image-aoe-{source}", timeout=BOOT_TIMEOUT)
+    expect_probe(result)
+    assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/etherd/e0.1", "ext4"), result.describe()
+
+
+# ---- 3: a persistent write device ------------------------------------------------------------------------------------
+
+
+@pytest.mark.kiwi
+@pytest.mark.boot
+@pytest.mark.usefixtures("unchanged")
+def test_kiwi_nbd_root_with_a_persistent_write_device(image: KiwiImage, tftpboot: Path, tmp_path: Path) -> None:
+    cow = ext4_disk(tmp_path / "cow.img", size_mb=256, label=COW_LABEL)
+    disks = (Disk(blank_disk(tmp_path / "scratch.img", size_mb=8), serial="koscratch"), Disk(cow, serial=COW_LABEL))
+    append = f"root=overlay:nbd=10.0.2.2:export rd.root.overlay.write=LABEL={COW_LABEL}"
+    results = []
+    for number in (1, 2):
+        work = tmp_path / f"boot{number}"
+        work.mkdir()
+        with nbd_server(image, work):
+            results.append(boot(kiwi_guest(tftpboot, append, disks=disks), name=f"kiwi-image-cow-{number}", timeout=BOOT_TIMEOUT))
+        assert disconnected(work), f"nbd-server saw no NBD_CMD_DISC\n{results[-1].describe()}"
+    first, second = results
+    expect_probe(first, probe_file="created")
+    expect_probe(second, probe_file=f"found {first.value('boot-id')}")
+    assert mounted(second, "/run/overlay/overlayfs") == ("/dev/vdb", "ext4"), second.describe()

@@ -347,14 +347,19 @@ class _Segment:
 
 
 class AoeTarget(_Segment):
-    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins."""
+    """vblade exporting IMAGE as eSHELF.SLOT behind a bridge that a guest's tap joins.
 
-    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True) -> None:
+    DAEMON runs it as KIWI's page does, `vbladed SHELF SLOT IFACE IMAGE` (vblade in the background,
+    its output to syslog through logger); stop() ends every process in the target's namespace.
+    """
+
+    def __init__(self, image: Path, *, shelf: int = 0, slot: int = 1, readonly: bool = True, daemon: bool = False) -> None:
         super().__init__()
         self.image = image
         self.shelf = shelf
         self.slot = slot
         self.readonly = readonly
+        self.daemon = daemon
         self._vblade: subprocess.Popen[bytes] | None = None
 
     @property
@@ -363,8 +368,16 @@ class AoeTarget(_Segment):
 
     def _start(self) -> None:
         n = self.names
-        argv = ["ip", "netns", "exec", n.namespace, "vblade", *(["-r"] if self.readonly else [])]
+        argv = ["ip", "netns", "exec", n.namespace, "vbladed" if self.daemon else "vblade", *(["-r"] if self.readonly else [])]
         argv += [str(self.shelf), str(self.slot), n.veth_target, str(self.image)]
+        if self.daemon:
+            run(argv)
+            deadline = time.monotonic() + START_TIMEOUT
+            while "vblade" not in self._namespace_programs():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"vbladed: no vblade running in {n.namespace} after {START_TIMEOUT:g} s")
+                time.sleep(0.05)
+            return
         with tempfile.TemporaryFile() as log:
             self._vblade = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
             time.sleep(0.2)  # vblade opens its socket at once; a quick exit means bad arguments
@@ -372,11 +385,26 @@ class AoeTarget(_Segment):
                 log.seek(0)
                 raise RuntimeError(f"vblade exited with status {self._vblade.returncode}: {log.read().decode(errors='replace').strip()}")
 
+    def _namespace_pids(self) -> list[int]:
+        out = run(["ip", "netns", "pids", self.names.namespace], check=False, capture=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def _namespace_programs(self) -> set[str]:
+        """The names of the programs running in the namespace (one may end while it is looked at)."""
+        names = set()
+        for pid in self._namespace_pids():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        return names
+
     def stop(self) -> None:
         """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
             stop_group(self._vblade.pid)
         self._vblade = None
+        for pid in self._namespace_pids():  # vbladed's vblade and its logger
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class DhcpSegment(_Segment):
