@@ -11,7 +11,13 @@ modules it then holds are the closure. A trace, not modulefinder: pyroute2 impor
 its sources name (no Windows or test modules), and lazy imports inside the standard library
 (argparse's shutil, ctypes.util's subprocess) only show when the code runs. The result is a list of
 module NAMES: those with a file of their own (builtins, frozen-only modules and aliases such as
-os.path or, on 3.13, collections.abc need nothing installed).
+os.path or, on 3.13, collections.abc need nothing installed). pyroute2 is traced through
+kiwi_overlay.pyroute, without its package initializer: no NDB, no sqlite3.
+
+The packages go in by directory: every directory of a package that the trace entered, whole, so
+that the modules a package loads by listing its own directory (pyroute2's link kinds) or imports
+lazily next to the ones traced are there; directories the trace never entered (pyroute2's NDB,
+DHCP, ethtool, nftables, ...) stay out.
 
 Install (`install_tree`): the names are resolved against the running interpreter, and the
 modules and packages are written into the initrd as sourceless bytecode (no compiling at boot,
@@ -33,10 +39,10 @@ from kiwi_overlay.errors import KiwiOverlayError
 
 # The third-party packages kiwi-overlay ships with itself (pyproject.toml's dependencies).
 PACKAGES = ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
-# Imported by the trace besides kiwi_overlay's own imports: the packages as a whole (they ship
-# whole), ssl for nbds://, and what the standard library loads lazily where no import statement
-# names it (time.strptime, codec lookups by name: socket.getaddrinfo encodes a host name with idna).
-ALSO_IMPORTED = ("psutil", "pyroute2", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1", "encodings.idna")
+# Imported by the trace besides kiwi_overlay's own imports: psutil and pyudev as a whole, ssl for
+# nbds://, and what the standard library loads lazily where no import statement names it
+# (time.strptime, codec lookups by name: socket.getaddrinfo encodes a host name with idna).
+ALSO_IMPORTED = ("psutil", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1", "encodings.idna")
 # How the initrd runs Python: isolated from PYTHON* variables and the user site, no site
 # import (all modules live in the standard-library directory), UTF-8 whatever the locale.
 INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
@@ -61,7 +67,9 @@ for name in args[split + 1:]:
     except ImportError:
         pass
 import argparse, runpy
-from kiwi_overlay import cli
+from kiwi_overlay import cli, pyroute
+for name in pyroute.EXPORTS:
+    getattr(pyroute, name)
 parser = cli.build_parser()
 parser.format_help()
 for action in parser._actions:
@@ -83,8 +91,9 @@ for name, module in sorted(sys.modules.items()):
 
 @dataclass(frozen=True)
 class Closure:
-    packages: tuple[str, ...]  # shipped whole (their own data and lazy imports included)
+    packages: tuple[str, ...]  # shipped by directory (their own data and lazy imports included)
     stdlib: tuple[str, ...]  # standard-library modules, by name
+    package_modules: tuple[str, ...]  # the packages' modules the trace loaded: which directories ship
 
 
 # The oldest release of each dependency that kiwi-overlay is tested with (Debian 12's; pyproject.toml
@@ -180,7 +189,11 @@ def trace(*, python: Path) -> Closure:
     foreign = sorted({name[1:].split(".")[0] for name in loaded if name.startswith("-")} - set(PACKAGES))
     if foreign:
         raise KiwiOverlayError(f"kiwi-overlay imports {', '.join(foreign)}, which is not one of its packages ({', '.join(PACKAGES)})")
-    return Closure(packages=PACKAGES, stdlib=tuple(name for name in loaded if not name.startswith("-")))
+    return Closure(
+        packages=PACKAGES,
+        stdlib=tuple(name for name in loaded if not name.startswith("-")),
+        package_modules=tuple(name[1:] for name in loaded if name.startswith("-")),
+    )
 
 
 def _stdlib_file(name: str, dirs: tuple[Path, ...], found: dict[str, Path | None]) -> Path | None:
@@ -240,6 +253,19 @@ def _libraries(elf_files: list[Path]) -> set[Path]:
     return libraries
 
 
+def _entered_directories(modules: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The directories (as path parts) that MODULES live in: each one's package and those above it.
+
+    A name does not say whether the module is a package, so a.b adds a/ and a/b/; for a module
+    a/b.py, a/b/ is a directory that does not exist, which keeps nothing.
+    """
+    entered: set[tuple[str, ...]] = set()
+    for name in modules:
+        parts = tuple(name.split("."))
+        entered.update(parts[:depth] for depth in range(1, len(parts) + 1))
+    return entered
+
+
 def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
     """Write CLOSURE and the kiwi-overlay launcher into INITDIR; return the ELF files dracut must install.
 
@@ -257,12 +283,18 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
         source = _stdlib_file(name, dirs, found)
         if source is not None:
             _place(source, source, initdir, extensions, optimize=2)
+    entered = _entered_directories(closure.package_modules)
     for name, installed in _locate(Path(sys.executable)).items():
         if name not in closure.packages:
             continue
         for source in sorted(installed.directory.rglob("*")):
             relative = source.relative_to(installed.directory.parent)
-            if source.is_file() and not _SKIPPED_DIRS.intersection(relative.parts) and source.suffix not in (".pyc", ".pyi"):
+            if (
+                source.is_file()
+                and relative.parent.parts in entered
+                and not _SKIPPED_DIRS.intersection(relative.parts)
+                and source.suffix not in (".pyc", ".pyi")
+            ):
                 _place(source, stdlib / relative, initdir, extensions)
         if installed.metadata:  # as it is: importlib.metadata finds it on sys.path, the standard-library directory
             shutil.copytree(installed.metadata, initdir / stdlib.relative_to("/") / installed.metadata.name, dirs_exist_ok=True)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.distro
 DEBIAN_VERSIONS = {"bookworm": ("3.11", "5.9.4", "0.24.0"), "trixie": ("3.13", "7.0.0", "0.24.3")}
 FORM_CASES = [(suite, form) for suite in SUITES for form in FORMS if form != "venv" or suite == "trixie"]
 CHECK = (
-    "import sys, psutil, pyudev; from pyroute2 import IPRoute; IPRoute().close(); pyudev.Context(); "
+    "import sys, psutil, pyudev; from kiwi_overlay.pyroute import IPRoute; IPRoute().close(); pyudev.Context(); "
     "print('%d.%d' % sys.version_info[:2], psutil.__version__, pyudev.__version__)"
 )
 

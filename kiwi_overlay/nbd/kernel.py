@@ -75,10 +75,7 @@ def kernel_seconds(seconds: float) -> int:
 
 def message_class() -> type[Any]:
     """The pyroute2 genlmsg class for the nbd family (imports pyroute2's netlink modules, not the whole package)."""
-    from kiwi_overlay.pyroute import skip_package_init
-
-    skip_package_init()
-    from pyroute2.netlink import genlmsg, nla
+    from kiwi_overlay.pyroute import genlmsg, nla
 
     class nbd_msg(genlmsg):  # type: ignore[misc]
         prefix = "NBD_ATTR_"
@@ -141,8 +138,7 @@ class Netlink:
 
     def __init__(self, *, load_module: bool = True) -> None:
         self.msg_class = message_class()
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.generic import GenericNetlinkSocket
+        from kiwi_overlay.pyroute import GenericNetlinkSocket, NetlinkError
 
         self.socket = GenericNetlinkSocket()
         # Our own error says it in one line; pyroute2 0.9 keeps the level on the socket's core, 0.7 on the socket.
@@ -165,8 +161,7 @@ class Netlink:
             raise
 
     def request(self, msg: Any, *, what: str) -> list[Any]:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
+        from kiwi_overlay.pyroute import NLM_F_ACK, NLM_F_REQUEST, NetlinkError
 
         try:
             return list(self.socket.nlm_request(msg, msg_type=self.socket.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))

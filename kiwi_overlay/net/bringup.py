@@ -177,10 +177,7 @@ class _Bringup:
         return f"{time.monotonic() - self.started:.3f} s"
 
     def run(self, configs: Sequence[IpConfig]) -> tuple[DhcpLease, ...]:
-        from kiwi_overlay.pyroute import skip_package_init
-
-        skip_package_init()
-        from pyroute2.iproute.linux import IPRoute
+        from kiwi_overlay.pyroute import IPRoute
 
         with _netlink("preparing the links"), IPRoute() as ipr:
             _rename_links(ipr, self.network)
@@ -282,10 +279,7 @@ class _Bringup:
 
     def _wait_for_autoconf(self, config: IpConfig, names: tuple[str, ...]) -> None:
         """ip=auto6: the kernel configures addresses and routes from router advertisements; wait for a usable one."""
-        from kiwi_overlay.pyroute import skip_package_init
-
-        skip_package_init()
-        from pyroute2.iproute.linux import IPRoute
+        from kiwi_overlay.pyroute import IPRoute
 
         log.info(f"{', '.join(names)}: waiting for an IPv6 address from router advertisements")
         with IPRoute() as events, IPRoute() as ipr:
@@ -347,10 +341,7 @@ class _Bringup:
     def _apply_address(self, ipr: Any, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
         import ipaddress
 
-        from kiwi_overlay.pyroute import skip_package_init
-
-        skip_package_init()
-        from pyroute2.netlink.exceptions import NetlinkError
+        from kiwi_overlay.pyroute import NetlinkError
 
         index = _index(ipr, name)
         interface = ipaddress.ip_interface(f"{address}/{prefix}")
@@ -377,11 +368,7 @@ class _Bringup:
                     log.info(f"{name}: a default route exists already, {routers[0]} is not added")
 
     def _undo(self) -> None:
-        from kiwi_overlay.pyroute import skip_package_init
-
-        skip_package_init()
-        from pyroute2.iproute.linux import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
+        from kiwi_overlay.pyroute import IPRoute, NetlinkError
 
         with IPRoute() as ipr:
             for kind, spec in reversed(self.applied):
@@ -402,10 +389,7 @@ class _Bringup:
 @contextmanager
 def _netlink(step: str) -> Iterator[None]:
     """A netlink failure as one line that names the step."""
-    from kiwi_overlay.pyroute import skip_package_init
-
-    skip_package_init()
-    from pyroute2.netlink.exceptions import NetlinkError
+    from kiwi_overlay.pyroute import NetlinkError
 
     try:
         yield

@@ -58,10 +58,7 @@ def forward_pyroute2_logging() -> None:
 
 def ethernet_links() -> tuple[Link, ...]:
     """Every Ethernet link of this network namespace (no loopback, no tunnels)."""
-    from kiwi_overlay.pyroute import skip_package_init
-
-    skip_package_init()
-    from pyroute2.iproute.linux import IPRoute
+    from kiwi_overlay.pyroute import IPRoute
 
     with IPRoute() as ipr:
         return tuple(link for link in map(_link, ipr.get_links()) if link.ethernet)
@@ -74,10 +71,7 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
     have it or the time is up. A name that does not exist is an error; no carrier at all is not (the
     caller knows whether one link is enough).
     """
-    from kiwi_overlay.pyroute import skip_package_init
-
-    skip_package_init()
-    from pyroute2.iproute.linux import IPRoute
+    from kiwi_overlay.pyroute import IPRoute
 
     started = time.monotonic()
     with IPRoute() as events, IPRoute() as ipr:

@@ -59,7 +59,7 @@ def _index(ipr: Any, name: str, *, option: str, text: str) -> int:
 
 def _add(ipr: Any, name: str, kind: str, created: list[str], *, option: str, text: str, **attributes: Any) -> int:
     """The link NAME of KIND: the existing one, or a new one (recorded in CREATED)."""
-    from pyroute2.netlink.exceptions import NetlinkError
+    from kiwi_overlay.pyroute import NetlinkError
 
     existing = ipr.link_lookup(ifname=name)
     if existing:
@@ -80,7 +80,7 @@ def _add(ipr: Any, name: str, kind: str, created: list[str], *, option: str, tex
 
 
 def _enslave(ipr: Any, port: str, master: int, *, option: str, text: str) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
+    from kiwi_overlay.pyroute import NetlinkError
 
     index = _index(ipr, port, option=option, text=text)
     try:
@@ -142,7 +142,7 @@ def _vlan(ipr: Any, vlan: Vlan, created: list[str]) -> tuple[str, ...]:
 
 
 def _delete(ipr: Any, names: list[str]) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
+    from kiwi_overlay.pyroute import NetlinkError
 
     for name in reversed(names):
         for index in ipr.link_lookup(ifname=name):
