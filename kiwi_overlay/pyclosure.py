@@ -218,24 +218,40 @@ def _stdlib_file(name: str, dirs: tuple[Path, ...], found: dict[str, Path | None
     return found[name]
 
 
-def _place(source: Path, target: Path, initdir: Path, extensions: list[Path], *, optimize: int = 0) -> None:
-    """SOURCE at TARGET (an absolute path in the initrd): .py as sourceless bytecode, extension modules as they are.
-
-    Unchecked-hash bytecode is reproducible and never recompiled. OPTIMIZE 2 drops docstrings and
-    asserts, as `python -OO` would: used for the standard library only, which supports it.
-    """
-    import py_compile
-
+def _place(source: Path, target: Path, initdir: Path, extensions: list[Path], *, keep_asserts: bool) -> None:
+    """SOURCE at TARGET (an absolute path in the initrd): .py as sourceless bytecode, extension modules as they are."""
     destination = initdir / target.relative_to("/")
-    if source.suffix == ".py":
-        mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
-        cfile = str(destination.with_suffix(".pyc"))
-        py_compile.compile(str(source), cfile=cfile, dfile=str(target), doraise=True, optimize=optimize, invalidation_mode=mode)
-        return
     destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == ".py":
+        destination.with_suffix(".pyc").write_bytes(_bytecode(source, target, keep_asserts=keep_asserts))
+        return
     shutil.copy2(source, destination)
     if source.suffix == ".so":
         extensions.append(source)
+
+
+def _bytecode(source: Path, target: Path, *, keep_asserts: bool) -> bytes:
+    """SOURCE compiled without docstrings, and without asserts unless KEEP_ASSERTS, as a .pyc (PEP 552).
+
+    Nothing on the boot path reads a docstring. Asserts go only where `python -O` is supported
+    (the standard library): a package may test with them. The tree keeps each statement's line,
+    so tracebacks (rd.kiwi.debug) point at the source. Unchecked-hash bytecode is reproducible and
+    never recompiled.
+    """
+    import ast
+    import importlib.util
+    import marshal
+
+    data = source.read_bytes()
+    tree = ast.parse(data, str(target))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body[:1] = [] if len(node.body) > 1 else [ast.copy_location(ast.Pass(), first)]
+    code = compile(tree, str(target), "exec", dont_inherit=True, optimize=0 if keep_asserts else 1)
+    unchecked_hash = (1).to_bytes(4, "little")  # flags: hash-based, source not checked
+    return importlib.util.MAGIC_NUMBER + unchecked_hash + importlib.util.source_hash(data) + marshal.dumps(code)
 
 
 def _libraries(elf_files: list[Path]) -> set[Path]:
@@ -282,7 +298,7 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
     for name in closure.stdlib:
         source = _stdlib_file(name, dirs, found)
         if source is not None:
-            _place(source, source, initdir, extensions, optimize=2)
+            _place(source, source, initdir, extensions, keep_asserts=False)
     entered = _entered_directories(closure.package_modules)
     for name, installed in _locate(Path(sys.executable)).items():
         if name not in closure.packages:
@@ -295,7 +311,7 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
                 and not _SKIPPED_DIRS.intersection(relative.parts)
                 and source.suffix not in (".pyc", ".pyi")
             ):
-                _place(source, stdlib / relative, initdir, extensions)
+                _place(source, stdlib / relative, initdir, extensions, keep_asserts=True)
         if installed.metadata:  # as it is: importlib.metadata finds it on sys.path, the standard-library directory
             shutil.copytree(installed.metadata, initdir / stdlib.relative_to("/") / installed.metadata.name, dirs_exist_ok=True)
     launcher = initdir / LAUNCHER.relative_to("/")

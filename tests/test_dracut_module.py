@@ -127,6 +127,15 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     assert (stdlib / "pyroute2/netlink/rtnl/ifinfmsg/plugins/bond.pyc").is_file()
     assert (stdlib / "pyroute2/iproute/linux.pyc").is_file()
     assert not (stdlib / "pyroute2/ndb").exists() and not (stdlib / "sqlite3").exists()
+    # Without docstrings, with each function on its source line (tracebacks under rd.kiwi.debug).
+    from kiwi_overlay import cli
+
+    probe = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; from kiwi_overlay import cli; "
+        "print(cli.__doc__, cli.main.__doc__, cli.main.__code__.co_firstlineno)"
+    )
+    shipped = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(stdlib)], capture_output=True, text=True, check=True)
+    assert shipped.stdout.split() == ["None", "None", str(cli.main.__code__.co_firstlineno)]
 
 
 def bare_venv(path: Path, *packages: str, python: Path = Path(sys.executable)) -> Path:
