@@ -46,6 +46,10 @@ ALSO_IMPORTED = ("psutil", "pyudev", "ssl", "_strptime", "encodings.ascii", "enc
 # How the initrd runs Python: isolated from PYTHON* variables and the user site, no site
 # import (all modules live in the standard-library directory), UTF-8 whatever the locale.
 INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
+# Traced, yet left out: compressors the standard library imports when it can (shutil, zipfile) and
+# does without otherwise. kiwi-overlay packs and unpacks no archive; their absence makes argparse's
+# `import shutil` faster.
+LEFT_OUT = frozenset({"bz2", "_bz2", "lzma", "_lzma"})
 LAUNCHER = Path("/usr/bin/kiwi-overlay")
 _SKIPPED_DIRS = frozenset({"__pycache__", "tests", "test"})
 # kiwi_overlay modules that run when an initrd is built, never in it: their imports stay out of
@@ -191,7 +195,7 @@ def trace(*, python: Path) -> Closure:
         raise KiwiOverlayError(f"kiwi-overlay imports {', '.join(foreign)}, which is not one of its packages ({', '.join(PACKAGES)})")
     return Closure(
         packages=PACKAGES,
-        stdlib=tuple(name for name in loaded if not name.startswith("-")),
+        stdlib=tuple(name for name in loaded if not name.startswith("-") and name not in LEFT_OUT),
         package_modules=tuple(name[1:] for name in loaded if name.startswith("-")),
     )
 

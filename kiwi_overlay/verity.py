@@ -14,7 +14,6 @@ version, and is the tool that wrote the image, so format and open cannot disagre
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -93,6 +92,8 @@ def root_hash_of(superblock: bytes, top_block: bytes) -> str:
         raise VerityError(f"claims a salt of {salt_size} bytes (at most {len(salt)})")
     if hash_block_size != len(top_block):
         raise VerityError(f"has {hash_block_size}-byte hash blocks instead of {len(top_block)}")
+    import hashlib  # here: OpenSSL's libcrypto loads slowly, and the command line check needs only the lengths
+
     name = algorithm.rstrip(b"\0").decode("ascii", "replace")
     try:
         digest = hashlib.new(name)
