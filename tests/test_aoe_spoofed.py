@@ -1,6 +1,6 @@
 """Issue 14 item 6: AoE discovery stays bounded when a spoofer on the segment answers for thousands of targets.
 
-A spoofer (tests/aoe_spoofer.py) in the target namespace of a Lab (test_aoe.py) answers every
+A spoofer (tests/aoe_spoofer.py) in the target namespace of a Lab (tests/aoe_lab.py) answers every
 Query Config with thousands of well-formed answers, or keeps sending them without a pause.
 """
 
@@ -9,26 +9,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_aoe import Lab
 
 from kiwi_overlay.aoe import MAX_ANSWERS, AoeTarget
+from tests.aoe_lab import Lab
 
 pytestmark = pytest.mark.root
 
 SPOOFER = Path(__file__).with_name("aoe_spoofer.py")
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def spoofer(lab: Lab, count: int, storm: float = 0.0) -> subprocess.Popen[str]:
