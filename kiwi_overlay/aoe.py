@@ -31,7 +31,7 @@ from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError, OptionError
 
 if TYPE_CHECKING:
-    from kiwi_overlay.config import AoeRoot
+    from kiwi_overlay.config.plan import AoeRoot
 
 ETHERTYPE_AOE = 0x88A2
 BROADCAST_MAC = b"\xff" * 6
@@ -86,7 +86,7 @@ class AoeTarget:
 
 
 def parse_target(name: str) -> tuple[int, int]:
-    """(shelf, slot) of "e0.1"; config.py has already checked the form."""
+    """(shelf, slot) of "e0.1"; config/roots.py has already checked the form."""
     shelf, _, slot = name.removeprefix("e").partition(".")
     return int(shelf), int(slot)
 

@@ -15,14 +15,14 @@ from kiwi_overlay.errors import KiwiOverlayError, printable
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kiwi_overlay.config import Plan
+    from kiwi_overlay.config.plan import Plan
 
 
 def load_plan(args: argparse.Namespace) -> Plan:
     """The plan for --cmdline, or for this machine's command line; turns on rd.kiwi.debug logging."""
     from kiwi_overlay import log
     from kiwi_overlay.cmdline import KernelCmdline
-    from kiwi_overlay.config import parse_plan
+    from kiwi_overlay.config.parse import parse_plan
 
     plan = parse_plan(KernelCmdline(args.cmdline) if args.cmdline is not None else KernelCmdline.from_system())
     log.configure(debug=plan.debug)
@@ -145,7 +145,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
-    from kiwi_overlay.config import RUN_DIR, SYSROOT
+    from kiwi_overlay.config.plan import RUN_DIR, SYSROOT
 
     _add_cmdline_option(parser)
     parser.add_argument("--sysroot", type=Path, default=SYSROOT, metavar="DIR", help=f"where the root goes (default {SYSROOT})")
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         _add_layout_options(command)
         command.set_defaults(func=cmd_prepare)
-    from kiwi_overlay.config import RUN_DIR
+    from kiwi_overlay.config.plan import RUN_DIR
 
     status = commands.add_parser("status", help="the running overlay root: layers, device, server, connection, fill level (exit 1: none)")
     status.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers are (default {RUN_DIR})")

@@ -88,7 +88,7 @@ class Lab:
         program = (
             "import pickle, sys, time\n"
             "from kiwi_overlay.aoe import *\n"
-            "from kiwi_overlay.config import AoeRoot\n"
+            "from kiwi_overlay.config.plan import AoeRoot\n"
             "from kiwi_overlay.errors import KiwiOverlayError\n"
             f"try:\n    result = {expression}\n"
             "except KiwiOverlayError as error:\n    result = KiwiOverlayError(str(error))\n"

@@ -32,7 +32,7 @@ from nbd_servers import (
 )
 from test_nbd_protocol import info_export, read_first_sector
 
-from kiwi_overlay.config import NbdServer
+from kiwi_overlay.config.plan import NbdServer
 from kiwi_overlay.nbd import kernel, protocol, root_from_uri
 from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY
 from kiwi_overlay.nbd.supervisor import Request, Supervisor

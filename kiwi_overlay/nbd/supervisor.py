@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import LostPolicy, NbdRoot, NbdServer
+from kiwi_overlay.config.plan import LostPolicy, NbdRoot, NbdServer
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.nbd import connect, kernel, protocol
 from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError, Wire
