@@ -82,9 +82,9 @@ def _detach(plan: Plan, device: Path) -> None:
 
         nbd.detach(device)
     elif isinstance(plan.root, AoeRoot):
-        from kiwi_overlay import aoe
+        from kiwi_overlay.aoe.driver import forget
 
-        aoe.forget(device)
+        forget(device)
 
 
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:

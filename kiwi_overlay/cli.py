@@ -55,7 +55,8 @@ def cmd_verity_format(args: argparse.Namespace) -> int:
 
 def cmd_aoe_discover(args: argparse.Namespace) -> int:
     """One line per target (`e0.1 IFACE MAC SIZE`) or JSON; exit 1 when none answered."""
-    from kiwi_overlay.aoe import discover, human_size
+    from kiwi_overlay.aoe.discovery import discover
+    from kiwi_overlay.aoe.messages import human_size
 
     interfaces = args.interface
     if not interfaces:

@@ -84,10 +84,10 @@ class Lab:
         return process
 
     def call(self, expression: str) -> Any:
-        """EXPRESSION evaluated by kiwi_overlay.aoe inside the client namespace; a KiwiOverlayError is returned."""
+        """EXPRESSION (discover or locate of aoe.discovery) evaluated in the client namespace; a KiwiOverlayError is returned."""
         program = (
             "import pickle, sys, time\n"
-            "from kiwi_overlay.aoe import *\n"
+            "from kiwi_overlay.aoe.discovery import discover, locate\n"
             "from kiwi_overlay.config.plan import AoeRoot\n"
             "from kiwi_overlay.errors import KiwiOverlayError\n"
             f"try:\n    result = {expression}\n"

@@ -14,17 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiwi_overlay.aoe import (
+from kiwi_overlay.aoe.messages import human_size, no_device_message, not_found_message, several_targets_error
+from kiwi_overlay.aoe.protocol import (
     AoeTarget,
-    human_size,
     identify_frame,
-    no_device_message,
-    not_found_message,
     parse_config_response,
     parse_identify_response,
     parse_target,
     query_config_frame,
-    several_targets_error,
 )
 from tests.aoe_lab import IMAGE_SIZE, Lab, ip
 

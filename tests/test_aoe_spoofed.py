@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kiwi_overlay.aoe import MAX_ANSWERS, AoeTarget
+from kiwi_overlay.aoe.discovery import MAX_ANSWERS
+from kiwi_overlay.aoe.protocol import AoeTarget
 from tests.aoe_lab import Lab
 
 pytestmark = pytest.mark.root
@@ -70,7 +71,7 @@ def test_discovery_ends_at_its_deadline_under_a_storm_of_answers(lab: Lab) -> No
 
 
 def test_many_answers_in_a_message_are_summarised() -> None:
-    from kiwi_overlay.aoe import describe_answers
+    from kiwi_overlay.aoe.messages import describe_answers
 
     targets = [AoeTarget(100, slot, "eth0", f"02:aa:00:00:00:{slot:02x}", 1, 8, None) for slot in range(200)]
     text = describe_answers(targets)
