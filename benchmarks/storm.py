@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.stats import median, millis, percentile, ratio
-from kiwi_overlay.config import NbdRoot
+from kiwi_overlay.config.plan import NbdRoot
 from kiwi_overlay.nbd import connect, protocol, root_from_uri
 from tests.boot.servers import NbdServer
 

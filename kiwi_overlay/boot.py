@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Plan
+from kiwi_overlay.config.plan import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout
 
@@ -27,7 +27,7 @@ def _dhcp_root(plan: Plan, root: DhcpRoot, leases: Sequence[DhcpLease]) -> Plan:
     """PLAN with the root that the first lease's root-path (DHCP option 17) names."""
     from dataclasses import replace
 
-    from kiwi_overlay.config import root_from_root_path
+    from kiwi_overlay.config.roots import root_from_root_path
 
     lease = next((lease for lease in leases if lease.root_path), None)
     if lease is None:
@@ -82,9 +82,9 @@ def _detach(plan: Plan, device: Path) -> None:
 
         nbd.detach(device)
     elif isinstance(plan.root, AoeRoot):
-        from kiwi_overlay import aoe
+        from kiwi_overlay.aoe.driver import forget
 
-        aoe.forget(device)
+        forget(device)
 
 
 def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:

@@ -15,7 +15,7 @@ from kiwi_overlay.errors import KiwiOverlayError, printable
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kiwi_overlay.config import Plan
+    from kiwi_overlay.config.plan import Plan
 
     _Commands = argparse._SubParsersAction[argparse.ArgumentParser]  # the subcommands of `kiwi-overlay COMMAND`
 
@@ -24,7 +24,7 @@ def load_plan(args: argparse.Namespace) -> Plan:
     """The plan for --cmdline, or for this machine's command line; turns on rd.kiwi.debug logging."""
     from kiwi_overlay import log
     from kiwi_overlay.cmdline import KernelCmdline
-    from kiwi_overlay.config import parse_plan
+    from kiwi_overlay.config.parse import parse_plan
 
     plan = parse_plan(KernelCmdline(args.cmdline) if args.cmdline is not None else KernelCmdline.from_system())
     log.configure(debug=plan.debug)
@@ -57,7 +57,8 @@ def cmd_verity_format(args: argparse.Namespace) -> int:
 
 def cmd_aoe_discover(args: argparse.Namespace) -> int:
     """One line per target (`e0.1 IFACE MAC SIZE`) or JSON; exit 1 when none answered."""
-    from kiwi_overlay.aoe import discover, human_size
+    from kiwi_overlay.aoe.discovery import discover
+    from kiwi_overlay.aoe.messages import human_size
 
     interfaces = args.interface
     if not interfaces:
@@ -147,7 +148,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
-    from kiwi_overlay.config import RUN_DIR, SYSROOT
+    from kiwi_overlay.config.plan import RUN_DIR, SYSROOT
 
     _add_cmdline_option(parser)
     parser.add_argument("--sysroot", type=Path, default=SYSROOT, metavar="DIR", help=f"where the root goes (default {SYSROOT})")
@@ -288,7 +289,7 @@ def _add_prepare(commands: _Commands) -> None:
 
 
 def _add_status(commands: _Commands) -> None:
-    from kiwi_overlay.config import RUN_DIR
+    from kiwi_overlay.config.plan import RUN_DIR
 
     status = commands.add_parser("status", help="the running overlay root: layers, device, server, connection, fill level (exit 1: none)")
     status.add_argument("--run-dir", type=Path, default=RUN_DIR, metavar="DIR", help=f"where the layers are (default {RUN_DIR})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import DhcpRoot, NbdRoot, Plan
+from kiwi_overlay.config.plan import DhcpRoot, NbdRoot, Plan
 
 # dracut reads /etc/cmdline.d/*.conf before the kernel's own command line, which thus wins.
 NET_CONF = Path("etc/cmdline.d/kiwi-overlay-net.conf")

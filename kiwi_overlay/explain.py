@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kiwi_overlay.config import AoeRoot, DhcpRoot, NbdRoot, Network, Plan, Root
+from kiwi_overlay.config.plan import AoeRoot, DhcpRoot, NbdRoot, Network, Plan, Root
 from kiwi_overlay.layout import mounts
 from kiwi_overlay.net.grammar import IpConfig
 

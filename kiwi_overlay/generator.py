@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
-from kiwi_overlay.config import DEFAULT_TIMEOUT, RUN_DIR, SYSROOT, Plan, is_overlay_root, parse_plan
+from kiwi_overlay.config.parse import DEFAULT_TIMEOUT, is_overlay_root, parse_plan
+from kiwi_overlay.config.plan import RUN_DIR, SYSROOT, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import mounts
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiwi_overlay.config import RUN_DIR, SYSROOT, Plan
+from kiwi_overlay.config.plan import RUN_DIR, SYSROOT, Plan
 
 
 @dataclass(frozen=True)

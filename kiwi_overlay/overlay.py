@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import Plan
+from kiwi_overlay.config.plan import Plan
 from kiwi_overlay.devices import KNOWN_FILESYSTEMS, device_size, filesystem_type, set_read_only, wait_for_device
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout, Mount, mounts, read_options

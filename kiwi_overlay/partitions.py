@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import Partition
+from kiwi_overlay.config.plan import Partition
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.run import run
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from kiwi_overlay import log
-from kiwi_overlay.config import RUN_DIR
+from kiwi_overlay.config.plan import RUN_DIR
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout
 from kiwi_overlay.run import run

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiwi_overlay.config import RUN_DIR
+from kiwi_overlay.config.plan import RUN_DIR
 from kiwi_overlay.layout import Layout
 
 

@@ -66,7 +66,7 @@ import subprocess
 from pathlib import Path
 from kiwi_overlay import log
 from kiwi_overlay.aoe import attach_root
-from kiwi_overlay.config import AoeRoot
+from kiwi_overlay.config.plan import AoeRoot
 from kiwi_overlay.errors import KiwiOverlayError
 
 log.configure(debug=True, log_file=Path("/run/kiwi-overlay.log"))

@@ -1,6 +1,6 @@
 """Issue 14 item 6: AoE discovery stays bounded when a spoofer on the segment answers for thousands of targets.
 
-A spoofer (tests/aoe_spoofer.py) in the target namespace of a Lab (test_aoe.py) answers every
+A spoofer (tests/aoe_spoofer.py) in the target namespace of a Lab (tests/aoe_lab.py) answers every
 Query Config with thousands of well-formed answers, or keeps sending them without a pause.
 """
 
@@ -9,26 +9,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_aoe import Lab
 
-from kiwi_overlay.aoe import MAX_ANSWERS, AoeTarget
+from kiwi_overlay.aoe.discovery import MAX_ANSWERS
+from kiwi_overlay.aoe.protocol import AoeTarget
+from tests.aoe_lab import Lab
 
 pytestmark = pytest.mark.root
 
 SPOOFER = Path(__file__).with_name("aoe_spoofer.py")
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def spoofer(lab: Lab, count: int, storm: float = 0.0) -> subprocess.Popen[str]:
@@ -80,7 +71,7 @@ def test_discovery_ends_at_its_deadline_under_a_storm_of_answers(lab: Lab) -> No
 
 
 def test_many_answers_in_a_message_are_summarised() -> None:
-    from kiwi_overlay.aoe import describe_answers
+    from kiwi_overlay.aoe.messages import describe_answers
 
     targets = [AoeTarget(100, slot, "eth0", f"02:aa:00:00:00:{slot:02x}", 1, 8, None) for slot in range(200)]
     text = describe_answers(targets)

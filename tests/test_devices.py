@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from blockdev import blank_image, loop_device, make_image, make_tree, unique_label
 
-from kiwi_overlay.config import device_from_spec
+from kiwi_overlay.config.values import device_from_spec
 from kiwi_overlay.devices import KNOWN_FILESYSTEMS, filesystem_type, wait_for_device
 from kiwi_overlay.errors import KiwiOverlayError
 

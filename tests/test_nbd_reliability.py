@@ -32,7 +32,7 @@ from nbd_servers import (
 )
 from test_nbd_protocol import info_export, read_first_sector
 
-from kiwi_overlay.config import NbdServer
+from kiwi_overlay.config.plan import NbdServer
 from kiwi_overlay.nbd import kernel, protocol, root_from_uri
 from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY
 from kiwi_overlay.nbd.supervisor import Request, Supervisor
@@ -49,9 +49,9 @@ def test_fewer_connections_than_asked_fall_back_with_a_line(tmp_path: Path, caps
     image = make_image(tmp_path / "rootfs.img")
     with qemu_nbd(image, extra=("--shared=2",)) as port:
         supervisor = Supervisor(request_for(f"nbd://127.0.0.1:{port}/rootfs", connections=4))
-        socks = supervisor.first_connections()
+        socks = supervisor.servers.first_connections()
         try:
-            assert supervisor.info is not None and supervisor.info.multi_conn
+            assert supervisor.servers.info is not None and supervisor.servers.info.multi_conn
             assert len(socks) == 2
             for sock in socks:
                 assert read_first_sector(sock) == FIRST_SECTOR
@@ -101,7 +101,7 @@ def test_tls_proxy_uses_one_thread_and_carries_pipelined_requests(tmp_path: Path
         handle.write(b"".join(struct.pack(">Q", block) * 512 for block in range(256)))
     with qemu_nbd(image, extra=extra) as port:
         supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca))
-        sock, _ = supervisor._open(supervisor.root.servers[0], time.monotonic() + 20)
+        sock, _ = supervisor.servers.open(supervisor.root.servers[0], time.monotonic() + 20)
         before = threading.active_count()
         proxy = TlsProxy(sock)
         assert threading.active_count() - before == 1
@@ -135,9 +135,9 @@ def test_the_kernel_gets_the_read_only_flag_for_a_writable_export(tmp_path: Path
     """Item 5: the read layer's kernel device is read-only even when the export is writable."""
     with nbd_server(tmp_path) as port:
         supervisor = Supervisor(request_for(f"nbd://127.0.0.1:{port}/scratch"))
-        for sock in supervisor.first_connections():
+        for sock in supervisor.servers.first_connections():
             sock.close()
-    assert supervisor.info is not None and not supervisor.info.flags & FLAG_READ_ONLY  # the export is writable
+    assert supervisor.servers.info is not None and not supervisor.servers.info.flags & FLAG_READ_ONLY  # the export is writable
     assert supervisor.config().server_flags & FLAG_READ_ONLY
 
 
@@ -182,9 +182,9 @@ def _reconnect(supervisor: Supervisor) -> socket.socket:
 
 def _check(supervisor: Supervisor, server: NbdServer, *, first_sector: bytes = FIRST_SECTOR) -> str | None:
     """different_image() on a new connection to SERVER; a connection it accepts must still serve the kernel."""
-    sock, info = supervisor._open(server, time.monotonic() + 20)
+    sock, info = supervisor.servers.open(server, time.monotonic() + 20)
     with sock:
-        problem = supervisor.different_image(server, info, sock)
+        problem = supervisor.servers.different_image(server, info, sock)
         if problem is None:
             assert sock.gettimeout() is None  # blocking, as the kernel needs it, with nothing left unread
             assert read_first_sector(sock) == first_sector
@@ -204,7 +204,7 @@ def test_a_reconnect_takes_only_a_server_whose_image_has_the_root_hash(tmp_path:
         checked = Supervisor(replace(request_for(uris), verity=root_hash))
         unchecked = Supervisor(request_for(uris))
         for supervisor in (checked, unchecked):
-            for sock in supervisor.first_connections():
+            for sock in supervisor.servers.first_connections():
                 sock.close()
         _, copy_server, other_server, unformatted_server = checked.root.servers
         assert _check(checked, copy_server) is None
@@ -227,7 +227,7 @@ def test_a_reconnect_over_tls_checks_the_root_hash_too(tmp_path: Path) -> None:
     ):
         uris = ",".join(f"nbds://127.0.0.1:{port}/rootfs" for port in (attached, copy, other))
         supervisor = Supervisor(replace(request_for(uris, tls_ca=ca), verity=root_hash))
-        for sock in supervisor.first_connections():
+        for sock in supervisor.servers.first_connections():
             sock.close()
         _, copy_server, other_server = supervisor.root.servers
         assert _check(supervisor, copy_server) is None
@@ -241,11 +241,11 @@ def test_reconnect_skips_a_server_with_another_root_hash_with_a_line(tmp_path: P
         with qemu_nbd(images["attached"]) as attached:
             uris = ",".join(f"nbd://127.0.0.1:{port}/rootfs" for port in (attached, other, copy))
             supervisor = Supervisor(replace(request_for(uris), verity=root_hash))
-            for sock in supervisor.first_connections():
+            for sock in supervisor.servers.first_connections():
                 sock.close()
         with _reconnect(supervisor) as sock:
             assert read_first_sector(sock) == FIRST_SECTOR
-    assert supervisor.server == supervisor.root.servers[2]
+    assert supervisor.servers.server == supervisor.root.servers[2]
     err = capsys.readouterr().err
     assert f"nbd://127.0.0.1:{other}/rootfs serves an image with root hash {other_hash} instead of " in err, err
     assert "; not reconnecting to it\n" in err
@@ -266,7 +266,7 @@ with qemu_nbd(copy) as copy_port:
         uris = f"nbd://127.0.0.1:{attached_port}/rootfs,nbd://127.0.0.1:{copy_port}/rootfs"
         request = Request(root=root_from_uri(uris), timeout=20, device=None, state_dir=Path("/none"), log_to_kmsg=False, verity=root_hash)
         supervisor = Supervisor(request)
-        for sock in supervisor.first_connections():
+        for sock in supervisor.servers.first_connections():
             sock.close()
     finders = sys.meta_path[:]
     sys.meta_path.clear()  # what switch_root does to the initrd's files: nothing more can be imported
@@ -276,7 +276,7 @@ with qemu_nbd(copy) as copy_port:
         sys.meta_path[:] = finders
     with sock:
         assert read_first_sector(sock) == FIRST_SECTOR
-print(supervisor.server.port == copy_port)
+print(supervisor.servers.server.port == copy_port)
 """
 
 
@@ -316,7 +316,7 @@ def test_a_connection_lost_while_reading_the_hash_is_tried_again_after_the_other
             with qemu_nbd(images["attached"]) as attached:
                 uris = ",".join(f"nbd://127.0.0.1:{port}/rootfs" for port in (attached, hostile.port, copy))
                 supervisor = Supervisor(replace(request_for(uris), verity=root_hash))
-                for sock in supervisor.first_connections():
+                for sock in supervisor.servers.first_connections():
                     sock.close()
             with _reconnect(supervisor) as sock:
                 assert read_first_sector(sock) == FIRST_SECTOR

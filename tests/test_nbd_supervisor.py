@@ -117,8 +117,8 @@ def test_reconnect_survives_a_server_restart(tmp_path: Path) -> None:
     port = free_port()
     supervisor = Supervisor(request_for(f"nbd://127.0.0.1:{port}/rootfs", connections=2))
     with nbd_server(tmp_path, port=port):
-        first = supervisor.first_connections()
-    assert supervisor.info is not None and supervisor.info.size == IMAGE_SIZE
+        first = supervisor.servers.first_connections()
+    assert supervisor.servers.info is not None and supervisor.servers.info.size == IMAGE_SIZE
     assert len(first) == 2  # nbd-server advertises multi-conn
     for sock in first:
         sock.close()
@@ -139,9 +139,9 @@ def test_single_connection_when_the_server_lacks_multi_conn(tmp_path: Path) -> N
     image = make_image(tmp_path / "rootfs.img")
     with qemu_nbd(image, extra=("--shared=1",)) as port:
         supervisor = Supervisor(request_for(f"nbd://127.0.0.1:{port}/rootfs", connections=4))
-        socks = supervisor.first_connections()
+        socks = supervisor.servers.first_connections()
         try:
-            assert supervisor.info is not None and not supervisor.info.multi_conn  # qemu-nbd --shared=1
+            assert supervisor.servers.info is not None and not supervisor.servers.info.multi_conn  # qemu-nbd --shared=1
             assert len(socks) == 1
         finally:
             for sock in socks:
@@ -153,7 +153,7 @@ def test_tls_connections_are_proxied_for_the_kernel(tmp_path: Path) -> None:
     image = make_image(tmp_path / "rootfs.img")
     with qemu_nbd(image, extra=extra) as port:
         supervisor = Supervisor(request_for(f"nbds://127.0.0.1:{port}/rootfs", tls_ca=ca))
-        (kernel_end,) = supervisor.first_connections()
+        (kernel_end,) = supervisor.servers.first_connections()
         with kernel_end:
             # What the kernel would send on its plain socket reaches the server through TLS.
             assert read_first_sector(kernel_end) == FIRST_SECTOR
@@ -175,7 +175,7 @@ bind(work / "nsswitch.conf", "/etc/nsswitch.conf")
 bind(work / "hosts", "/etc/hosts")
 root = root_from_uri(f"nbd://kiwi-overlay-test-server:{port}/rootfs")
 supervisor = Supervisor(Request(root=root, timeout=20, device=None, state_dir=work / "state", log_to_kmsg=False))
-for sock in supervisor.first_connections():
+for sock in supervisor.servers.first_connections():
     sock.close()
 bind(work / "no-hosts", "/etc/hosts")  # what switch_root does to the initrd's /etc
 signal.alarm(20)  # reconnect() tries forever

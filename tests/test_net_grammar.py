@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import parse_plan
+from kiwi_overlay.config.parse import parse_plan
 from kiwi_overlay.errors import OptionError
 from kiwi_overlay.net.grammar import Bond, Bridge, IpConfig, Vlan, parse_bond, parse_bootif, parse_bridge, parse_ip, parse_route, parse_vlan
 

@@ -16,7 +16,7 @@ from blockdev import blank_image, loop_device, make_image, make_tree, mounts_und
 
 from kiwi_overlay.boot import prepare_root
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import parse_plan
+from kiwi_overlay.config.parse import parse_plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.overlay import is_mounted
 

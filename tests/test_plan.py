@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import NbdRoot, parse_plan
+from kiwi_overlay.config.parse import parse_plan
+from kiwi_overlay.config.plan import NbdRoot
 from kiwi_overlay.errors import OptionError
 from kiwi_overlay.explain import describe
 

@@ -19,7 +19,9 @@ from blockdev import blank_image, loop_device, make_image, make_tree, mounts_und
 from kiwi_overlay import ram
 from kiwi_overlay.boot import prepare_root
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Partition, parse_plan, root_from_root_path
+from kiwi_overlay.config.parse import parse_plan
+from kiwi_overlay.config.plan import AoeRoot, DhcpRoot, LocalRoot, NbdRoot, Partition
+from kiwi_overlay.config.roots import root_from_root_path
 from kiwi_overlay.errors import KiwiOverlayError, OptionError
 from kiwi_overlay.foreign import nbd_uri_from_dracut
 

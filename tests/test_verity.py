@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kiwi_overlay.cmdline import KernelCmdline
-from kiwi_overlay.config import parse_plan
+from kiwi_overlay.config.parse import parse_plan
 from kiwi_overlay.errors import KiwiOverlayError, OptionError
 from kiwi_overlay.explain import describe, plan_dict
 from kiwi_overlay.verity import (

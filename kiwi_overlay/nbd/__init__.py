@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kiwi_overlay.config import WAIT_FOREVER, LostPolicy, NbdRoot
+from kiwi_overlay.config.plan import WAIT_FOREVER, LostPolicy, NbdRoot
 from kiwi_overlay.nbd.protocol import NbdError
 from kiwi_overlay.run import child_environment
 
@@ -40,7 +40,7 @@ def root_from_uri(
     lost: LostPolicy = WAIT_FOREVER,
 ) -> NbdRoot:
     """An NbdRoot for `nbd://HOST[:PORT]/EXPORT`, `nbds://...` or `HOST:EXPORT`; several servers separated by commas."""
-    from kiwi_overlay.config import parse_nbd_servers
+    from kiwi_overlay.config.roots import parse_nbd_servers
 
     servers, tls = parse_nbd_servers(uri)
     return NbdRoot(

@@ -22,7 +22,7 @@ def run_nbd_command(args: argparse.Namespace) -> int:
         return 0
     if args.nbd_command == "list" and "://" not in args.uri:
         args.uri = f"nbd://{args.uri}/"  # HOST[:PORT], [IPv6][:PORT]
-    from kiwi_overlay.config import parse_lost_policy
+    from kiwi_overlay.config.roots import parse_lost_policy
 
     root = nbd.root_from_uri(
         args.uri,

@@ -21,7 +21,7 @@ from kiwi_overlay.nbd.protocol import ExportEntry, ExportInfo, NbdError, Wire
 if TYPE_CHECKING:
     import ssl
 
-    from kiwi_overlay.config import NbdRoot
+    from kiwi_overlay.config.plan import NbdRoot
 
 T = TypeVar("T")
 # (family, sockaddr) with a numeric host, as getaddrinfo gives them.

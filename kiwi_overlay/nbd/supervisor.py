@@ -7,6 +7,7 @@ the server's numeric address, the netlink sockets, /dev/kmsg) is loaded or opene
 it is ready. It then waits for NBD_CMD_LINK_DEAD notifications for its device, negotiates a new
 connection with backoff, and hands it to the kernel (NBD_CMD_RECONFIGURE); with the ioctl
 interface it re-runs SET_SOCK .. DO_IT instead. It ends on SIGTERM (`kiwi-overlay nbd detach`).
+The connections themselves, first and after a loss, come from failover.Servers.
 
 Protocol with the starting process: a JSON request on stdin; one line on stdout, `ok /dev/nbdN`
 or `error MESSAGE`.
@@ -23,20 +24,18 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import LostPolicy, NbdRoot, NbdServer
+from kiwi_overlay.config.plan import LostPolicy, NbdRoot, NbdServer
 from kiwi_overlay.errors import KiwiOverlayError
-from kiwi_overlay.nbd import connect, kernel, protocol
-from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError, Wire
-from kiwi_overlay.nbd.tls_proxy import TlsProxy
-
-if TYPE_CHECKING:
-    import ssl
+from kiwi_overlay.nbd import kernel
+from kiwi_overlay.nbd.failover import Servers
+from kiwi_overlay.nbd.protocol import FLAG_READ_ONLY, ExportInfo, NbdError
 
 PROCESS_NAME = "@kiwi-overlay-nbd"
 # The kernel's dead-connection timeout for "wait": ten years (it takes seconds; 0 would fail I/O at once).
@@ -104,162 +103,18 @@ class Supervisor:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.root = request.root
-        self.context: ssl.SSLContext | None = connect.tls_context(self.root)
-        self.info: ExportInfo | None = None
         self.kmsg: int | None = None
-        # Each server's numeric addresses, resolved once: after switch_root there may be no resolver.
-        self.addresses: dict[NbdServer, list[connect.Address]] = {}
-        self.server = self.root.servers[0]  # the one the device is connected through
         self.sysrq: int | None = None  # /proc/sysrq-trigger, opened before switch_root for lost=reboot
         self.state: dict[str, object] = {}  # the record of the attached device (see record)
         self.state_dir_fd: int | None = None
-        if request.verity is not None:
-            # A reconnect checks the root hash with it: loaded now, while the initrd's files are there.
-            import kiwi_overlay.verity  # noqa: F401
-
-    # -- connections --------------------------------------------------------------------
-
-    def _open(self, server: NbdServer, deadline: float) -> tuple[socket.socket, ExportInfo]:
-        if server not in self.addresses:
-            self.addresses[server] = connect.resolve(self.root.through(server))
-        return connect.open_export(self.root.through(server), deadline=deadline, context=self.context, addresses=self.addresses[server])
-
-    def _open_first(self, servers: Sequence[NbdServer], deadline: float) -> tuple[NbdServer, socket.socket, ExportInfo]:
-        """A connection through the first of SERVERS that answers; each gets an equal share of the time left."""
-        failures = []
-        for position, server in enumerate(servers):
-            share = (deadline - time.monotonic()) / (len(servers) - position)
-            try:
-                return (server, *self._open(server, time.monotonic() + share))
-            except connect.Unreachable as error:
-                failures.append(str(error))
-        raise connect.Unreachable("; ".join(failures))
-
-    def kernel_socket(self, sock: socket.socket) -> socket.socket:
-        """The socket the kernel gets: SOCK itself, or a proxied socketpair end for TLS."""
-        # The proxy lives as long as its threads do: until either side of it is gone.
-        return sock if self.context is None else TlsProxy(sock).kernel_end
-
-    def first_connections(self) -> list[socket.socket]:
-        server, sock, info = connect.with_retry(
-            lambda deadline: self._open_first(self.root.servers, deadline), root=self.root, timeout=self.request.timeout
-        )
-        socks = [sock]
-        try:
-            wanted = self.root.connections if info.multi_conn else 1
-            if wanted < self.root.connections:
-                log.info(f"{self.root.server_uri(server)}: server does not allow several connections; using one")
-            socks += self._extra_connections(server, wanted - 1)
-        except BaseException:
-            for each in socks:
-                each.close()
-            raise
-        self.info, self.server = info, server
-        if len(self.root.servers) > 1:
-            log.info(f"{self.root.server_uri(server)} answered first")
-        self._resolve_the_others()
-        return [self.kernel_socket(each) for each in socks]
-
-    def _extra_connections(self, server: NbdServer, count: int) -> list[socket.socket]:
-        """Up to COUNT more connections, one attempt each: a server that takes fewer (a connection
-        limit, a full backlog) gets the ones it took, with a console line, not a failed attach."""
-        socks: list[socket.socket] = []
-        for _ in range(count):
-            try:
-                socks.append(self._open(server, time.monotonic() + connect.ATTEMPT_TIMEOUT)[0])
-            except KiwiOverlayError as error:
-                accepted = len(socks) + 1
-                log.info(
-                    f"{self.root.server_uri(server)}: the server accepted {accepted} of {count + 1} connections; using {accepted} ({error})"
-                )
-                break
-        return socks
-
-    def _resolve_the_others(self) -> None:
-        """The addresses of every other server now, while the initrd's resolver works."""
-        for server in self.root.servers:
-            if server not in self.addresses:
-                try:
-                    self.addresses[server] = connect.resolve(self.root.through(server))
-                except connect.Unreachable as error:
-                    self.addresses[server] = []
-                    log.info(f"{error}; it will not be used to reconnect")
-
-    def different_image(self, server: NbdServer, info: ExportInfo, sock: socket.socket) -> str | None:
-        """Why SERVER's export (INFO, open on SOCK) is not the image the device was attached to, or None when it is the same.
-
-        A reconnect only goes where this says None: another server may hold another version of the image.
-        The size must match; with rd.root.overlay.verity, the root hash of the image's verity superblock and
-        top hash block, read over SOCK, too. A connection lost while reading raises NbdError (worth another try).
-        """
-        assert self.info is not None
-        uri = self.root.server_uri(server)
-        if info.size != self.info.size:
-            return f"{uri} has {info.size} bytes instead of {self.info.size}"
-        if self.request.verity is None:
-            return None
-        from kiwi_overlay import verity
-
-        expected = self.request.verity
-        locations = verity.hash_locations(info.size, digest_size=len(expected) // 2)
-        if locations is None:
-            return f"{uri}: its {info.size} bytes hold no verity hash tree after the data (rd.root.overlay.verity)"
-        wire = Wire(sock, peer=uri, deadline=time.monotonic() + connect.ATTEMPT_TIMEOUT)
-        try:
-            superblock, top = [protocol.read(wire, offset=offset, length=verity.BLOCK) for offset in locations]
-            found = verity.root_hash_of(superblock, top)
-        except verity.VerityError as error:
-            return f"{uri}: its verity superblock {error} (rd.root.overlay.verity)"
-        except NbdError as error:
-            if error.lost:
-                raise
-            return str(error)
-        finally:
-            sock.settimeout(None)  # blocking again, as the kernel (or the TLS proxy) takes it
-        if found != expected:
-            return f"{uri} serves an image with root hash {found} instead of rd.root.overlay.verity={expected}"
-        return None
+        self.servers = Servers(request.root, timeout=request.timeout, verity=request.verity, say=self.say)
 
     def reconnect(self, *, give_up: Callable[[], None] | None = None) -> socket.socket:
-        """A new connection to the server the device used, else to any other with the same image; tries forever.
+        """A new connection through the servers (see Servers.reconnect); tries forever.
 
         After rd.root.overlay.nbd.lost's SECONDS without a server: reboot, or GIVE_UP() (fail I/O) once, and go on trying.
         """
-        lost = self.root.lost
-        policy_at = time.monotonic() + lost.seconds if lost.seconds is not None else None
-        previous = self.server
-        order = [previous, *(server for server in self.root.servers if server != previous and self.addresses.get(server))]
-        attempt = 0
-        while True:
-            attempt += 1
-            deadline = time.monotonic() + connect.ATTEMPT_TIMEOUT
-            if policy_at is not None:
-                deadline = min(deadline, max(policy_at, time.monotonic() + 1))
-            try:
-                server, sock, info = self._open_first(order, deadline)
-                try:
-                    problem = self.different_image(server, info, sock)
-                except NbdError:  # lost while looking at the image: like an unreachable server, tried after the others
-                    sock.close()
-                    order.remove(server)
-                    order.append(server)
-                    raise
-            except KiwiOverlayError as error:
-                if attempt <= 5 or attempt % 20 == 0:  # a long outage must not flood the kernel log
-                    self.say(f"reconnecting {self.root.uri} (attempt {attempt}): {error}")
-            else:
-                if problem is None:
-                    if server != previous:
-                        self.say(f"{self.root.server_uri(server)} took over from {self.root.server_uri(previous)} (same image)")
-                    self.server = server
-                    return self.kernel_socket(sock)
-                sock.close()
-                self.say(f"{problem}; not reconnecting to it")
-                order.remove(server)
-            if policy_at is not None and time.monotonic() >= policy_at:
-                policy_at = None
-                self.lost_too_long(give_up)
-            time.sleep(connect.backoff(attempt))
+        return self.servers.reconnect(lost_too_long=partial(self.lost_too_long, give_up))
 
     def lost_too_long(self, give_up: Callable[[], None] | None) -> None:
         """rd.root.overlay.nbd.lost=fail:SECONDS or reboot:SECONDS: SECONDS have passed without a server."""
@@ -292,12 +147,13 @@ class Supervisor:
     # -- kernel ---------------------------------------------------------------------------
 
     def config(self) -> kernel.Config:
-        assert self.info is not None
+        info = self.servers.info
+        assert info is not None
         return kernel.Config(
-            size=self.info.size,
-            block_size=kernel_block_size(self.info, peer=self.root.address),
+            size=info.size,
+            block_size=kernel_block_size(info, peer=self.root.address),
             # The read layer: the kernel device is read-only whatever the export allows (issue 14 item 5).
-            server_flags=self.info.flags | FLAG_READ_ONLY,
+            server_flags=info.flags | FLAG_READ_ONLY,
             io_timeout=self.root.io_timeout,
             dead_conn_timeout=self.dead_conn_timeout(),
             backend=f"kiwi-overlay {self.root.uri}",
@@ -329,7 +185,7 @@ class Supervisor:
         """The connection state in the record: connected, reconnecting, or failing (lost=fail gave up)."""
         if self.state_dir_fd is None:
             return
-        self.state |= {"connection": connection, "server": self.root.server_uri(self.server), "since": time.time()}
+        self.state |= {"connection": connection, "server": self.root.server_uri(self.servers.server), "since": time.time()}
         name = f"nbd{self.state['index']}.json"
         try:
             fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self.state_dir_fd)
@@ -350,10 +206,10 @@ class Supervisor:
             link = kernel.Netlink()  # first: a kernel without nbd fails now, not after the wait for the server
         except kernel.Unsupported as why:
             log.debug(f"nbd supervisor: {why}; using the ioctl interface")
-            self.run_ioctl(self.first_connections(), ready)
+            self.run_ioctl(self.servers.first_connections(), ready)
             return
         log.debug("nbd supervisor: nbd netlink family bound")
-        socks = self.first_connections()
+        socks = self.servers.first_connections()
         log.debug(f"nbd supervisor: {len(socks)} connection(s) to {self.root.uri} negotiated")
         listener = kernel.Netlink(load_module=False)
         listener.subscribe()
@@ -377,7 +233,7 @@ class Supervisor:
                 time.sleep(1)
                 continue
             for _ in (dead for dead in dead_links if dead == index):
-                self.say(f"/dev/nbd{index}: connection to {self.server.address} lost; reconnecting")
+                self.say(f"/dev/nbd{index}: connection to {self.servers.server.address} lost; reconnecting")
                 self.update_state("reconnecting")
 
                 def give_up() -> None:
@@ -390,7 +246,7 @@ class Supervisor:
                     kernel.reconfigure(
                         link, index, [sock.fileno()], backend=self.config().backend, dead_conn_timeout=self.dead_conn_timeout()
                     )
-                    self.say(f"/dev/nbd{index}: reconnected to {self.root.server_uri(self.server)}")
+                    self.say(f"/dev/nbd{index}: reconnected to {self.root.server_uri(self.servers.server)}")
                     self.update_state("connected")
                 except Exception as error:
                     self.say(f"/dev/nbd{index}: {error}")
@@ -429,7 +285,7 @@ class Supervisor:
                     fcntl.ioctl(device_fd, kernel.NBD_CLEAR_SOCK)
                 os.close(device_fd)
                 sys.exit(0)
-            self.say(f"{device}: connection to {self.server.address} lost; reconnecting")
+            self.say(f"{device}: connection to {self.servers.server.address} lost; reconnecting")
             self.update_state("reconnecting")
             # The old interface has no dead-connection wait: I/O fails while no connection is alive, whatever lost= says.
             sock = self.reconnect()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import DhcpRoot, NbdRoot, Network, Plan
+from kiwi_overlay.config.plan import DhcpRoot, NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config import Network
+from kiwi_overlay.config.plan import Network
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.net.grammar import Bond, Bridge, Vlan
 
