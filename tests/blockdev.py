@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 # mkfs commands per filesystem; {label} and {size} are filled in. None: the tool fills the tree itself.
@@ -74,7 +74,23 @@ def mounts_under(*paths: Path) -> list[str]:
     return [point for point in points if any(point == prefix or point.startswith(prefix + "/") for prefix in prefixes)]
 
 
+def end_watches(*paths: Path) -> None:
+    """End the kiwi-overlay-watch processes of write layers below PATHS, as a shutdown's killing spree does first.
+
+    A watch looks at its layer every few seconds: an unmount at that moment would find it busy.
+    """
+    import psutil
+
+    for process in psutil.process_iter(["name", "cmdline"]):
+        arguments = process.info["cmdline"] or []
+        if arguments[:1] == ["kiwi-overlay-watch"] and any(Path(arg).is_relative_to(path) for arg in arguments for path in paths):
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
+                process.wait(timeout=10)
+
+
 def unmount_under(*paths: Path, lazy: bool = True) -> None:
-    """Unmount everything below PATHS, last mounted first (lazily: the teardown safety net)."""
+    """Unmount everything below PATHS, last mounted first (lazily: the teardown safety net), their watches ended first."""
+    end_watches(*paths)
     for point in reversed(mounts_under(*paths)):
         subprocess.run(["umount", *(["-l"] if lazy else []), point], check=not lazy)

@@ -108,3 +108,26 @@ def test_a_watch_whose_layer_was_never_mounted_ends_once_its_starter_is_done(tmp
     started = Started(layer, interval=0.2)
     started.confirm()
     assert started.process.wait(timeout=30) == 0
+
+
+def test_a_watch_ends_with_its_layer_when_the_directory_above_is_a_mount_too(tmp_path: Path) -> None:
+    """As in the initrd: /run/overlay is a tmpfs of its own, the layer a tmpfs inside it. The layer's unmount ends the watch."""
+    from kiwi_overlay.watch import Started
+
+    run_dir, layer = tmp_path / "run", tmp_path / "run" / "overlayfs"
+    run_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "ko-watch-run", str(run_dir)], check=True)
+    try:
+        layer.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "ko-watch-layer", str(layer)], check=True)
+        started = Started(layer, interval=0.1)
+        try:
+            started.confirm()
+            time.sleep(0.3)  # it has seen the layer mounted
+            subprocess.run(["umount", str(layer)], check=True)
+            assert started.process.wait(timeout=30) == 0
+        finally:
+            if started.process.poll() is None:
+                started.stop()
+    finally:
+        subprocess.run(["umount", "-R", str(run_dir)], capture_output=True)
