@@ -173,8 +173,9 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "request on the connection numbered like its blk-mq hardware queue; the driver makes one hardware queue per "
             "connection, and blk-mq maps CPU n to queue n (no queue for a CPU that does not exist). With 1 vCPU every request "
             "takes queue 0, so connection 0, whatever the count; with 2 vCPUs queues 0 and 1, by the CPU the reader runs on. "
-            "More connections can only pay where a connection is the limit; this read keeps 1-2 READs of 128 KiB in flight "
-            "(readahead) and under TCG each takes several milliseconds of guest CPU, more than the added round trip.",
+            "More connections can only pay where one connection is the limit: here dd's readahead asks for 128 KiB READs, a "
+            "few at a time (most in flight: as qemu-nbd saw them), and under TCG a READ takes several times the added round "
+            "trip (time per READ: the read's time over its READs).",
             lambda: netem.table(
                 keep("netem", netem.measure(runs=s.netem_runs, image=image, size_mb=s.read_size_mb, scratch=scratch)),
                 size_mb=s.read_size_mb,
