@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import boot_phases, boot_time, goals, initrd_size, negotiation, storm, throughput, timeline, tls_proxy
+from benchmarks import boot_phases, boot_time, goals, initrd_size, negotiation, netem, storm, throughput, timeline, tls_proxy
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
@@ -38,10 +38,13 @@ class Settings:
     storm_sizes: tuple[int, ...]
     net_runs: int
     tls_runs: int = 5
+    netem_runs: int = 2
 
 
 FULL = Settings(boot_runs=5, phase_runs=2, read_runs=3, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
-QUICK = Settings(boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3, tls_runs=1)
+QUICK = Settings(
+    boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3, tls_runs=1, netem_runs=1
+)
 TLS_READ_MB = 256
 
 
@@ -158,6 +161,30 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             ),
         ),
         Section(
+            "netem", f"5b. Multi-connection with {netem.DELAY_MS} ms more round-trip time (tc netem in the guest)",
+            f"Item 5's read (kiwi-overlay only, the same {s.read_size_mb} MiB export from qemu-nbd), with "
+            f"rd.root.overlay.nbd.connections=1 and =4, on 1 and 2 vCPUs (`-smp`), every packet the guest sends delayed by "
+            f"{netem.DELAY_MS} ms: the benchmark-only dracut module benchmarks/dracut/90ko-bench-netem adds `tc qdisc ... netem "
+            f"delay {netem.DELAY_MS}ms` (ko.bench.netem=) to the NIC from a udev rule as it appears, before kiwi-overlay brings it up "
+            "(the host kernel has no sch_netem; the host's network is left alone); a boot whose console does not show the "
+            f"qdisc does not count. Up to {s.netem_runs} boots each, interleaved. The last column: the READs qemu-nbd's trace "
+            "shows on connection 0+1+2+3 (the guest's hardware queue number is in each request's handle) and the most in flight. "
+            "How the kernel spreads requests (Debian's 6.1: drivers/block/nbd.c, block/blk-mq.c, block/blk-mq-cpumap.c): "
+            "nbd_queue_rq sends a request over the connection numbered like its blk-mq hardware queue; the driver asks for one "
+            "queue per connection, blk-mq makes no more queues than CPUs and maps CPU n to queue n (the hardware queues column: "
+            "the device's queues in sysfs, logged by the module before the switch to the root). With 1 vCPU the device has one "
+            "queue and every request goes over connection 0, whatever the count; with 2 vCPUs over connections 0 and 1, by the "
+            "CPU the reader runs on; connections 2 and 3 carry nothing (they are still a fallback: the driver moves requests "
+            "off a dead connection onto a live one). "
+            "More connections can only pay where one connection is the limit: here dd's readahead asks for 128 KiB READs, a "
+            "few at a time (most in flight: as qemu-nbd saw them), and under TCG a READ takes several times the added round "
+            "trip (time per READ: the read's time over its READs).",
+            lambda: netem.table(
+                keep("netem", netem.measure(runs=s.netem_runs, image=image, size_mb=s.read_size_mb, scratch=scratch)),
+                size_mb=s.read_size_mb,
+            ),
+        ),
+        Section(
             "goals", "Issue 16's goals in this run",
             "Each goal against this run's own figures (from the items below); `not measured` where this run has none.",
             lambda: goals.table(kept, timeline_drawn=svg.exists() and "timeline" in kept),
@@ -194,7 +221,7 @@ def timeline_section(boots: dict[str, Any], svg: Path) -> str:
     return "\n".join(lines)
 
 
-ORDER = ("goals", "boot", "phases", "timeline", "negotiation", "initrd", "throughput", "tls", "storm", "net")
+ORDER = ("goals", "boot", "phases", "timeline", "negotiation", "initrd", "throughput", "netem", "tls", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:

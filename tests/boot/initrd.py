@@ -134,14 +134,23 @@ def stock_nbd_initrd(*, output: Path, systemd: bool = False) -> Path:
 
 
 def kiwi_overlay_initrd(
-    *, output: Path, systemd: bool, extra_modules: Sequence[str] = (), compress: str = "zstd", environment: Mapping[str, str] | None = None
+    *,
+    output: Path,
+    systemd: bool,
+    extra_modules: Sequence[str] = (),
+    module_dirs: Sequence[Path] = (),
+    compress: str = "zstd",
+    environment: Mapping[str, str] | None = None,
 ) -> Path:
-    """An initrd with this project's module, run by this virtual environment's kiwi-overlay (ENVIRONMENT: see build_initrd)."""
+    """An initrd with this project's module, run by this virtual environment's kiwi-overlay.
+
+    EXTRA_MODULES may name dracut modules of MODULE_DIRS; ENVIRONMENT: see build_initrd.
+    """
     return build_initrd(
         output=output,
         systemd=systemd,
         modules=(*KIWI_OVERLAY_MODULES, *extra_modules),
-        module_dirs=(MODULE_DIR,),
+        module_dirs=(MODULE_DIR, *module_dirs),
         compress=compress,
         kiwi_overlay=Path(sys.executable).parent / "kiwi-overlay",
         environment=environment,

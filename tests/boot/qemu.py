@@ -88,13 +88,14 @@ class Guest:
     taps: Sequence[str] = ()
     netdevs: Sequence[str] = ()
     memory_mb: int = 1024
+    cpus: int = 1
     kernel: GuestKernel | None = None
     vmlinuz: Path | None = None  # a kernel file of its own (a KIWI image's .kernel) instead of KERNEL's
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
         vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).vmlinuz
-        argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(self.memory_mb)]
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", str(self.memory_mb)]
         argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio"]
         argv += results.serial_argv() if results else ["-serial", "null"]
         argv += ["-no-reboot"]
