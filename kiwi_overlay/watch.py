@@ -66,8 +66,7 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
     READY() once everything needed is open. It holds a descriptor of DIRECTORY's grandparent (/run for
     /run/overlay/overlayfs), not of the layer: /run moves to the real root with the descriptor (this
     process still sees the initrd's emptied tree), and the layer stays free to be unmounted. The layer
-    counts as mounted while DIRECTORY is on another filesystem than its parent (which may be a mount
-    of its own, as /run/overlay is). STARTER: a pipe
+    counts as mounted while DIRECTORY is on another filesystem than the grandparent. STARTER: a pipe
     the starting process closes once the layer is mounted (or it gave up): a layer still not
     mounted then never will be, and the watch ends instead of waiting for it.
     """
@@ -76,6 +75,7 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
         anchor = os.open(directory.parent.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
         raise KiwiOverlayError(f"cannot watch {directory}: {directory.parent.parent}: {error.strerror}") from None
+    anchor_device = os.fstat(anchor).st_dev
     below = f"{directory.parent.name}/{directory.name}"
     try:
         kmsg: int | None = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
@@ -86,9 +86,11 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
     mounted = False
     warned = 0
     while True:
-        stat = _layer(anchor, below)
+        stat = _layer(anchor, below, anchor_device)
         if stat is None:
-            if mounted or (starter is not None and _closed(starter, timeout=min(interval, 0.1)) and _layer(anchor, below) is None):
+            if mounted or (
+                starter is not None and _closed(starter, timeout=min(interval, 0.1)) and _layer(anchor, below, anchor_device) is None
+            ):
                 return  # unmounted, or never mounted by a starter that is done: the write layer is gone
             if starter is None:
                 time.sleep(min(interval, 0.1))  # not mounted yet
@@ -109,20 +111,14 @@ def _closed(fd: int, *, timeout: float) -> bool:
     return bool(readable) and os.read(fd, 1) == b""
 
 
-def _layer(anchor: int, below: str) -> os.statvfs_result | None:
-    """The write layer's filesystem statistics, or None while it is not mounted.
-
-    Looked at by name, and opened only while it is mounted: a descriptor held into a filesystem
-    makes its unmount fail (EBUSY), so none is held longer than one fstatvfs.
-    """
+def _layer(anchor: int, below: str, anchor_device: int) -> os.statvfs_result | None:
+    """The write layer's filesystem statistics, or None while it is not mounted."""
     try:
-        if os.stat(below, dir_fd=anchor).st_dev == os.stat(below.partition("/")[0], dir_fd=anchor).st_dev:
-            return None
         fd = os.open(below, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=anchor)
     except OSError:
         return None
     try:
-        return os.fstatvfs(fd)
+        return os.fstatvfs(fd) if os.fstat(fd).st_dev != anchor_device else None
     finally:
         os.close(fd)
 

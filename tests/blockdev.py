@@ -77,7 +77,8 @@ def mounts_under(*paths: Path) -> list[str]:
 def end_watches(*paths: Path) -> None:
     """End the kiwi-overlay-watch processes of write layers below PATHS, as a shutdown's killing spree does first.
 
-    A watch looks at its layer every few seconds: an unmount at that moment would find it busy.
+    A watch opens its layer for a moment every few seconds (every 0.1 s until it has seen it
+    mounted): an unmount at that moment fails with EBUSY.
     """
     import psutil
 
