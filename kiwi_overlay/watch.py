@@ -67,8 +67,9 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
     /run/overlay/overlayfs), not of the layer: /run moves to the real root with the descriptor (this
     process still sees the initrd's emptied tree), and the layer stays free to be unmounted. The layer
     counts as mounted while DIRECTORY is on another filesystem than the grandparent. STARTER: a pipe
-    the starting process closes once the layer is mounted (or it gave up): a layer still not
-    mounted then never will be, and the watch ends instead of waiting for it.
+    the starting process closes once the layer is mounted (or it gave up). Until then the watch
+    looks at nothing: a failed boot unmounts what it mounted, and a look at that moment would make
+    the unmount fail (EBUSY). A layer not mounted then never will be, and the watch ends.
     """
     directory = directory.absolute()
     try:
@@ -83,17 +84,16 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
         kmsg = None  # not root: stderr only
     if ready is not None:
         ready()
+    if starter is not None:
+        _wait_closed(starter)
     mounted = False
     warned = 0
     while True:
         stat = _layer(anchor, below, anchor_device)
         if stat is None:
-            if mounted or (
-                starter is not None and _closed(starter, timeout=min(interval, 0.1)) and _layer(anchor, below, anchor_device) is None
-            ):
-                return  # unmounted, or never mounted by a starter that is done: the write layer is gone
-            if starter is None:
-                time.sleep(min(interval, 0.1))  # not mounted yet
+            if mounted or starter is not None:
+                return  # unmounted, or not mounted by a starter that is done: the write layer is gone
+            time.sleep(min(interval, 0.1))  # not mounted yet
             continue
         mounted = True
         percent = fill_percent(stat)
@@ -103,12 +103,10 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
         time.sleep(interval)
 
 
-def _closed(fd: int, *, timeout: float) -> bool:
-    """Whether the pipe FD reached its end within TIMEOUT (its writer closed it or is gone)."""
-    import select
-
-    readable, _, _ = select.select([fd], [], [], timeout)
-    return bool(readable) and os.read(fd, 1) == b""
+def _wait_closed(fd: int) -> None:
+    """Until the pipe FD reaches its end (its writer closed it or is gone)."""
+    while os.read(fd, 1):
+        pass
 
 
 def _layer(anchor: int, below: str, anchor_device: int) -> os.statvfs_result | None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from blockdev import loop_device, make_image
+from blockdev import end_watches, loop_device, make_image
 from test_overlay import Machine, local, machine, squashfs_root  # noqa: F401 -- fixtures
 
 pytestmark = pytest.mark.root
@@ -23,6 +23,8 @@ def needs_recovery(image: Path) -> bool:
 
 
 def shutdown(run_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The shutdown hook, after what runs before it at a real shutdown: the killing spree that ends the watch."""
+    end_watches(run_dir)
     argv = [sys.executable, "-m", "kiwi_overlay", "shutdown", "--run-dir", str(run_dir), "--nbd-state-dir", str(run_dir / "no-nbd")]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 

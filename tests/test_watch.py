@@ -130,3 +130,21 @@ def test_the_test_harness_ends_the_watch_of_a_layer_before_it_unmounts(tmp_path:
         for watch in (started, other):
             if watch.process.poll() is None:
                 watch.stop()
+
+
+def test_a_watch_looks_at_nothing_until_its_starter_is_done(tmp_path: Path) -> None:
+    """A failed boot unmounts what it mounted before it ends the watch: a look at that moment would make the unmount fail."""
+    from kiwi_overlay.watch import Started
+
+    layer = tmp_path / "run" / "overlayfs"
+    layer.mkdir(parents=True)
+    started = Started(layer, interval=0.1)
+    try:
+        assert started.process.stdout is not None and started.process.stdout.readline() == b"ready\n"
+        waits = []
+        for _ in range(5):
+            time.sleep(0.1)
+            waits.append(Path(f"/proc/{started.process.pid}/wchan").read_text())
+        assert all(wait.endswith("pipe_read") for wait in waits), waits  # blocked reading its starter's pipe, nothing else
+    finally:
+        started.stop()
