@@ -4,7 +4,7 @@
     links.py     Ethernet links up and carrier, by kernel link events (shared with AoE)
     virtual.py   bonds, bridges and VLANs created before any address
     bringup.py   "already up" by a route lookup; otherwise links, addresses, routes, DNS as ip= says
-    dhcp.py      DHCPv4 leases with pyroute2's client, configured for a boot
+    dhcp.py      DHCPv4 leases from a small standard-library client (no pyroute2), configured for a boot
 
 Nothing here is imported until a step needs it: pyroute2 (and with it asyncio) is loaded only
 when kiwi-overlay configures the network itself.
