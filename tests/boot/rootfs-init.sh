@@ -192,6 +192,11 @@ action() {
             done
             wait "$noise"
             ;;
+        nbd-server)
+            # The server the root's NBD device is connected through, from its supervisor's record.
+            server=$(sed -n 's/.*"server": "\([^"]*\)".*/\1/p' /run/kiwi-overlay/nbd/nbd0.json 2>/dev/null)
+            mark "nbd-server=${server:-none}"
+            ;;
         hold-*)
             # ko.test=hold-20: stay up 20 s (the harness acts on the servers meanwhile).
             mark "hold=${1#hold-}"
