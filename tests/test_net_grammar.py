@@ -156,6 +156,7 @@ def test_routes_as_dracut_splits_them(value: str, destination: str, gateway: str
         ("nameserver=10.0.0.x", "is not an IP address"),
         ("ifname=netboot:52:54:00", "needs NAME:MAC"),
         ("ifname=:52:54:00:12:34:56", "needs NAME:MAC"),
+        ("ifname=..:52:54:00:12:34:56", "needs NAME:MAC"),  # not a name the kernel takes
     ],
 )
 def test_bad_network_options(option: str, problem: str) -> None:

@@ -281,6 +281,7 @@ BAD = [
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=reboot:٣", "rd.root.overlay.nbd.lost=reboot:٣"),
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=fail:1e9", "rd.root.overlay.nbd.lost=fail:1e9"),
     ("root=overlay:LABEL=r rootfstype=ext4;rm", "rootfstype=ext4;rm"),
+    ("root=overlay:nbd=h:e bootdev=..", "bootdev=.."),
 ]
 
 

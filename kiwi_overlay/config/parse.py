@@ -10,7 +10,7 @@ import re
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.config.plan import AoeRoot, DhcpRoot, NbdRoot, Network, Partition, Plan, Root, WriteLayer
 from kiwi_overlay.config.roots import parse_root
-from kiwi_overlay.config.values import IFNAME, byte_size, device_from_spec, positive_number
+from kiwi_overlay.config.values import byte_size, device_from_spec, is_interface_name, positive_number
 from kiwi_overlay.errors import OptionError
 from kiwi_overlay.foreign import foreign_option_notes
 from kiwi_overlay.net.grammar import (
@@ -95,7 +95,7 @@ def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
     for twice in {name for name in names if names.count(name) > 1}:
         raise OptionError("vlan/bond/bridge", twice, "is created twice", "bond=bond0:eth0,eth1 vlan=bond0.42:bond0")
     bootdev = cmdline.getarg("bootdev") or None
-    if bootdev is not None and not IFNAME.fullmatch(bootdev):
+    if bootdev is not None and not is_interface_name(bootdev):
         raise OptionError("bootdev", bootdev, "is not an interface name", "bootdev=eth0")
     return Network(
         needed=needed,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.config.plan import WAIT_FOREVER, AoeRoot, DhcpRoot, LocalRoot, LostPolicy, NbdRoot, NbdServer, Root
-from kiwi_overlay.config.values import IFNAME, LOCAL_FORMS, OptionErrors, check_host, device_from_spec, positive_number
+from kiwi_overlay.config.values import LOCAL_FORMS, OptionErrors, check_host, device_from_spec, is_interface_name, positive_number
 from kiwi_overlay.errors import OptionError
 
 NBD_DEFAULT_PORT = 10809
@@ -158,7 +158,7 @@ def _parse_aoe(cmdline: KernelCmdline, root: str, value: str) -> AoeRoot:
     interfaces: tuple[str, ...] = ()
     if interfaces_text is not None:
         interfaces = tuple(name for name in interfaces_text.split(",") if name)
-        bad = [name for name in interfaces if not IFNAME.fullmatch(name) or name in (".", "..")]
+        bad = [name for name in interfaces if not is_interface_name(name)]
         if bad or not interfaces:
             raise OptionError(
                 "rd.root.overlay.aoe.interfaces",
@@ -175,7 +175,7 @@ def _parse_aoe(cmdline: KernelCmdline, root: str, value: str) -> AoeRoot:
     # \d on purpose: anything that looks like eSHELF.SLOT, in any digits, is a target and not an interface.
     if re.match(r"e\d", value) and "." in value:
         raise OptionError("root", root, f"{value!r} is not an AoE target eSHELF.SLOT", "root=overlay:aoe=e0.1")
-    if not value or not IFNAME.fullmatch(value) or value in (".", ".."):
+    if not is_interface_name(value):
         raise OptionError("root", root, "needs an AoE target eSHELF.SLOT or an interface name", "root=overlay:aoe=e0.1")
     return AoeRoot(target=None, interface=value, interfaces=interfaces or (value,))
 

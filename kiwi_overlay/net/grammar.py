@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
+from kiwi_overlay.config.values import is_interface_name
 from kiwi_overlay.errors import OptionError
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
@@ -32,7 +33,6 @@ _METHODS: dict[str, Method] = {
     "none": "static",
     "off": "static",
 }
-_IFNAME = re.compile(r"[^/\s:]{1,15}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _IP_EXAMPLE = "ip=eth0:dhcp"
@@ -108,7 +108,7 @@ def _mac(parts: list[str]) -> str | None:
 
 
 def _interface(name: str, *, option: str, value: str, example: str) -> str:
-    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+    if not is_interface_name(name):
         raise OptionError(option, value, f"{name!r} is not an interface name", example)
     return name
 
@@ -213,7 +213,7 @@ def parse_ip(value: str) -> IpConfig:
 def parse_ifname(value: str) -> InterfaceName:
     name, _, mac_text = value.partition(":")
     mac = _mac(mac_text.split(":"))
-    if not name or not _IFNAME.fullmatch(name) or mac is None:
+    if not is_interface_name(name) or mac is None:
         raise OptionError("ifname", value, "needs NAME:MAC with a six-byte MAC address", "ifname=netboot:52:54:00:12:34:56")
     return InterfaceName(name, mac)
 
