@@ -82,6 +82,9 @@ def test_2_nbd_uri_with_a_port_and_two_connections() -> None:
             result = guest.wait(timeout=BOOT_TIMEOUT)
     result.expect(root_fstype="overlay", write="ok", checksum=busybox_sha256())
     assert connections == 2, result.describe()
+    # One vCPU: one blk-mq queue, so the kernel sends every request over the first connection.
+    standby = "/dev/nbd0: the kernel sends requests over 1 of the 2 connections (one per CPU); the rest stand by for failover"
+    assert standby in result.console(), result.describe()
     assert mounted(result, "/run/overlay/rootfsbase") == ("/dev/nbd0", "squashfs"), result.describe()
 
 

@@ -286,3 +286,9 @@ def ioctl_disconnect(device: Path) -> None:
 
 def connected(index: int) -> bool:
     return (SYS_BLOCK / f"nbd{index}" / "pid").exists()
+
+
+def hardware_queues(index: int) -> int:
+    """The blk-mq hardware queues of /dev/nbdINDEX (sysfs mq/N): the driver sends each request over the
+    connection numbered like its queue, and blk-mq makes no more queues than CPUs."""
+    return sum(1 for entry in (SYS_BLOCK / f"nbd{index}" / "mq").iterdir() if entry.name.isdigit())

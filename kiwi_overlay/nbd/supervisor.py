@@ -218,6 +218,7 @@ class Supervisor:
         try:
             for sock in socks:
                 sock.close()  # the kernel holds its own references
+            _note_standby_connections(index, len(socks))
             self.record(index, "netlink")
             kernel.status(link, index)  # warms up every code path the reconnect uses, before switch_root
             self.start_logging()
@@ -325,6 +326,19 @@ class Supervisor:
                 log.info(
                     f"rd.root.overlay.nbd.lost=reboot: cannot open /proc/sysrq-trigger ({error.strerror}); the machine will not reboot"
                 )
+
+
+def _note_standby_connections(index: int, count: int) -> None:
+    """Say so when some of the COUNT connections carry no requests: fewer CPUs than connections."""
+    try:
+        queues = kernel.hardware_queues(index)
+    except OSError:
+        return  # only a note: the device works either way
+    if 0 < queues < count:
+        log.info(
+            f"/dev/nbd{index}: the kernel sends requests over {queues} of the {count} connections (one per CPU); "
+            "the rest stand by for failover"
+        )
 
 
 def _harden() -> None:
