@@ -150,7 +150,7 @@ def _locate(python: Path) -> dict[str, Installed]:
     }
 
 
-def _source_imports(package_dir: Path) -> set[str]:
+def source_imports(package_dir: Path) -> set[str]:
     """Every module an import statement in the package names, at any depth (function-level imports too)."""
     names: set[str] = set()
     for path in sorted(package_dir.rglob("*.py")):
@@ -187,7 +187,7 @@ def trace(*, python: Path) -> Closure:
     from kiwi_overlay.run import run
 
     roots = {name: installed.directory for name, installed in _locate(python).items()}
-    imports = sorted(_source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
+    imports = sorted(source_imports(roots["kiwi_overlay"])) + list(ALSO_IMPORTED)
     search = sorted({str(root.parent) for root in roots.values()})
     loaded = run([python, *INTERPRETER_FLAGS, "-c", _TRACE, *search, "--", *imports], capture=True).stdout.split()
     foreign = sorted({name[1:].split(".")[0] for name in loaded if name.startswith("-")} - set(PACKAGES))

@@ -97,7 +97,7 @@ def test_closure_is_traced_for_this_interpreter_with_names_only_and_no_aliases()
 
 
 def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
-    from kiwi_overlay.pyclosure import _source_imports
+    from kiwi_overlay.pyclosure import source_imports
 
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
@@ -105,7 +105,7 @@ def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -
     (package / "a.py").write_text("def f():\n    import ssl\n    from .sub import b\n")
     (package / "sub/__init__.py").write_text("from .. import a\nfrom .b import x\n")
     (package / "sub/b.py").write_text("")
-    assert _source_imports(package) == {"pkg", "pkg.a", "ssl", "pkg.sub", "pkg.sub.b", "pkg.sub.b.x"}
+    assert source_imports(package) == {"pkg", "pkg.a", "ssl", "pkg.sub", "pkg.sub.b", "pkg.sub.b.x"}
 
 
 def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tmp_path: Path) -> None:
