@@ -21,6 +21,7 @@ from benchmarks.boot_time import DRACUT, FLAVOURS, KIWI, WITHOUT, Initrds
 from benchmarks.goals import ADDED_ZSTD
 from benchmarks.stats import ratio
 
+
 def unpack(image: Path, target: Path) -> Path:
     """IMAGE's main archive unpacked into TARGET (dracut puts no early cpio in these images)."""
     target.mkdir(parents=True)
