@@ -41,15 +41,16 @@ stop() {
 supervisor_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "/run/kiwi-overlay/nbd/$1.json" "$2"; }
 
 # -- failover: the server the device is attached through dies while the device is read -------------
+first=nbd://127.0.0.1:10809/rootfs second=nbd://127.0.0.1:10810/rootfs
 serve first 10809
 serve second 10810
-device=$(ko nbd attach nbd://127.0.0.1:10809/rootfs,nbd://127.0.0.1:10810/rootfs --timeout 60)
+device=$(ko nbd attach "$first,$second" --timeout 60)
 # The first that answers is used: in a slow guest the first server's greeting can miss the 0.5 s of
 # the first attempt, and then the second serves. Whichever it is, it is the one that dies.
 attached=$(supervisor_field nbd0 server)
 case $attached in
-    nbd://127.0.0.1:10809/rootfs) attached_name=first other_name=second other=nbd://127.0.0.1:10810/rootfs ;;
-    nbd://127.0.0.1:10810/rootfs) attached_name=second other_name=first other=nbd://127.0.0.1:10809/rootfs ;;
+    "$first") attached_name=first other_name=second other=$second ;;
+    "$second") attached_name=second other_name=first other=$first ;;
     *) attached_name=none other_name=none other=none ;;
 esac
 [ "$device" = /dev/nbd0 ] && [ "$attached_name" != none ] && step "failover attached $device through one of the two"
