@@ -92,6 +92,11 @@ class Samples:
     def median(self) -> float | None:
         return median(self.values)
 
+    @property
+    def idle(self) -> float | None:
+        """The median CPU idle time until the root's init, over the boots that reached it."""
+        return median([float(idle) for result in self.results if (idle := result.value("cpu-idle"))])
+
 
 def boot_variant(samples: Samples, guest: Guest, *, name: str, value: Callable[[BootResult], float | None]) -> None:
     """Boot GUEST once into SAMPLES (skipped after a failure); VALUE reads the figure from the result."""
@@ -134,5 +139,19 @@ def table(results: dict[tuple[str, bool], Samples]) -> str:
     for systemd, flavour in FLAVOURS.items():
         dracut, kiwi = results[DRACUT, systemd], results[KIWI, systemd]
         rows.append(f"| {flavour} | {cell(dracut)} | {cell(kiwi)} | {ratio(kiwi.median, dracut.median)} |")
+    rows += [
+        "",
+        "| initrd | dracut: CPU idle until the root's init | kiwi-overlay: CPU idle until the root's init |",
+        "|---|---|---|",
+    ]
+    for systemd, flavour in FLAVOURS.items():
+        dracut, kiwi = results[DRACUT, systemd], results[KIWI, systemd]
+        rows.append(f"| {flavour} | {_idle_cell(dracut)} | {_idle_cell(kiwi)} |")
     notes = [f"- {TITLES[kind]}, {FLAVOURS[systemd]}: not measured: {s.failure}" for (kind, systemd), s in results.items() if s.failure]
     return "\n".join(rows + (["", *notes] if notes else []))
+
+
+def _idle_cell(samples: Samples) -> str:
+    if samples.idle is None:
+        return "n/m"
+    return f"{seconds(samples.idle, 2)} of {seconds(samples.median)}"

@@ -127,7 +127,9 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "Guest uptime when the root's init starts (its first KO-MARK). Same squashfs root, nbd-server, Debian guest "
             "kernel, 1 vCPU, 1 GiB, QEMU user networking with DHCP. dracut: `root=nbd:...:squashfs rootovl ip=dhcp` "
             f"(nbd, overlay-root, network-legacy). kiwi-overlay: `root=overlay:nbd://... ip=dhcp`. Up to {s.boot_runs} boots "
-            "each, variants interleaved round by round. Below 1: kiwi-overlay is faster.",
+            "each, variants interleaved round by round. Below 1: kiwi-overlay is faster. CPU idle: the guest's idle time "
+            "(/proc/uptime) when the root's init starts, medians: a boot with next to none is bound by the work its one vCPU "
+            "does, so only less work shortens it; starting steps earlier, side by side, cannot.",
             lambda: boot_time.table(keep("boot", boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image))),
         ),
         Section(

@@ -9,6 +9,7 @@ Marker protocol: the test root's init (tests/boot/rootfs-init.sh) writes `[UPTIM
 (or `... KO-MARK NAME VALUE`) lines to ttyS1, UPTIME being the guest's /proc/uptime in seconds, and
 a copy to the kernel log for people reading the console. Markers, in order:
     init uptime=S                   the root's init started: the root was reached
+    cpu-idle=S                      the CPUs' idle time until then (/proc/uptime), all CPUs together
     root-source=DEV root-fstype=T root-options=O     the mount on /
     mounts-begin, mount LINE (one per /proc/mounts line), mounts-end
     write=ok|failed                 a small file written and synced on /
