@@ -30,6 +30,8 @@ def _time_to_root(boots: dict[tuple[str, bool], Samples] | None) -> list[tuple[s
         kiwi, dracut = (boots.get((kind, systemd)) if boots else None for kind in (KIWI, DRACUT))
         value = kiwi.median / dracut.median if kiwi and dracut and kiwi.median and dracut.median else None
         shown = f"{value:.2f}× ({kiwi.median:.1f} s / {dracut.median:.1f} s)" if value is not None and kiwi and dracut else "n/m"
+        if value is not None and kiwi and kiwi.idle is not None:
+            shown += f"; kiwi-overlay's vCPU idle {kiwi.idle:.2f} s of it (item 1)"
         rows.append((f"1. time to root, {flavour}", f"≤ {ROOT_RATIO}× dracut's", shown, _verdict(value, ROOT_RATIO)))
     return rows
 
