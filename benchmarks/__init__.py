@@ -2,6 +2,7 @@
 
     stats.py        medians, percentiles, ratios, the machine description
     boot_time.py    1. kernel start to the root's init: kiwi-overlay vs dracut's nbd + rootovl (QEMU TCG)
+    debian13.py     1b. the same on Debian 13: its kernel, and initrds built by its dracut (.deb vs stock)
     boot_phases.py  2. where kiwi-overlay's time goes in the initrd (rd.kiwi.debug timestamps)
     negotiation.py  3. NBD negotiation on loopback: kiwi-overlay vs nbd-client
     initrd_size.py  4. initrd size with and without the module

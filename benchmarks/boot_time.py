@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.stats import median, ratio, seconds, spread
 from tests.boot.initrd import KIWI_OVERLAY_MODULES, build_initrd, kiwi_overlay_initrd, stock_nbd_initrd
@@ -26,6 +27,7 @@ WITHOUT = "without-module"  # kiwi-overlay's initrd minus the module (initrd_siz
 TITLES = {KIWI: "kiwi-overlay", DRACUT: "dracut nbd + rootovl", WITHOUT: "same initrd without kiwi-overlay"}
 FLAVOURS = {False: "no systemd", True: "systemd"}
 BOOT_TIMEOUT = 240.0
+K = TypeVar("K")
 
 Server = NbdServer | QemuNbd
 
@@ -113,16 +115,24 @@ def boot_variant(samples: Samples, guest: Guest, *, name: str, value: Callable[[
     progress(f"{name}: {figure:.2f}")
 
 
+def times_to_root(guests: Mapping[K, Guest], *, runs: int, name: Callable[[K, int], str]) -> dict[K, Samples]:
+    """RUNS boots of each of GUESTS, interleaved round by round; NAME(key, round) names each boot."""
+    results = {key: Samples() for key in guests}
+    for round_number in range(runs):
+        for key, samples in results.items():
+            boot_variant(samples, guests[key], name=name(key, round_number), value=lambda result: result.time_to_root)
+    return results
+
+
 def measure(*, runs: int, initrds: Initrds, image: Path) -> dict[tuple[str, bool], Samples]:
     """RUNS boots of each (initrd kind, systemd) variant, interleaved round by round."""
-    results = {(kind, systemd): Samples() for systemd in FLAVOURS for kind in (DRACUT, KIWI)}
     with NbdServer(image) as server:
-        for round_number in range(runs):
-            for (kind, systemd), samples in results.items():
-                guest = Guest(initrd=initrds.get(kind, systemd=systemd), cmdline=cmdline(kind, server))
-                name = f"boot-{kind}-{'systemd' if systemd else 'nosystemd'}-{round_number}"
-                boot_variant(samples, guest, name=name, value=lambda result: result.time_to_root)
-    return results
+        guests = {
+            (kind, systemd): Guest(initrd=initrds.get(kind, systemd=systemd), cmdline=cmdline(kind, server))
+            for systemd in FLAVOURS
+            for kind in (DRACUT, KIWI)
+        }
+        return times_to_root(guests, runs=runs, name=lambda key, number: f"boot-{key[0]}-{'systemd' if key[1] else 'nosystemd'}-{number}")
 
 
 def cell(samples: Samples) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks import boot_phases, netem
-from benchmarks.boot_time import DRACUT, FLAVOURS, KIWI, WITHOUT, Samples
+from benchmarks import boot_phases, debian13, netem
+from benchmarks.boot_time import DRACUT, FLAVOURS, KIWI, TITLES, WITHOUT, Samples
 from benchmarks.stats import median, percentile
 from benchmarks.storm import Storm
 
@@ -24,16 +24,32 @@ def _verdict(value: float | None, limit: float) -> str:
     return "**met**" if value <= limit else "not met"
 
 
+def _root_ratio(goal: str, kiwi: Samples | None, dracut: Samples | None, *, item: str) -> tuple[str, str, str, str]:
+    """A time-to-root row from ITEM's boots; a variant that could not boot gives its reason as the verdict."""
+    value = kiwi.median / dracut.median if kiwi and dracut and kiwi.median and dracut.median else None
+    shown = f"{value:.2f}× ({kiwi.median:.1f} s / {dracut.median:.1f} s)" if value is not None and kiwi and dracut else "n/m"
+    if value is not None and kiwi and kiwi.idle is not None:
+        shown += f"; kiwi-overlay's vCPU idle {kiwi.idle:.2f} s of it (item {item})"
+    verdict = _verdict(value, ROOT_RATIO)
+    failed = [
+        f"{TITLES[kind]} failed: {samples.failure}" for kind, samples in ((DRACUT, dracut), (KIWI, kiwi)) if samples and samples.failure
+    ]
+    if value is None and failed:
+        verdict = f"not measured: {'; '.join(failed)}"
+    return (goal, f"≤ {ROOT_RATIO}× dracut's", shown, verdict)
+
+
 def _time_to_root(boots: dict[tuple[str, bool], Samples] | None) -> list[tuple[str, str, str, str]]:
     rows = []
     for systemd, flavour in FLAVOURS.items():
         kiwi, dracut = (boots.get((kind, systemd)) if boots else None for kind in (KIWI, DRACUT))
-        value = kiwi.median / dracut.median if kiwi and dracut and kiwi.median and dracut.median else None
-        shown = f"{value:.2f}× ({kiwi.median:.1f} s / {dracut.median:.1f} s)" if value is not None and kiwi and dracut else "n/m"
-        if value is not None and kiwi and kiwi.idle is not None:
-            shown += f"; kiwi-overlay's vCPU idle {kiwi.idle:.2f} s of it (item 1)"
-        rows.append((f"1. time to root, {flavour}", f"≤ {ROOT_RATIO}× dracut's", shown, _verdict(value, ROOT_RATIO)))
+        rows.append(_root_ratio(f"1. time to root, {flavour}", kiwi, dracut, item="1"))
     return rows
+
+
+def _debian13(measured: debian13.Measured | None) -> tuple[str, str, str, str]:
+    samples = measured.samples if measured else {}
+    return _root_ratio("1. time to root on Debian 13", samples.get(KIWI), samples.get(DRACUT), item="1b")
 
 
 def _own_time(phases: dict[tuple[str, bool], Samples] | None) -> list[tuple[str, str, str, str]]:
@@ -101,15 +117,7 @@ def _multi_connection(results: dict[netem.Variant, netem.Measured] | None) -> li
 def table(kept: dict[str, Any], *, timeline_drawn: bool) -> str:
     rows = [
         *_time_to_root(kept.get("boot")),
-        (
-            "1. time to root on Debian 13",
-            f"≤ {ROOT_RATIO}× dracut's",
-            "n/m",
-            (
-                "not measured: the benchmarks boot Debian 12's kernel and dracut only; "
-                "Debian 13's image root (tests/boot/distro.py) has no benchmark yet"
-            ),
-        ),
+        _debian13(kept.get("debian13")),
         *_own_time(kept.get("phases")),
         *_initrd(kept.get("initrd")),
         *_storm(kept.get("storm")),

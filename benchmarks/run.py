@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import boot_phases, boot_time, goals, initrd_size, negotiation, netem, storm, throughput, timeline, tls_proxy
+from benchmarks import boot_phases, boot_time, debian13, goals, initrd_size, negotiation, netem, storm, throughput, timeline, tls_proxy
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
@@ -39,11 +39,21 @@ class Settings:
     net_runs: int
     tls_runs: int = 5
     netem_runs: int = 2
+    debian13_runs: int = 3
 
 
 FULL = Settings(boot_runs=5, phase_runs=2, read_runs=3, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
 QUICK = Settings(
-    boot_runs=1, phase_runs=1, read_runs=1, read_size_mb=16, negotiation_runs=10, storm_sizes=(10, 50), net_runs=3, tls_runs=1, netem_runs=1
+    boot_runs=1,
+    phase_runs=1,
+    read_runs=1,
+    read_size_mb=16,
+    negotiation_runs=10,
+    storm_sizes=(10, 50),
+    net_runs=3,
+    tls_runs=1,
+    netem_runs=1,
+    debian13_runs=1,
 )
 TLS_READ_MB = 256
 
@@ -131,6 +141,18 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "(/proc/uptime) when the root's init starts, medians: a boot with next to none is bound by the work its one vCPU "
             "does, so only less work shortens it; starting steps earlier, side by side, cannot.",
             lambda: boot_time.table(keep("boot", boot_time.measure(runs=s.boot_runs, initrds=initrds, image=image))),
+        ),
+        Section(
+            "debian13", "1b. Kernel start to the root's init on Debian 13 (QEMU TCG)",
+            "Item 1 with Debian 13's kernel, dracut and Python: each initrd is the one dracut builds by default (systemd "
+            "flavour, no host-only) in a throwaway copy of the cached Debian 13 image root (tests/boot/distro.py). "
+            "kiwi-overlay: its Debian package installed there, `root=overlay:nbd://... ip=dhcp`. dracut: Debian 13's "
+            "nbd-client, dracut-network, isc-dhcp-client and procps (network-legacy's dhclient and pgrep) installed with apt, "
+            "dracut's nbd, overlay-root and network-legacy modules added (item 1's; without network-legacy named, Debian 13's "
+            "dracut brings the network up with systemd-networkd), `root=nbd:...:squashfs rootovl ip=dhcp`. Same squashfs "
+            f"root and nbd-server as item 1, that root's kernel for both, 1 vCPU. Up to {s.debian13_runs} boots each, "
+            "interleaved (benchmarks/debian13.py).",
+            lambda: debian13.table(keep("debian13", debian13.measure(runs=s.debian13_runs, image=image))),
         ),
         Section(
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
@@ -223,7 +245,7 @@ def timeline_section(boots: dict[str, Any], svg: Path) -> str:
     return "\n".join(lines)
 
 
-ORDER = ("goals", "boot", "phases", "timeline", "negotiation", "initrd", "throughput", "netem", "tls", "storm", "net")
+ORDER = ("goals", "boot", "debian13", "phases", "timeline", "negotiation", "initrd", "throughput", "netem", "tls", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:

@@ -8,7 +8,8 @@
                      Disk(image, serial, readonly); initrd_disk(); the KO-MARK marker protocol on
                      the result channel (ttyS1, never printk's console); ResultChannel for own QEMUs
     distro.py        base_root(suite), distro_initrd(suite, form) -> DistroInitrd(kernel, initrd): Debian 12/13
-                     roots (debootstrap, cached), kiwi-overlay installed as deb/pip/venv, dracut run inside
+                     roots (debootstrap, cached), kiwi-overlay installed as deb/pip/venv, dracut run inside;
+                     root_initrd(suite, name, steps=, modules=) for any other packages and dracut modules
     demo.py          `make demo`
 
 A scenario is: an initrd (built once per session), a root image, the servers, a Guest with the

@@ -13,6 +13,7 @@ private mount namespace; the base never changes), the way docs/dracut.md tells u
 then add_dracutmodules+=" kiwi-overlay " in /etc/dracut.conf.d and dracut inside the root, with a
 clean environment. What comes out and is cached (keyed by the base, the form and the artifact):
 the root's kernel and that initrd, booted by the tests with the test root (tests/boot/rootfs.py).
+root_initrd does the same with other steps and modules (the benchmarks' stock dracut initrd).
 
 `python3 -m tests.boot.distro SUITE [FORM]` prints the base root (or the form's kernel and initrd).
 """
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +55,12 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 exec chroot "$root" "$@"
 """
 # Runs inside `unshare --mount`: a throwaway overlay copy of the base root ($1), the artifact
-# ($3) and this machine's network settings (name servers, trusted CAs: pip, a proxy) copied in,
-# each of the form's steps with a root shell's PATH, then dracut as an image builder runs it:
-# inside the root, clean environment. The steps are this file's constants, never outside input.
+# ($3, if any) and this machine's network settings (name servers, trusted CAs: pip, a proxy) copied
+# in, each step with a root shell's PATH, then the dracut modules $6 added in dracut.conf.d and
+# dracut as an image builder runs it: inside the root, clean environment. The steps and modules
+# are constants of this project, never outside input.
 _FORM = """
-base=$1 scratch=$2 artifact=$3 kver=$4 result=$5; shift 5
+base=$1 scratch=$2 artifact=$3 kver=$4 result=$5 modules=$6; shift 6
 root=$scratch/root
 mkdir "$scratch/upper" "$scratch/work" "$root"
 mount -t overlay -o "lowerdir=$base,upperdir=$scratch/upper,workdir=$scratch/work" ko-bt-distro "$root"
@@ -66,10 +69,10 @@ mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-cp "$artifact" "$root/tmp/"
+[ -z "$artifact" ] || cp "$artifact" "$root/tmp/"
 shell_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 for step; do chroot "$root" env -i PATH="$shell_path" DEBIAN_FRONTEND=noninteractive sh -ec "$step"; done
-echo 'add_dracutmodules+=" kiwi-overlay "' > "$root/etc/dracut.conf.d/kiwi-overlay.conf"
+printf 'add_dracutmodules+=" %s "\n' "$modules" > "$root/etc/dracut.conf.d/added-modules.conf"
 chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin dracut --force --no-hostonly /tmp/initrd.img "$kver" \
     > "$result/dracut.log" 2>&1 || { tail -3 "$result/dracut.log" >&2; exit 1; }
 cp "$root/tmp/initrd.img" "$result/initrd.img"
@@ -154,41 +157,41 @@ FORM_STEPS = {
 }
 
 
+def root_initrd(suite: str, name: str, *, steps: Sequence[str], modules: Sequence[str], artifact: Path | None = None) -> DistroInitrd:
+    """dracut's initrd of a throwaway copy of SUITE's root after STEPS, with MODULES added (cached as NAME).
+
+    ARTIFACT, if any, is copied to /tmp first (its content is part of the key); STEPS run as root shell lines.
+    """
+    base = base_root(suite)
+    version = kernel_version(base)
+    parts = (
+        base.name.encode(),
+        _FORM.encode(),
+        "\n".join(steps).encode(),
+        " ".join(modules).encode(),
+        _content(artifact) if artifact else b"",
+    )
+    key = hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).hexdigest()[:12]
+    output = ROOTS / f"initrd-{suite}-{name}-{key}"
+    if not output.exists():
+        with tempfile.TemporaryDirectory(prefix="ko-bt-form-", dir=ROOTS) as scratch:
+            result = Path(scratch) / "result"
+            result.mkdir()
+            script = [_FORM, "sh", str(base), scratch, str(artifact or ""), version, str(result), " ".join(modules), *steps]
+            proc = subprocess.run(["unshare", "--mount", "--", "sh", "-ec", *script], capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{suite} {name}: {proc.stderr.strip()[-2000:]}")
+            result.rename(output)  # atomic, as the base root
+    return DistroInitrd(suite=suite, form=name, kernel=GuestKernel(version, base), initrd=output / "initrd.img")
+
+
 @functools.cache
 def distro_initrd(suite: str, form: str) -> DistroInitrd:
     """kiwi-overlay installed in SUITE's root as FORM says, and the initrd dracut built there (cached)."""
-    base = base_root(suite)
-    version = kernel_version(base)
     with tempfile.TemporaryDirectory(prefix="ko-bt-artifact-") as built:
         artifact = deb_package() if form == "deb" else wheel(Path(built))
-        parts = (base.name.encode(), _FORM.encode(), "\n".join(FORM_STEPS[form]).encode(), _content(artifact))
-        key = hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).hexdigest()[:12]
-        output = ROOTS / f"initrd-{suite}-{form}-{key}"
-        if not output.exists():
-            with tempfile.TemporaryDirectory(prefix="ko-bt-form-", dir=ROOTS) as scratch:
-                result = Path(scratch) / "result"
-                result.mkdir()
-                steps = [step.replace("ARTIFACT", artifact.name) for step in FORM_STEPS[form]]
-                argv = [
-                    "unshare",
-                    "--mount",
-                    "--",
-                    "sh",
-                    "-ec",
-                    _FORM,
-                    "sh",
-                    str(base),
-                    scratch,
-                    str(artifact),
-                    version,
-                    str(result),
-                    *steps,
-                ]
-                proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{suite} {form}: {proc.stderr.strip()[-2000:]}")
-                result.rename(output)  # atomic, as the base root
-    return DistroInitrd(suite=suite, form=form, kernel=GuestKernel(version, base), initrd=output / "initrd.img")
+        steps = [step.replace("ARTIFACT", artifact.name) for step in FORM_STEPS[form]]
+        return root_initrd(suite, form, steps=steps, modules=("kiwi-overlay",), artifact=artifact)
 
 
 if __name__ == "__main__":

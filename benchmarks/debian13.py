@@ -1,0 +1,68 @@
+"""1b. Kernel start to the root's init on Debian 13: both initrds built by Debian 13's own dracut.
+
+Item 1 again with Debian 13's kernel, dracut and Python: the cached trixie image root of
+tests/boot/distro.py, each initrd dracut's default there (systemd flavour, no host-only) built in
+a throwaway copy of it. kiwi-overlay: its Debian package installed (distro_initrd "deb").
+dracut: Debian 13's nbd-client, dracut-network, isc-dhcp-client and procps (network-legacy's check
+wants dhclient and pgrep) installed with apt, and dracut's nbd, overlay-root and network-legacy
+added, the modules item 1 builds with Debian 12's dracut (named, or dracut 106 would pick
+systemd-networkd). Booted with that root's kernel from the same nbd-server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.boot_time import DRACUT, KIWI, TITLES, Samples, cell, cmdline, progress, times_to_root
+from benchmarks.stats import ratio
+from tests.boot.distro import DistroInitrd, base_root, distro_initrd, in_root, root_initrd
+from tests.boot.initrd import STOCK_NBD_MODULES
+from tests.boot.qemu import Guest
+from tests.boot.servers import NbdServer
+
+SUITE = "trixie"
+STOCK_PACKAGES = ("nbd-client", "dracut-network", "isc-dhcp-client", "procps")
+STOCK_STEPS = (f"apt-get install -y -q --no-install-recommends {' '.join(STOCK_PACKAGES)}",)
+
+
+@dataclass(frozen=True)
+class Measured:
+    samples: dict[str, Samples]
+    kernel: str  # the root's kernel version
+    dracut: str  # the root's dracut package version
+    ready: float  # seconds until both initrds were there (built when missing)
+
+
+def initrds() -> dict[str, DistroInitrd]:
+    """Both initrds, from the cache or built now (cold: about a minute, more when the base root is missing too)."""
+    stock = root_initrd(SUITE, "stock-nbd", steps=STOCK_STEPS, modules=STOCK_NBD_MODULES)
+    return {DRACUT: stock, KIWI: distro_initrd(SUITE, "deb")}
+
+
+def measure(*, runs: int, image: Path) -> Measured:
+    """RUNS boots of each initrd with the root's kernel, interleaved."""
+    started = time.monotonic()
+    progress(f"the Debian {SUITE} initrds (built when missing)")
+    made = initrds()
+    ready = time.monotonic() - started
+    dracut = in_root(base_root(SUITE), "dpkg-query", "-W", "-f", "${Version}", "dracut")
+    with NbdServer(image) as server:
+        guests = {kind: Guest(initrd=initrd.initrd, cmdline=cmdline(kind, server), kernel=initrd.kernel) for kind, initrd in made.items()}
+        samples = times_to_root(guests, runs=runs, name=lambda kind, number: f"debian13-{kind}-{number}")
+    return Measured(samples, kernel=made[KIWI].kernel.version, dracut=dracut, ready=ready)
+
+
+def table(measured: Measured) -> str:
+    dracut, kiwi = measured.samples[DRACUT], measured.samples[KIWI]
+    rows = [
+        "| initrd | dracut nbd + rootovl | kiwi-overlay (.deb) | kiwi-overlay / dracut |",
+        "|---|---|---|---|",
+        f"| Debian 13: dracut {measured.dracut}, kernel {measured.kernel}, systemd | {cell(dracut)} | {cell(kiwi)} | "
+        f"{ratio(kiwi.median, dracut.median)} |",
+        "",
+        f"- Both initrds there after {measured.ready:.0f} s (from the cache, or built in this run when missing).",
+    ]
+    rows += [f"- {TITLES[kind]}: not measured: {samples.failure}" for kind, samples in measured.samples.items() if samples.failure]
+    return "\n".join(rows)
