@@ -17,7 +17,8 @@ from pathlib import Path
 
 from benchmarks.boot_time import DRACUT, KIWI, TITLES, Samples, cell, cmdline, progress, times_to_root
 from benchmarks.stats import ratio
-from tests.boot.distro import DistroInitrd, base_root, distro_initrd, in_root, root_initrd
+from kiwi_overlay.run import run
+from tests.boot.distro import DistroInitrd, distro_initrd, root_initrd
 from tests.boot.initrd import STOCK_NBD_MODULES
 from tests.boot.qemu import Guest
 from tests.boot.servers import NbdServer
@@ -30,9 +31,13 @@ STOCK_STEPS = (f"apt-get install -y -q --no-install-recommends {' '.join(STOCK_P
 @dataclass(frozen=True)
 class Measured:
     samples: dict[str, Samples]
-    kernel: str  # the root's kernel version
-    dracut: str  # the root's dracut package version
+    versions: str  # the root's kernel, dracut and python3
     ready: float  # seconds until both initrds were there (built when missing)
+
+
+def dpkg_version(root: Path, package: str) -> str:
+    """PACKAGE's version in ROOT, read by the host's dpkg-query (no chroot: the cached root stays as it is)."""
+    return run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Version}", package], capture=True).stdout
 
 
 def initrds() -> dict[str, DistroInitrd]:
@@ -47,11 +52,12 @@ def measure(*, runs: int, image: Path) -> Measured:
     progress(f"the Debian {SUITE} initrds (built when missing)")
     made = initrds()
     ready = time.monotonic() - started
-    dracut = in_root(base_root(SUITE), "dpkg-query", "-W", "-f", "${Version}", "dracut")
     with NbdServer(image) as server:
         guests = {kind: Guest(initrd=initrd.initrd, cmdline=cmdline(kind, server), kernel=initrd.kernel) for kind, initrd in made.items()}
         samples = times_to_root(guests, runs=runs, name=lambda kind, number: f"debian13-{kind}-{number}")
-    return Measured(samples, kernel=made[KIWI].kernel.version, dracut=dracut, ready=ready)
+    kernel = made[KIWI].kernel  # the root's, as the stock initrd's
+    versions = f"kernel {kernel.version}, dracut {dpkg_version(kernel.root, 'dracut')}, python3 {dpkg_version(kernel.root, 'python3')}"
+    return Measured(samples, versions=versions, ready=ready)
 
 
 def table(measured: Measured) -> str:
@@ -59,8 +65,7 @@ def table(measured: Measured) -> str:
     rows = [
         "| initrd | dracut nbd + rootovl | kiwi-overlay (.deb) | kiwi-overlay / dracut |",
         "|---|---|---|---|",
-        f"| Debian 13: dracut {measured.dracut}, kernel {measured.kernel}, systemd | {cell(dracut)} | {cell(kiwi)} | "
-        f"{ratio(kiwi.median, dracut.median)} |",
+        f"| Debian 13: {measured.versions}; systemd | {cell(dracut)} | {cell(kiwi)} | {ratio(kiwi.median, dracut.median)} |",
         "",
         f"- Both initrds there after {measured.ready:.0f} s (from the cache, or built in this run when missing).",
     ]
