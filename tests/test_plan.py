@@ -282,6 +282,7 @@ BAD = [
     ("root=overlay:nbd=h:e rd.root.overlay.nbd.lost=fail:1e9", "rd.root.overlay.nbd.lost=fail:1e9"),
     ("root=overlay:LABEL=r rootfstype=ext4;rm", "rootfstype=ext4;rm"),
     ("root=overlay:nbd=h:e bootdev=..", "bootdev=.."),
+    ("root=overlay:nbd=h:e bootdev=éééééééé", "bootdev=éééééééé"),  # 8 characters, 16 bytes: the kernel counts bytes
 ]
 
 

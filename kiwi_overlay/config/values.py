@@ -20,7 +20,8 @@ LOCAL_FORMS: dict[str, tuple[str, bool]] = {
     "UNIXNODE": ("/dev/", False),
     "MAPPER": ("/dev/mapper/", False),
 }
-_IFNAME = re.compile(r"[^/\s:]{1,15}")
+_IFNAME = re.compile(r"[^/\s:]+")
+_IFNAMSIZ = 16  # the kernel's limit for an interface name, its terminating NUL included
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
 # ASCII digits only ([0-9], not \d): '٣g' must not pass the check and then fail the mount.
 _SIZE = re.compile(r"([0-9]{1,19})([kmgt]?)", re.IGNORECASE)
@@ -28,7 +29,8 @@ _SIZE = re.compile(r"([0-9]{1,19})([kmgt]?)", re.IGNORECASE)
 
 def is_interface_name(name: str) -> bool:
     """A name the kernel takes for a network interface: 1-15 bytes, no '/', ':' or white space, not . or .."""
-    return bool(_IFNAME.fullmatch(name)) and name not in (".", "..")
+    fits = len(name.encode("utf-8", "surrogateescape")) < _IFNAMSIZ
+    return fits and bool(_IFNAME.fullmatch(name)) and name not in (".", "..")
 
 
 class OptionErrors:
