@@ -1,7 +1,7 @@
 """Block devices: wait for one to appear, and tell which filesystem it holds.
 
-Waiting listens to the kernel's own uevents (pyudev, netlink source "kernel"), so it works
-with or without udevd. The /dev/disk/by-* links are udevd's work: where no udevd runs (a host,
+Waiting listens to the kernel's own uevents (kiwi_overlay.uevents), so it works with or
+without udevd. The /dev/disk/by-* links are udevd's work: where no udevd runs (a host,
 a minimal initrd) the device behind such a link is found by probing with blkid instead.
 """
 
@@ -13,18 +13,16 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.run import run
+from kiwi_overlay.uevents import LOST, KernelUevents
 
 # /dev/disk/by-* directory -> the blkid tag it names.
 _BY_TAG = {"by-label": "LABEL", "by-uuid": "UUID", "by-partlabel": "PARTLABEL", "by-partuuid": "PARTUUID"}
 # Links udevd makes after the kernel event (by-*, mapper) are looked for again this often.
 _RECHECK_INTERVAL = 1.0
-# Without uevents (no libudev for pyudev): probe this often.
-_POLL_INTERVAL = 0.5
 
 # Superblock magics: (offset, bytes). Reading them costs one small read and no process,
 # and an unknown filesystem gets a clear error instead of mount's "wrong fs type".
@@ -112,20 +110,6 @@ def _find(path: Path, *, probe: bool) -> Path | None:
     return _probe_tag(path) if probe else None
 
 
-def _kernel_uevents() -> Any:
-    """pyudev's monitor of the kernel's own uevents, started; None when pyudev cannot load libudev."""
-    import pyudev
-
-    try:
-        # ctypes.util.find_library looks for libudev with ldconfig (or gcc): an initrd may have neither.
-        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
-    except ImportError as error:
-        log.info(f"pyudev: {error} (is ldconfig in the initrd?): looking every {_POLL_INTERVAL:g} s instead of listening for uevents")
-        return None
-    monitor.start()
-    return monitor
-
-
 def _block_device(path: Path, found: Path) -> Path:
     """FOUND, when it is a block device: anything else (a regular file mount would loop-mount) is refused."""
     if not stat.S_ISBLK(found.stat().st_mode):
@@ -140,18 +124,14 @@ def wait_for_device(path: Path, *, timeout: float) -> Path:
     if found is not None:
         return _block_device(path, found)
     deadline = time.monotonic() + timeout
-    monitor = _kernel_uevents()
-    log.info(f"waiting up to {timeout:g} s for {path}")
-    probe = True  # look again now that the monitor runs: a device that came in between is not missed
-    while (found := _find(path, probe=probe)) is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise KiwiOverlayError(f"{path} did not appear within {timeout:g} s (rd.root.overlay.timeout={timeout:g})")
-        if monitor is None:
-            time.sleep(min(remaining, _POLL_INTERVAL))
-            continue
-        event = monitor.poll(timeout=min(remaining, _RECHECK_INTERVAL))
-        # blkid runs only for block events; links from udevd are checked on the interval.
-        probe = event is not None and event.subsystem == "block"
+    with KernelUevents() as uevents:
+        log.info(f"waiting up to {timeout:g} s for {path}")
+        probe = True  # look again now that the socket listens: a device that came in between is not missed
+        while (found := _find(path, probe=probe)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KiwiOverlayError(f"{path} did not appear within {timeout:g} s (rd.root.overlay.timeout={timeout:g})")
+            # blkid runs only for block events; links from udevd are checked on the interval.
+            probe = uevents.next(timeout=min(remaining, _RECHECK_INTERVAL)) in ("block", LOST)
     log.debug(f"{path} is {found}")
     return _block_device(path, found)

@@ -6,7 +6,7 @@ serves any supported Python, and upgrading Python in an image needs no re-emissi
 
 Trace (`trace`): a child interpreter, started the way the initrd starts kiwi-overlay (-I -S -X utf8),
 imports every kiwi_overlay module and every module any kiwi_overlay function imports, runs the
-command line parser's help and `explain`, and creates a pyudev Context; the standard-library
+command line parser's help and `explain`; the standard-library
 modules it then holds are the closure. A trace, not modulefinder: pyroute2 imports far less than
 its sources name (no Windows or test modules), and lazy imports inside the standard library
 (argparse's shutil, ctypes.util's subprocess) only show when the code runs. The result is a list of
@@ -38,11 +38,11 @@ from pathlib import Path
 from kiwi_overlay.errors import KiwiOverlayError
 
 # The third-party packages kiwi-overlay ships with itself (pyproject.toml's dependencies).
-PACKAGES = ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
-# Imported by the trace besides kiwi_overlay's own imports: psutil and pyudev as a whole, ssl for
+PACKAGES = ("kiwi_overlay", "psutil", "pyroute2")
+# Imported by the trace besides kiwi_overlay's own imports: psutil as a whole, ssl for
 # nbds://, and what the standard library loads lazily where no import statement names it
 # (time.strptime, codec lookups by name: socket.getaddrinfo encodes a host name with idna).
-ALSO_IMPORTED = ("psutil", "pyudev", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1", "encodings.idna")
+ALSO_IMPORTED = ("psutil", "ssl", "_strptime", "encodings.ascii", "encodings.latin_1", "encodings.idna")
 # How the initrd runs Python: isolated from PYTHON* variables and the user site, no site
 # import (all modules live in the standard-library directory), UTF-8 whatever the locale.
 INTERPRETER_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
@@ -82,8 +82,6 @@ for action in parser._actions:
             subparser.format_help()
 cli.main(["explain", "--cmdline", "root=overlay:nbd=192.0.2.1:root"])
 cli.main(["explain", "--json", "--cmdline", "root=overlay:aoe=e0.1 rd.root.overlay.write=LABEL=cow"])
-import pyudev
-pyudev.Context()
 sys.stdout = sys.__stdout__
 for name, module in sorted(sys.modules.items()):
     spec_name = getattr(getattr(module, "__spec__", None), "name", name)
@@ -102,7 +100,7 @@ class Closure:
 
 # The oldest release of each dependency that kiwi-overlay is tested with (Debian 12's; pyproject.toml
 # says the same): an older or missing one stops the initrd build, never a boot.
-MINIMUM_VERSIONS = {"psutil": "5.9.4", "pyroute2": "0.7.2", "pyudev": "0.24.0"}
+MINIMUM_VERSIONS = {"psutil": "5.9.4", "pyroute2": "0.7.2"}
 
 # Runs in the child, with its site: per package, its directory, version and metadata directory
 # ("-" for none), tab-separated.

@@ -93,7 +93,7 @@ def test_closure_is_traced_for_this_interpreter_with_names_only_and_no_aliases()
     assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test", "os.path", "sys", "_frozen_importlib"} & set(
         closure.stdlib
     )
-    assert closure.packages == ("kiwi_overlay", "psutil", "pyroute2", "pyudev")
+    assert closure.packages == ("kiwi_overlay", "psutil", "pyroute2")
 
 
 def test_import_scan_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     stdlib = tmp_path / Path(sysconfig.get_path("stdlib")).relative_to("/")
     assert (stdlib / "os.pyc").is_file() and not (stdlib / "os.py").exists()
     assert (stdlib / "kiwi_overlay/cli.pyc").is_file()
-    assert [path.name.split("-")[0] for path in sorted(stdlib.glob("*.dist-info"))] == ["kiwi_overlay", "psutil", "pyroute2", "pyudev"]
+    assert [path.name.split("-")[0] for path in sorted(stdlib.glob("*.dist-info"))] == ["kiwi_overlay", "psutil", "pyroute2"]
     assert not list(stdlib.rglob("*.py"))
     # pyroute2 by the directories the trace entered: its link kinds (loaded by listing their directory), not NDB.
     assert (stdlib / "pyroute2/netlink/rtnl/ifinfmsg/plugins/bond.pyc").is_file()
@@ -161,7 +161,7 @@ def dracut_python(python: Path, initdir: Path) -> subprocess.CompletedProcess[st
 
 
 def test_dracut_python_stops_in_one_line_for_a_missing_dependency(tmp_path: Path) -> None:
-    python = bare_venv(tmp_path / "bare", "pyudev", "psutil")
+    python = bare_venv(tmp_path / "bare", "psutil")
     result = dracut_python(python, tmp_path / "initrd")
     expected = f"kiwi-overlay: {python} has no kiwi_overlay, pyroute2: install kiwi-overlay for the Python that goes into the initrd\n"
     assert (result.returncode, result.stderr) == (2, expected)
@@ -169,7 +169,7 @@ def test_dracut_python_stops_in_one_line_for_a_missing_dependency(tmp_path: Path
 
 
 def test_dracut_python_stops_in_one_line_for_a_dependency_too_old(tmp_path: Path) -> None:
-    python = bare_venv(tmp_path / "old", "kiwi_overlay", "pyudev", "psutil", "pyroute2")
+    python = bare_venv(tmp_path / "old", "kiwi_overlay", "psutil", "pyroute2")
     (metadata,) = python.parents[1].glob("lib/python3.*/site-packages/psutil-*.dist-info/METADATA")
     metadata.write_text(re.sub(r"(?m)^Version: .*$", "Version: 5.8.0", metadata.read_text()))
     result = dracut_python(python, tmp_path / "initrd")
@@ -185,7 +185,7 @@ def test_dracut_python_carries_an_interpreter_outside_usr(tmp_path: Path) -> Non
     base = Path(os.path.realpath(sys.executable))
     shutil.copy2(base, prefix / "bin" / version)
     shutil.copytree(Path(sysconfig.get_path("stdlib")), prefix / "lib" / version, symlinks=True)
-    python = bare_venv(tmp_path / "venv", "kiwi_overlay", "pyudev", "psutil", "pyroute2", python=prefix / "bin" / version)
+    python = bare_venv(tmp_path / "venv", "kiwi_overlay", "psutil", "pyroute2", python=prefix / "bin" / version)
     initdir = tmp_path / "initrd"
     result = dracut_python(python, initdir)
     assert result.returncode == 0, result.stderr
@@ -308,16 +308,14 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
         f"{stdlib}/ssl.pyc",
         f"{stdlib}/kiwi_overlay/cli.pyc",
         f"{stdlib}/pyroute2/__init__.pyc",
-        f"{stdlib}/pyudev/core.pyc",
         f"{stdlib}/psutil/__init__.pyc",
-        "usr/sbin/ldconfig",
         "usr/sbin/veritysetup",
         "usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh",
         "usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh",
     }
     assert expected <= files, sorted(expected - files)
     assert any(name.startswith(f"{stdlib}/psutil/_psutil_linux") for name in files)
-    assert any(name.endswith("/libudev.so.1") for name in files)
+    assert not any(name.endswith("/ldconfig") for name in files), "no library lookup at boot (kiwi_overlay.uevents)"
     assert any(name.endswith("/libssl.so.3") for name in files)
     assert not any(name.endswith(".py") and name.startswith(stdlib) for name in files), "bytecode only"
     assert not any("/tests/" in name for name in files if name.startswith(stdlib))
@@ -350,13 +348,15 @@ def test_kiwi_overlay_in_the_initrd_ignores_the_callers_environment(chroot_dir: 
 @pytest.mark.root
 def test_dependencies_import_and_work_inside_the_initrd(chroot_dir: Path) -> None:
     code = (
-        "import psutil, ssl, pyudev, asyncio, json; "
+        "import psutil, ssl, asyncio, json; "
         "from kiwi_overlay.pyroute import IPRoute, GenericNetlinkSocket; IPRoute().close(); GenericNetlinkSocket().close(); "
-        "print(pyudev.Context().__class__.__name__, ssl.OPENSSL_VERSION.split()[0], psutil.__version__)"
+        "from kiwi_overlay.uevents import KernelUevents; KernelUevents().__exit__(); "
+        "print(ssl.OPENSSL_VERSION.split()[0], psutil.__version__)"
     )
     result = in_chroot(chroot_dir, "python3", "-I", "-S", "-c", code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Context OpenSSL ")
+    assert result.stdout.startswith("OpenSSL ")
+    assert "no kernel uevents" not in result.stderr, "the uevent socket works without libudev"
 
 
 @pytest.mark.root

@@ -8,7 +8,7 @@
 Discovery speaks AoE v1 itself (Query Config broadcast, then an ATA IDENTIFY per answer for the
 size), so the boot knows which targets answer where before it loads the driver, and a timeout can
 say what did answer. attach_root() then loads `aoe` restricted to the boot interfaces, triggers the
-driver's discovery with backoff, waits for the block device on kernel uevents (pyudev, no udevd
+driver's discovery with backoff, waits for the block device on kernel uevents (no udevd
 needed), and lifts the restriction (see driver.unrestrict_driver).
 """
 

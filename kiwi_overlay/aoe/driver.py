@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.uevents import KernelUevents
 
 ETHERD = Path("/dev/etherd")
 SYS_MODULE = Path("/sys/module/aoe")
@@ -61,25 +62,21 @@ def discover_and_wait(device: Path, *, deadline: float) -> bool:
     Waits on kernel uevents (no udevd needed); devtmpfs makes the node. Local until the shared
     devices.wait_for_device can take a discovery callback.
     """
-    import pyudev
-
-    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
-    monitor.filter_by("block")
-    monitor.start()
     next_discover, interval = time.monotonic(), 0.5
-    while True:
-        try:
-            if stat.S_ISBLK(device.stat().st_mode):
-                return True
-        except FileNotFoundError:
-            pass
-        now = time.monotonic()
-        if now >= deadline:
-            return False
-        if now >= next_discover:
-            _write(ETHERD / "discover", "1")
-            next_discover, interval = now + interval, min(interval * 2, 8.0)
-        monitor.poll(timeout=min(next_discover, deadline) - now)
+    with KernelUevents() as uevents:
+        while True:
+            try:
+                if stat.S_ISBLK(device.stat().st_mode):
+                    return True
+            except FileNotFoundError:
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now >= next_discover:
+                _write(ETHERD / "discover", "1")
+                next_discover, interval = now + interval, min(interval * 2, 8.0)
+            uevents.next(timeout=min(next_discover, deadline) - now)
 
 
 def forget(device: Path) -> None:

@@ -75,10 +75,6 @@ install() {
         || _kiwi_overlay_fail "could not put its Python into the initrd (see the kiwi-overlay: line above)"
     mapfile -t _elf_files <<< "$_output"
     inst_multiple "${_elf_files[@]}" || _kiwi_overlay_fail "could not install the Python interpreter and its libraries"
-    # pyudev loads libudev through ctypes.util.find_library, which asks /sbin/ldconfig -p
-    # (dracut writes the initrd's ld.so.cache).
-    inst_libdir_file libudev.so.1
-    inst_multiple ldconfig
     # The check of an ext4 write layer before it is mounted (rd.root.overlay.write.fsck).
     inst_multiple -o e2fsck
     # rd.root.overlay.partition=LABEL=... (and UUID, PARTLABEL, PARTUUID) asks blkid.

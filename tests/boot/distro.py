@@ -7,7 +7,7 @@ CACHE/distro, keyed by BASE_PACKAGES and the suite, and rebuilt when missing.
 
 An install form is kiwi-overlay put into a throwaway copy of a base root (an overlay mount in a
 private mount namespace; the base never changes), the way docs/dracut.md tells users:
-    deb   apt-get install ./kiwi-overlay_VERSION_all.deb (Debian's pyroute2, pyudev, psutil)
+    deb   apt-get install ./kiwi-overlay_VERSION_all.deb (Debian's pyroute2 and psutil)
     pip   pip install --break-system-packages WHEEL (system-wide, /usr/local; PyPI's dependencies)
     venv  python3 -m venv /opt/kiwi-overlay; /opt/kiwi-overlay/bin/pip install WHEEL
 then add_dracutmodules+=" kiwi-overlay " in /etc/dracut.conf.d and dracut inside the root, with a
