@@ -50,12 +50,16 @@ class KernelUevents:
     def __init__(self) -> None:
         self._socket: socket.socket | None = None
         try:
-            self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT)
-            self._socket.bind((0, KERNEL_GROUP))
+            listener = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT)
         except OSError as error:
-            self.__exit__()
-            self._socket = None
             log.info(f"no kernel uevents ({error.strerror}): looking every {POLL_INTERVAL:g} s instead")
+            return
+        try:
+            listener.bind((0, KERNEL_GROUP))
+        except BaseException:
+            listener.close()
+            raise
+        self._socket = listener
 
     def __enter__(self) -> KernelUevents:
         return self
