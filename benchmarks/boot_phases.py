@@ -23,6 +23,10 @@ _MESSAGE = re.compile(r"\[\s*(\d+\.\d+)\] kiwi-overlay: (.*)$")
 _KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 # The start of dracut's cmdline stage: its banner (no systemd) or systemd starting the service.
 _CMDLINE_STAGE = re.compile(r"\] (?:dracut: |systemd\[1\]: Starting dracut-cmdline\.service)")
+# systemd's generators (kiwi-overlay's among them) and unit loading: after the machine ID, before the first job.
+_GENERATORS_START = re.compile(r"\] systemd\[1\]: (?:Initializing machine ID|Hostname set to)")
+_GENERATORS_END = re.compile(r"\] systemd\[1\]: Queued start job for default target")
+_KERNEL_EVENTS = {"cmdline-stage": _CMDLINE_STAGE, "generators-start": _GENERATORS_START, "generators-end": _GENERATORS_END}
 
 Timeline = dict[str, float]
 
@@ -45,8 +49,9 @@ def timeline(result: BootResult) -> Timeline:
     """The time of the first message of each EVENTS kind (and the reported durations, as NAME:value)."""
     events: Timeline = {}
     for line in result.console().splitlines():
-        if "cmdline-stage" not in events and _CMDLINE_STAGE.search(line) and (stamp := _KERNEL_TIME.match(line)):
-            events["cmdline-stage"] = float(stamp[1])
+        for name, kernel_pattern in _KERNEL_EVENTS.items():
+            if name not in events and kernel_pattern.search(line) and (stamp := _KERNEL_TIME.match(line)):
+                events[name] = float(stamp[1])
         message = _MESSAGE.search(line)
         if not message:
             continue
@@ -57,6 +62,13 @@ def timeline(result: BootResult) -> Timeline:
                 if found.groups() and found[1] and re.fullmatch(r"[\d.]+", found[1]):
                     events[f"{name}:value"] = float(found[1])
     return events
+
+
+def _cmdline_hook(events: Timeline) -> float | None:
+    """The cmdline stage's start to kiwi-overlay's answer: 0 where its systemd generator answered before the stage."""
+    if "cmdline-stage" not in events or "cmdline" not in events:
+        return None
+    return max(events["cmdline"] - events["cmdline-stage"], 0.0)
 
 
 def _gap(start: str, end: str) -> Callable[[Timeline], float | None]:
@@ -88,8 +100,10 @@ class Phase:
 
 
 PHASES = (
-    Phase("cmdline hook: dracut's cmdline stage start to kiwi-overlay's first message (interpreter, imports, plan; other hooks too)",
-          _gap("cmdline-stage", "cmdline")),
+    Phase("cmdline hook: dracut's cmdline stage start to kiwi-overlay's first message (interpreter, imports, plan; other hooks too);"
+          " 0 where the generator answered before the stage (systemd)", _cmdline_hook),
+    Phase("systemd: generators (kiwi-overlay's: interpreter, imports, units, the cmdline hook's answer) and unit loading",
+          _gap("generators-start", "generators-end")),
     Phase("mount step: network bring-up, as reported (`network up in`)", lambda events: events.get("net-done:value")),
     Phase("… of which: bring-up start to its first message (pyroute2 imports)", _before_first_network_message),
     Phase("… of which: DHCP, carrier to lease", _dhcp),

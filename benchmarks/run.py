@@ -158,14 +158,17 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
             "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
             "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
-            "the command line hook and the NBD supervisor show what an interpreter start with imports costs.",
+            "the command line hook and the NBD supervisor show what an interpreter start with imports costs. With systemd, "
+            "kiwi-overlay's generator does the command line hook's work and leaves its answer, so the hook starts no interpreter; "
+            "the generators' row (systemd's stamps around them) shows what that costs there.",
             lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),
         ),
         Section(
             "timeline", "7. The boot as a timeline",
             "From the console stamps (CLOCK_BOOTTIME) of this run's boots: kiwi-overlay from item 2's boots (rd.kiwi.debug), "
             "dracut from item 1's, for each the boot with the median time to root. A phase ends at a message: the kernel "
-            "starting /init, dracut's cmdline stage, kiwi-overlay's messages, the kernel's `nbd0: detected capacity change`, "
+            "starting /init, systemd's first job (after its generators), dracut's cmdline stage, kiwi-overlay's messages, "
+            "the kernel's `nbd0: detected capacity change`, "
             "the root mounted, the root's init.",
             lambda: timeline_section(kept, svg),
         ),

@@ -28,6 +28,7 @@ class Event:
 # Where each phase ends, in boot order; a phase starts where the previous found one ended.
 COMMON_START = (
     Event("kernel", r"Run /init as init process"),
+    Event("systemd generators", r"systemd\[1\]: Queued start job for default target"),
     Event("initrd start", r"\] (?:dracut: |systemd\[1\]: Starting dracut-cmdline\.service)"),
 )
 KIWI_EVENTS = (

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from kiwi_overlay.errors import KiwiOverlayError, printable
 
+# systemd's (and dracut's) mark of an initrd.
+INITRD_RELEASE = Path("/etc/initrd-release")
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -137,7 +139,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # directory; the early directory takes precedence over it (as KIWI's generator does).
     unit_dir = args.early_dir or args.normal_dir
     generate(cmdline, unit_dir, run_dir=args.run_dir.absolute(), sysroot=args.sysroot.absolute())
+    if args.cmdline is None and INITRD_RELEASE.exists():  # the initrd's own boot: the cmdline hook's work too
+        from kiwi_overlay.dracut_cmdline import answer_ahead
+
+        _stderr_to_kernel_log()
+        answer_ahead(cmdline)
     return 0
+
+
+def _stderr_to_kernel_log() -> None:
+    """systemd runs generators with stderr on /dev/null: their messages belong in the kernel log."""
+    from contextlib import suppress
+
+    with suppress(OSError):  # not root, or no /dev/kmsg (a chroot): stderr it is
+        sys.stderr = open("/dev/kmsg", "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 (lives as long as the process)
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from kiwi_overlay.cmdline import KernelCmdline, whole_number
 from kiwi_overlay.config.parse import DEFAULT_TIMEOUT, is_overlay_root, parse_plan
 from kiwi_overlay.config.plan import RUN_DIR, SYSROOT, Plan
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.files import write_whole
 from kiwi_overlay.layout import mounts
 
 EXECUTABLE = Path("/usr/bin/kiwi-overlay")  # where the dracut module installs the command
@@ -188,7 +189,7 @@ def generate(
     try:
         requires.mkdir(parents=True, exist_ok=True)
         for path in written:
-            _write_whole(path, units[path.name])
+            write_whole(path, units[path.name])
         link = requires / wanted
         partial = link.with_name(f".{link.name}.tmp")
         partial.unlink(missing_ok=True)
@@ -197,13 +198,3 @@ def generate(
     except OSError as error:
         raise KiwiOverlayError(f"{error.filename}: {error.strerror}") from None
     return (*written, requires / wanted)
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """TEXT into PATH through a temporary name and a rename: PATH is the old file or the new one, never a part."""
-    partial = path.with_name(f".{path.name}.tmp")
-    try:
-        partial.write_bytes(text.encode("utf-8", "surrogateescape"))
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from tests.boot.qemu import Guest, boot
 PACKAGE_COPY = Path(__file__).resolve().parents[1] / "kiwi_overlay/dracut"
 NBD = "root=overlay:nbd=192.0.2.1:rootfs"
 CHROOT = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
+GENERATOR = "/usr/lib/systemd/system-generators/kiwi-overlay-generator"  # in the systemd initrd
 
 
 def kiwi_overlay(*args: str) -> subprocess.CompletedProcess[str]:
@@ -254,6 +255,35 @@ def test_dracut_cmdline_refuses_an_invalid_root_in_one_line(tmp_path: Path) -> N
     assert list(tmp_path.rglob("*")) == []
 
 
+@pytest.mark.parametrize(
+    ("cmdline", "files"),
+    [
+        (NBD, {"run/kiwi-overlay/dracut-cmdline": "0\n", "run/modules-load.d/kiwi-overlay.conf": "nbd\n",
+               "run/kiwi-overlay/kiwi-overlay-net.conf": "rd.neednet=1 ip=dhcp\n", "run/initramfs/.need_shutdown": ""}),
+        ("root=overlay:aoe=e0.1", {"run/kiwi-overlay/dracut-cmdline": "0\n"}),
+        ("root=/dev/sda1", {"run/kiwi-overlay/dracut-cmdline": "1\n"}),
+        ("root=overlay:nbd=192.0.2.1", {}),  # invalid: no answer, the hook runs kiwi-overlay to say why
+    ],
+)  # fmt: skip
+def test_generator_answers_for_the_cmdline_hook(tmp_path: Path, cmdline: str, files: dict[str, str]) -> None:
+    from kiwi_overlay.cmdline import KernelCmdline
+    from kiwi_overlay.dracut_cmdline import answer_ahead
+
+    answer_ahead(KernelCmdline(cmdline), root=tmp_path)
+    assert {str(path.relative_to(tmp_path)): path.read_text() for path in tmp_path.rglob("*") if path.is_file()} == files
+
+
+def test_generator_answers_once_per_boot(tmp_path: Path) -> None:
+    """systemd runs generators again at every daemon-reload: the work (and its messages) happen once."""
+    from kiwi_overlay.cmdline import KernelCmdline
+    from kiwi_overlay.dracut_cmdline import answer_ahead
+
+    answer_ahead(KernelCmdline(NBD), root=tmp_path)
+    (tmp_path / "run/kiwi-overlay/kiwi-overlay-net.conf").unlink()  # moved by the cmdline hook
+    answer_ahead(KernelCmdline(NBD), root=tmp_path)
+    assert not (tmp_path / "run/kiwi-overlay/kiwi-overlay-net.conf").exists()
+
+
 # ---- real initrds -------------------------------------------------------------------------------------------------
 
 FLAVOURS = pytest.mark.parametrize("systemd", [False, True], ids=["no-systemd", "systemd"])
@@ -433,9 +463,30 @@ def test_shutdown_hook_leaves_the_layers_clean_and_reports_failure_for_a_retry(c
 def test_generator_hands_systemds_directories_to_kiwi_overlay(tmp_path: Path) -> None:
     chroot_dir = unpacked_initrd(systemd=True, target=tmp_path / "initrd")
     record = stub_kiwi_overlay(chroot_dir, status=0)
-    result = in_chroot(chroot_dir, "/usr/lib/systemd/system-generators/kiwi-overlay-generator", "/run/n", "/run/e", "/run/l")
+    result = in_chroot(chroot_dir, GENERATOR, "/run/n", "/run/e", "/run/l")
     assert result.returncode == 0, result.stderr
     assert record.read_text() == "generate /run/n /run/e /run/l\n"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("cmdline", "root"), [(NBD, "kiwi-overlay 1"), ("root=/dev/vda1", "/dev/vda1 ")])
+def test_with_systemd_the_cmdline_hook_takes_the_generators_answer(tmp_path: Path, cmdline: str, root: str) -> None:
+    """The generator runs first and leaves the answer: the hook claims the root without a second interpreter start."""
+    chroot_dir = unpacked_initrd(systemd=True, target=tmp_path / "initrd")
+    (chroot_dir / "etc/cmdline").write_text(cmdline + "\n")
+    before = sorted((chroot_dir / "etc").rglob("*"))
+    generator = in_chroot(chroot_dir, GENERATOR, "/run/n", "/run/e", "/run/l")
+    assert (generator.returncode, generator.stderr) == (0, "")
+    assert sorted((chroot_dir / "etc").rglob("*")) == before, "a file in /etc/cmdline.d starts dracut-cmdline-ask.service"
+    record = stub_kiwi_overlay(chroot_dir, status=2)  # had the hook started it, dracut would die
+    script = '. /lib/dracut-lib.sh; root=$(getarg root=); . /usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh; echo "$root $rootok"'
+    result = in_chroot(chroot_dir, "/bin/sh", "-c", script)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, root), result.stderr
+    assert not record.exists(), "the hook started kiwi-overlay"
+    if cmdline == NBD:
+        assert (chroot_dir / "run/modules-load.d/kiwi-overlay.conf").read_text() == "nbd\n"
+        assert (chroot_dir / "etc/cmdline.d/kiwi-overlay-net.conf").read_text() == "rd.neednet=1 ip=dhcp\n"
+        assert not (chroot_dir / "run/kiwi-overlay/kiwi-overlay-net.conf").exists()
 
 
 # ---- booting guests -----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 from kiwi_overlay import log
 from kiwi_overlay.config.plan import DhcpRoot, NbdRoot, Network, Plan
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.files import write_whole
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease
 from kiwi_overlay.net.grammar import IpConfig
@@ -380,10 +381,7 @@ class _Bringup:
     def _write_lease(self, lease: DhcpLease) -> None:
         """The lease where the booted system (its DHCP client) can take it over."""
         self.lease_dir.mkdir(parents=True, exist_ok=True)
-        path = self.lease_dir / f"lease-{lease.interface}.json"
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(lease.record, indent=2, default=str) + "\n")
-        partial.replace(path)
+        write_whole(self.lease_dir / f"lease-{lease.interface}.json", json.dumps(lease.record, indent=2, default=str) + "\n")
 
 
 @contextmanager
