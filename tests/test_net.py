@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.boot.guest_kernel import CACHE
+from tests.boot.cache import CACHE, cached
 
 pytestmark = pytest.mark.root
 
@@ -33,16 +33,14 @@ RELEASES = pytest.mark.parametrize("lab", ["pypi", *PYROUTE2_RELEASES], indirect
 def python_with_pyroute2(release: str) -> Path:
     """A venv of this Python with pyroute2 RELEASE only (kiwi_overlay comes from PYTHONPATH); cached, built when missing."""
     key = hashlib.sha256(f"{release} {sys.version}".encode()).hexdigest()[:12]
-    venv = CACHE / "venvs" / f"pyroute2-{release}-{key}"
-    if not venv.exists():
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        partial = venv.with_name(f"{venv.name}.{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
-        pip = [str(partial / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"pyroute2=={release}"]
+
+    def install(scratch: Path) -> Path:
+        subprocess.run([sys.executable, "-m", "venv", str(scratch / "venv")], check=True)
+        pip = [str(scratch / "venv/bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"pyroute2=={release}"]
         subprocess.run(pip, check=True, capture_output=True)
-        partial.rename(venv)  # atomic: a half-installed venv is never seen as cached
-    return venv / "bin/python"
+        return scratch / "venv"  # only its bin/python is run: a venv's interpreter link survives the move
+
+    return cached(CACHE / "venvs" / f"pyroute2-{release}-{key}", install) / "bin/python"
 
 
 def ip(*args: str) -> str:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiwi_overlay.run import run
-from tests.boot.guest_kernel import CACHE, GuestKernel
+from tests.boot.cache import CACHE, cached
+from tests.boot.guest_kernel import GuestKernel
 
 SUITES = {"bookworm": "12", "trixie": "13"}
 FORMS = ("deb", "pip", "venv")
@@ -96,19 +97,17 @@ def in_root(root: Path, *command: str) -> str:
 def base_root(suite: str) -> Path:
     """The cached debootstrap root of SUITE with its kernel; built when missing (a few minutes)."""
     key = hashlib.sha256(f"{suite} {mirror()} {' '.join(BASE_PACKAGES)} linux-image-amd64".encode()).hexdigest()[:12]
-    root = ROOTS / f"debian-{suite}-{key}"
-    if root.exists():
-        return root
-    ROOTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"ko-bt-{suite}-", dir=ROOTS) as scratch:
-        tree = Path(scratch) / "root"
+
+    def bootstrap(scratch: Path) -> Path:
+        tree = scratch / "root"
         include = ",".join(BASE_PACKAGES)
         run(["debootstrap", "--variant=minbase", f"--include={include}", suite, tree, mirror()], capture=True)
         env = ["env", "DEBIAN_FRONTEND=noninteractive", "INITRD=No"]
         in_root(tree, *env, "apt-get", "install", "-y", "-q", "--no-install-recommends", "linux-image-amd64")
         in_root(tree, "apt-get", "clean")
-        tree.rename(root)  # atomic: a half-built root is never seen as cached
-    return root
+        return tree
+
+    return cached(ROOTS / f"debian-{suite}-{key}", bootstrap)
 
 
 def kernel_version(root: Path) -> str:
@@ -172,16 +171,17 @@ def root_initrd(suite: str, name: str, *, steps: Sequence[str], modules: Sequenc
         _content(artifact) if artifact else b"",
     )
     key = hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).hexdigest()[:12]
-    output = ROOTS / f"initrd-{suite}-{name}-{key}"
-    if not output.exists():
-        with tempfile.TemporaryDirectory(prefix="ko-bt-form-", dir=ROOTS) as scratch:
-            result = Path(scratch) / "result"
-            result.mkdir()
-            script = [_FORM, "sh", str(base), scratch, str(artifact or ""), version, str(result), " ".join(modules), *steps]
-            proc = subprocess.run(["unshare", "--mount", "--", "sh", "-ec", *script], capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{suite} {name}: {proc.stderr.strip()[-2000:]}")
-            result.rename(output)  # atomic, as the base root
+
+    def make(scratch: Path) -> Path:
+        result = scratch / "result"
+        result.mkdir()
+        script = [_FORM, "sh", str(base), str(scratch), str(artifact or ""), version, str(result), " ".join(modules), *steps]
+        proc = subprocess.run(["unshare", "--mount", "--", "sh", "-ec", *script], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{suite} {name}: {proc.stderr.strip()[-2000:]}")
+        return result
+
+    output = cached(ROOTS / f"initrd-{suite}-{name}-{key}", make)
     return DistroInitrd(suite=suite, form=name, kernel=GuestKernel(version, base), initrd=output / "initrd.img")
 
 

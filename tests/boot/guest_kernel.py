@@ -6,15 +6,14 @@ kernel. `python3 tests/boot/guest_kernel.py` prints the tree (and fetches it whe
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path(os.environ.get("KIWI_OVERLAY_CACHE", "/var/cache/kiwi-overlay"))
+from tests.boot.cache import CACHE, cached
+
 META_PACKAGE = "linux-image-amd64"
 
 
@@ -52,21 +51,20 @@ def _cached() -> GuestKernel | None:
 
 def guest_kernel(*, refresh: bool = False) -> GuestKernel:
     """The cached guest kernel, fetched with `apt-get download` when there is none (or REFRESH)."""
-    cached = _cached()
-    if cached and not refresh:
-        return cached
+    found = _cached()
+    if found and not refresh:
+        return found
     package = _package_name()
     version = package.removeprefix("linux-image-")
-    target = CACHE / package
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+
+    def unpack(scratch: Path) -> Path:
         subprocess.run(["apt-get", "download", "-q", package], cwd=scratch, check=True, stdout=subprocess.DEVNULL)
-        (deb,) = Path(scratch).glob("*.deb")
-        unpacked = Path(scratch) / "tree"
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-        subprocess.run(["depmod", "-b", str(unpacked), version], check=True)
-        unpacked.rename(target)  # atomic: a half-unpacked tree is never seen as cached
-    return GuestKernel(version, target)
+        (deb,) = scratch.glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(scratch / "tree")], check=True)
+        subprocess.run(["depmod", "-b", str(scratch / "tree"), version], check=True)
+        return scratch / "tree"
+
+    return GuestKernel(version, cached(CACHE / package, unpack))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kiwi_overlay.run import run
-from tests.boot.guest_kernel import CACHE
+from tests.boot.cache import CACHE, cached, exclusive
 from tests.boot.qemu import RESULT_PORT, Disk, Guest
 from tests.boot.servers import NbdServer
 
@@ -40,6 +39,8 @@ DESCRIPTION = PROJECT / "docs/kiwi/kis-debian13"
 DISTRIBUTION = "trixie"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 IMAGES = CACHE / "kiwi"
+# kiwi-ng keeps one apt cache for every build on the machine (/var/cache/kiwi): one build at a time.
+KIWI_LOCK = CACHE / "kiwi-ng.lock"
 NBD_DEFAULT_PORT = 10809
 # docs/kiwi.md's nbd-server configuration (KIWI's page, no losetup), its image path aside.
 NBD_CONFIG = """[generic]
@@ -227,16 +228,13 @@ def build(*, deb: Path, target: Path, repo: Path, archive: Archive, log: Path) -
 def kiwi_image(*, deb: Path) -> KiwiImage:
     """The KIS image built with DEB installed (cached; the root image is read-only by convention)."""
     archive = debian_archive()
-    directory = IMAGES / f"kis-debian13-{_key(deb, archive)}"
-    if directory.exists():
-        return KiwiImage(directory)
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ko-bt-kiwi-", dir=IMAGES) as scratch:
-        work = Path(scratch)
+
+    def make(work: Path) -> Path:
         work.chmod(0o755)  # apt reads the repository as its sandbox user _apt
         log = work / "kiwi.log"
         try:
-            build(deb=deb, target=work / "target", repo=work / "repo", archive=archive, log=log)
+            with exclusive(KIWI_LOCK):
+                build(deb=deb, target=work / "target", repo=work / "repo", archive=archive, log=log)
         except Exception as error:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
             raise RuntimeError(f"kiwi-ng failed: {error}\n{tail}") from None
@@ -246,8 +244,9 @@ def kiwi_image(*, deb: Path) -> KiwiImage:
             if path.is_file() and not path.name.endswith((".packages", ".verified", ".changes")):
                 path.rename(result / path.name)
         log.rename(result / "kiwi.log")
-        result.rename(directory)  # atomic: a half-built image is never seen as cached
-    return KiwiImage(directory)
+        return result
+
+    return KiwiImage(cached(IMAGES / f"kis-debian13-{_key(deb, archive)}", make))
 
 
 if __name__ == "__main__":

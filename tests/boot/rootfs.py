@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from kiwi_overlay.run import run
-from tests.boot.guest_kernel import CACHE
+from tests.boot.cache import CACHE, cached
 
 FSTYPES = ("squashfs", "erofs", "ext4")
 LABEL = "koroot"  # of the ext4 image; at most 16 characters
@@ -73,18 +72,15 @@ def _key(fstype: str, label: str) -> str:
 
 def root_image(fstype: str = "squashfs", *, label: str = LABEL) -> Path:
     """The test root as a FSTYPE image (cached; read-only by convention)."""
-    image = IMAGES / f"root-{_key(fstype, label)}.{fstype}"
-    if image.exists():
-        return image
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ko-bt-rootfs-", dir=IMAGES) as scratch:
-        tree = Path(scratch) / "tree"
+
+    def make(scratch: Path) -> Path:
+        tree = scratch / "tree"
         tree.mkdir()
         _populate(tree)
-        partial = Path(scratch) / image.name
-        _make_image(tree, partial, fstype, label)
-        partial.rename(image)  # atomic: a half-written image is never seen as cached
-    return image
+        _make_image(tree, scratch / "image", fstype, label)
+        return scratch / "image"
+
+    return cached(IMAGES / f"root-{_key(fstype, label)}.{fstype}", make)
 
 
 GPT_PARTLABEL = "system"  # of the root's partition (2) on gpt_disk()
@@ -94,19 +90,18 @@ def gpt_disk(fstype: str = "squashfs") -> Path:
     """A whole-disk image (cached): GPT, partition 1 "esp" (1 MiB, empty), partition 2 GPT_PARTLABEL holding root_image(FSTYPE)."""
     root = root_image(fstype)
     digest = hashlib.sha256(f"{root.name}:{GPT_PARTLABEL}".encode()).hexdigest()[:16]
-    image = IMAGES / f"gpt-{digest}.img"
-    if image.exists():
-        return image
     sectors = -(-root.stat().st_size // 512)
-    with tempfile.TemporaryDirectory(prefix="ko-bt-gpt-", dir=IMAGES) as scratch:
-        partial = Path(scratch) / image.name
-        with partial.open("wb") as handle:
+
+    def make(scratch: Path) -> Path:
+        disk = scratch / "disk"
+        with disk.open("wb") as handle:
             handle.truncate((4096 + sectors + 2048) * 512)  # room for the backup GPT at the end
         table = f"label: gpt\nstart=2048, size=2048, name=esp\nstart=4096, size={sectors}, name={GPT_PARTLABEL}\n"
-        run(["sfdisk", "--quiet", partial], input=table, capture=True)
-        run(["dd", f"if={root}", f"of={partial}", "bs=512", "seek=4096", "conv=notrunc,sparse", "status=none"], capture=True)
-        partial.rename(image)
-    return image
+        run(["sfdisk", "--quiet", disk], input=table, capture=True)
+        run(["dd", f"if={root}", f"of={disk}", "bs=512", "seek=4096", "conv=notrunc,sparse", "status=none"], capture=True)
+        return disk
+
+    return cached(IMAGES / f"gpt-{digest}.img", make)
 
 
 def blank_disk(path: Path, *, size_mb: int) -> Path:
