@@ -2,9 +2,8 @@
 
 Every kiwi-overlay message carries CLOCK_BOOTTIME (`[  12.345678] kiwi-overlay: ...`, also when
 journald forwards it). Phases are the gaps between known messages, in the order of the boot:
-the command line hook (interpreter start, imports, plan), the network, the NBD supervisor's own
-interpreter start, the nbd module and its netlink family, the negotiation, the kernel attach,
-the mounts. Medians over the boots of each flavour.
+the command line hook (interpreter start, imports, plan), the network, the NBD supervisor's fork,
+the nbd module and its netlink family, the negotiation, the kernel attach, the mounts. Medians over the boots of each flavour.
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ PHASES = (
     Phase("… of which: bring-up start to its first message (pyroute2 imports)", _before_first_network_message),
     Phase("… of which: DHCP, carrier to lease", _dhcp),
     Phase("network up to starting the NBD supervisor", _gap("net-done", "supervisor-start")),
-    Phase("NBD supervisor process: interpreter start and imports", _gap("supervisor-start", "supervisor-up")),
+    Phase("NBD supervisor process: fork (an interpreter start and imports before)", _gap("supervisor-start", "supervisor-up")),
     Phase("nbd module load and kernel interface (netlink family)", _gap("supervisor-up", "kernel-interface")),
     Phase("negotiation", _gap("kernel-interface", "negotiated")),
     Phase("attach (kernel connect to /dev/nbdN)", _gap("negotiated", "connected")),

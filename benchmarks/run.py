@@ -158,7 +158,8 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
             "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
             "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
-            "the command line hook and the NBD supervisor show what an interpreter start with imports costs. With systemd, "
+            "the command line hook shows what an interpreter start with imports costs (the NBD supervisor is forked from the "
+            "mount step, with its imports). With systemd, "
             "kiwi-overlay's generator does the command line hook's work and leaves its answer, so the hook starts no interpreter; "
             "the generators' row (systemd's stamps around them) shows what that costs there.",
             lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),

@@ -144,12 +144,6 @@ def test_the_kernel_gets_the_read_only_flag_for_a_writable_export(tmp_path: Path
 # ---- issue 17 item 2: a reconnect checks the root hash (rd.root.overlay.verity) ---------------------------------
 
 
-def test_the_request_carries_the_root_hash_to_the_supervisor() -> None:
-    request = replace(request_for("nbd://10.0.0.1/rootfs,nbd://10.0.0.2/rootfs"), verity="ab" * 32)
-    assert Request.from_json(request.to_json()) == request
-    assert Request.from_json(replace(request, verity=None).to_json()).verity is None
-
-
 OTHER_SECTOR = b"another version".ljust(512, b".")
 
 

@@ -1,24 +1,22 @@
 """NBD: the client protocol, the kernel attach, and the supervisor that keeps the device connected.
 
-attach_root() starts the `@kiwi-overlay-nbd` supervisor, which negotiates (with retries), attaches
+attach_root() forks the `@kiwi-overlay-nbd` supervisor, which negotiates (with retries), attaches
 the kernel device and stays to reconnect; it returns once the device is up. Each attached device
 is recorded as STATE_DIR/nbdN.json so that detach_all() (the shutdown hook) finds them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from kiwi_overlay.config.plan import WAIT_FOREVER, LostPolicy, NbdRoot
 from kiwi_overlay.nbd.protocol import NbdError
-from kiwi_overlay.run import child_environment
 
 STATE_DIR = Path("/run/kiwi-overlay/nbd")
 # Where the shutdown hook finds it: dracut's /shutdown moves the old root's /run to /oldsys/run first.
@@ -71,50 +69,42 @@ def attach_root(
     VERITY: the root hash of the export's dm-verity layout; a reconnect takes only a server whose image has it.
     """
     from kiwi_overlay import log
-    from kiwi_overlay.nbd import kernel
-    from kiwi_overlay.nbd.supervisor import PROCESS_NAME, Request
+    from kiwi_overlay.nbd import kernel, supervisor
 
-    request = Request(
+    request = supervisor.Request(
         root=root,
         timeout=timeout,
         device=kernel.device_index(device) if device is not None else None,
         state_dir=state_dir or STATE_DIR,
         log_to_kmsg=kmsg,
-        debug=log.debugging(),
         ioctl=ioctl,
         verity=verity,
     )
     log.debug(f"starting the NBD supervisor for {root.uri}")
-    process = subprocess.Popen(
-        [PROCESS_NAME, "-m", "kiwi_overlay.nbd.supervisor"],
-        executable=sys.executable,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=child_environment(),
-        start_new_session=True,  # not in the boot step's process group, so not in its signals
-        text=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        process.stdin.write(request.to_json())
-        process.stdin.close()
-        ready, _, _ = select.select([process.stdout], [], [], timeout + ATTACH_MARGIN)
-        line = process.stdout.readline().strip() if ready else ""
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    process.stdout.close()
+    pid, report = supervisor.start(request)
+    with open(report, encoding="utf-8", errors="replace") as lines:
+        try:
+            ready, _, _ = select.select([lines], [], [], timeout + ATTACH_MARGIN)
+            line = lines.readline().strip() if ready else ""
+        except BaseException:
+            _end(pid)
+            raise
     status, _, detail = line.partition(" ")
     if status == "ok":
         return Path(detail)
-    process.kill()
-    process.wait()
+    exit_code = _end(pid)
     if status == "error":
         raise NbdError(detail)
     if ready:
-        raise NbdError(f"{root.uri}: the NBD supervisor exited without a result (status {process.returncode})")
+        raise NbdError(f"{root.uri}: the NBD supervisor exited without a result (status {exit_code})")
     raise NbdError(f"{root.uri}: the NBD supervisor did not report within {timeout + ATTACH_MARGIN:g} s")
+
+
+def _end(pid: int) -> int:
+    """Kill the supervisor PID that did not attach, and reap it; its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def _records(state_dir: Path) -> list[dict[str, object]]:

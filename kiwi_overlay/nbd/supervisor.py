@@ -1,7 +1,8 @@
 """The long-lived `@kiwi-overlay-nbd` process: negotiates, attaches, and keeps one device connected.
 
-It is started by `kiwi_overlay.nbd.attach` with argv[0] beginning with '@' (systemd's root storage
-daemon convention), so it survives the switch to the real root and the shutdown killing spree.
+`kiwi_overlay.nbd.attach_root` forks it (start), and it takes an argv[0] beginning with '@' (systemd's
+root storage daemon convention), so it survives the switch to the real root and the shutdown killing
+spree.
 After switch_root the initrd's files are gone: everything it will ever need (modules, TLS files,
 the server's numeric address, the netlink sockets, /dev/kmsg) is loaded or opened before it says
 it is ready. It then waits for NBD_CMD_LINK_DEAD notifications for its device, negotiates a new
@@ -9,8 +10,7 @@ connection with backoff, and hands it to the kernel (NBD_CMD_RECONFIGURE); with 
 interface it re-runs SET_SOCK .. DO_IT instead. It ends on SIGTERM (`kiwi-overlay nbd detach`).
 The connections themselves, first and after a loss, come from failover.Servers.
 
-Protocol with the starting process: a JSON request on stdin; one line on stdout, `ok /dev/nbdN`
-or `error MESSAGE`.
+It reports to the starting process in one line on a pipe: `ok /dev/nbdN` or `error MESSAGE`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kiwi_overlay import log
-from kiwi_overlay.config.plan import LostPolicy, NbdRoot, NbdServer
+from kiwi_overlay.config.plan import NbdRoot
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.nbd import kernel
 from kiwi_overlay.nbd.failover import Servers
@@ -50,45 +50,8 @@ class Request:
     device: int | None
     state_dir: Path
     log_to_kmsg: bool
-    debug: bool = False
     ioctl: bool = False  # the old interface even where netlink exists (like nbd-client -nonetlink)
     verity: str | None = None  # rd.root.overlay.verity: a reconnect checks the server's image has this root hash
-
-    def to_json(self) -> str:
-        from dataclasses import asdict
-
-        root = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(self.root).items() if name != "transport"}
-        return json.dumps(
-            {
-                "root": root,
-                "timeout": self.timeout,
-                "device": self.device,
-                "state_dir": str(self.state_dir),
-                "kmsg": self.log_to_kmsg,
-                "debug": self.debug,
-                "ioctl": self.ioctl,
-                "verity": self.verity,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Request:
-        data = json.loads(text)
-        root = dict(data["root"])
-        for name in ("tls_ca", "tls_cert", "tls_key"):
-            root[name] = Path(root[name]) if root[name] else None
-        root["servers"] = tuple(NbdServer(**server) for server in root["servers"])
-        root["lost"] = LostPolicy(**root["lost"])
-        return cls(
-            root=NbdRoot(**root),
-            timeout=float(data["timeout"]),
-            device=data["device"],
-            state_dir=Path(data["state_dir"]),
-            log_to_kmsg=bool(data["kmsg"]),
-            debug=bool(data["debug"]),
-            ioctl=bool(data["ioctl"]),
-            verity=data["verity"],
-        )
 
 
 def kernel_block_size(info: ExportInfo, *, peer: str) -> int:
@@ -348,30 +311,83 @@ def _harden() -> None:
         Path("/proc/self/oom_score_adj").write_text("-1000\n")
 
 
-def main() -> int:
-    request = Request.from_json(sys.stdin.read())
-    log.configure(debug=request.debug)
-    _harden()
-    out = sys.stdout
+def _release_inherited(keep: tuple[int, ...]) -> None:
+    """Point every descriptor but KEEP at /dev/null: what they held is let go (a pipe kept open would
+    never report its end to the process at its other end), while their numbers stay taken, so an
+    object of the starting process that closes its descriptor one day cannot close one of ours."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in keep or fd == null:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _take_name(name: str) -> None:
+    """NAME as this process's argv[0] where systemd reads it (/proc/PID/cmdline): over the original arguments.
+
+    The kernel shows the memory between arg_start and arg_end (/proc/PID/stat fields 48 and 49);
+    Python keeps copies of the arguments, so nothing else reads that memory.
+    """
+    import ctypes
+
+    fields = Path("/proc/self/stat").read_bytes().rpartition(b")")[2].split()  # field 3 onwards
+    start, end = int(fields[48 - 3]), int(fields[49 - 3])
+    title = name.encode() + b"\0"
+    if end - start < len(title):
+        raise KiwiOverlayError(f"cannot name the NBD supervisor {name}: the command line it was started with has {end - start} bytes")
+    ctypes.memmove(start, title.ljust(end - start, b"\0"), end - start)
+
+
+def start(request: Request) -> tuple[int, int]:
+    """Fork the supervisor for REQUEST; returns its pid and the pipe it reports on (read end).
+
+    A fork, not a new interpreter: the caller has imported everything the supervisor runs, and
+    a new interpreter with the same imports costs half a second of an emulated (TCG) boot. The
+    child leaves the caller's session and its signals, and keeps only the standard descriptors.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        return pid, read_end
+    status = 1
+    try:
+        os.close(read_end)
+        os.setsid()
+        _release_inherited(keep=(0, 1, 2, write_end))
+        status = _serve(request, write_end)
+    finally:
+        os._exit(status)
+
+
+def _serve(request: Request, report: int) -> int:
+    """The supervisor's life in the forked child: one report line on REPORT, then the device's."""
+    out = os.fdopen(report, "w")
 
     def ready(line: str) -> None:
         out.write(line + "\n")
         out.flush()
         # Nothing after this may depend on the starting process or the initrd's files.
         null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, report):
             os.dup2(null, fd)
         os.close(null)
 
     try:
+        _take_name(PROCESS_NAME)
+        _harden()
         Supervisor(request).run(ready)
+    except SystemExit as exit:  # detached (ioctl interface)
+        return exit.code if isinstance(exit.code, int) else 1
     except KiwiOverlayError as error:
         out.write(f"error {error}\n")
     except Exception as error:  # reported as one line by the starting process, not as a traceback
         out.write(f"error unexpected {type(error).__name__}: {error}\n")
     out.flush()
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
