@@ -12,7 +12,6 @@ from kiwi_overlay import log
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.config.plan import DhcpRoot, NbdRoot, Plan
 from kiwi_overlay.errors import KiwiOverlayError
-from kiwi_overlay.files import write_whole
 
 # dracut reads /etc/cmdline.d/*.conf before the kernel's own command line, which thus wins.
 NET_CONF = Path("etc/cmdline.d/kiwi-overlay-net.conf")
@@ -69,6 +68,7 @@ def answer_ahead(cmdline: KernelCmdline, *, root: Path = Path("/")) -> None:
     Writing outside its unit directories is what dracut's own root generator does too.
     """
     from kiwi_overlay.config.parse import parse_plan
+    from kiwi_overlay.files import write_whole
 
     answer = root / ANSWER
     if answer.exists():

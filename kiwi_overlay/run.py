@@ -44,7 +44,7 @@ def start(argv: Sequence[str | Path]) -> None:
 
 
 def child_environment() -> dict[str, str]:
-    """The environment for a kiwi-overlay interpreter started under another argv[0] (the supervisor, the watch)."""
+    """The environment for a kiwi-overlay interpreter started under another argv[0] (the watch)."""
     import os
     import sys
 
