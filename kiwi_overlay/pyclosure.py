@@ -12,7 +12,7 @@ its sources name (no Windows or test modules), and lazy imports inside the stand
 (argparse's shutil, ctypes.util's subprocess) only show when the code runs. The result is a list of
 module NAMES: those with a file of their own (builtins, frozen-only modules and aliases such as
 os.path or, on 3.13, collections.abc need nothing installed). pyroute2 is traced through
-kiwi_overlay.pyroute, without its package initializer: no NDB, no sqlite3.
+kiwi_overlay.netlink.pyroute, without its package initializer: no NDB, no sqlite3, no asyncio.
 
 The packages go in by directory: every directory of a package that the trace entered, whole, so
 that the modules a package loads by listing its own directory (pyroute2's link kinds) or imports
@@ -71,7 +71,8 @@ for name in args[split + 1:]:
     except ImportError:
         pass
 import argparse, runpy
-from kiwi_overlay import cli, pyroute
+from kiwi_overlay import cli
+from kiwi_overlay.netlink import pyroute
 for name in pyroute.EXPORTS:
     getattr(pyroute, name)
 parser = cli.build_parser()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.distro
 DEBIAN_VERSIONS = {"bookworm": ("3.11", "5.9.4"), "trixie": ("3.13", "7.0.0")}
 FORM_CASES = [(suite, form) for suite in SUITES for form in FORMS if form != "venv" or suite == "trixie"]
 CHECK = (
-    "import sys, psutil; from kiwi_overlay.pyroute import IPRoute; IPRoute().close(); "
+    "import sys, psutil; from kiwi_overlay.netlink.route import Route; Route().close(); "
     "print('%d.%d' % sys.version_info[:2], psutil.__version__)"
 )
 

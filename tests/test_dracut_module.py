@@ -90,10 +90,10 @@ def test_closure_is_traced_for_this_interpreter_with_names_only_and_no_aliases()
 
     closure = trace(python=Path(sys.executable))
     assert list(closure.stdlib) == sorted(closure.stdlib)
-    assert {"ssl", "socket", "json", "argparse", "ctypes.util", "asyncio", "encodings.utf_8", "collections"} <= set(closure.stdlib)
-    assert not {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test", "os.path", "sys", "_frozen_importlib"} & set(
-        closure.stdlib
-    )
+    assert {"ssl", "socket", "json", "argparse", "ctypes", "encodings.utf_8", "collections"} <= set(closure.stdlib)
+    unwanted = {"site", "sitecustomize", "tkinter", "pydoc", "__main__", "test", "os.path", "sys", "_frozen_importlib"}
+    assert not unwanted & set(closure.stdlib)
+    assert not {"asyncio", "unittest", "sqlite3"} & set(closure.stdlib), "pyroute2's sockets, test helpers and NDB stay out"
     assert closure.packages == ("kiwi_overlay", "psutil", "pyroute2")
 
 
@@ -124,9 +124,10 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     assert (stdlib / "kiwi_overlay/cli.pyc").is_file()
     assert [path.name.split("-")[0] for path in sorted(stdlib.glob("*.dist-info"))] == ["kiwi_overlay", "psutil", "pyroute2"]
     assert not list(stdlib.rglob("*.py"))
-    # pyroute2 by the directories the trace entered: its link kinds (loaded by listing their directory), not NDB.
+    # pyroute2 by the directories the trace entered: its link kinds (loaded by listing their directory), not
+    # NDB, nor its sockets and asyncio (kiwi_overlay.netlink sends its messages over sockets of its own).
     assert (stdlib / "pyroute2/netlink/rtnl/ifinfmsg/plugins/bond.pyc").is_file()
-    assert (stdlib / "pyroute2/iproute/linux.pyc").is_file()
+    assert not (stdlib / "pyroute2/iproute").exists() and not (stdlib / "asyncio").exists()
     assert not (stdlib / "pyroute2/ndb").exists() and not (stdlib / "sqlite3").exists()
     # Without docstrings, with each function on its source line (tracebacks under rd.kiwi.debug).
     from kiwi_overlay import cli
@@ -378,8 +379,9 @@ def test_kiwi_overlay_in_the_initrd_ignores_the_callers_environment(chroot_dir: 
 @pytest.mark.root
 def test_dependencies_import_and_work_inside_the_initrd(chroot_dir: Path) -> None:
     code = (
-        "import psutil, ssl, asyncio, json; "
-        "from kiwi_overlay.pyroute import IPRoute, GenericNetlinkSocket; IPRoute().close(); GenericNetlinkSocket().close(); "
+        "import psutil, ssl, json; "
+        "from kiwi_overlay.netlink.route import Route; from kiwi_overlay.netlink.generic import GenericSocket; "
+        "from kiwi_overlay.netlink.pyroute import ctrlmsg; Route().links(); GenericSocket().bind('nlctrl', ctrlmsg); "
         "from kiwi_overlay.uevents import KernelUevents; KernelUevents().__exit__(); "
         "print(ssl.OPENSSL_VERSION.split()[0], psutil.__version__)"
     )

@@ -168,13 +168,13 @@ def test_dhcp_on_a_named_interface(lab: Lab) -> None:
 
 
 def test_the_lease_carries_the_root_path_and_what_was_asked_for(lab: Lab) -> None:
-    """dhcp.lease() as root=dhcp uses it: option 17 is requested and returned; without it, None."""
+    """dhcp.first_leases() as root=dhcp uses it: option 17 is requested and returned; without it, None."""
     lab.link("ko-a", 92, options=("option:root-path,nbd:10.92.0.1:root",))
     lab.link("ko-b", 93)
     code = (
-        "import asyncio, json, sys; from kiwi_overlay.net.dhcp import lease\n"
+        "import json, sys, time; from kiwi_overlay.net.dhcp import first_leases\n"
         "for name in sys.argv[1:]:\n"
-        "    got = asyncio.run(asyncio.wait_for(lease(name, 'client-7'), 30))\n"
+        "    (got,) = first_leases([((name,), 'client-7')], deadline=time.monotonic() + 30)\n"
         "    print(json.dumps([got.address, got.prefix, got.root_path, got.routers, got.server]))"
     )
     ip("-n", lab.ns, "link", "set", "ko-a", "up")

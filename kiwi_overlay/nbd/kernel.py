@@ -1,7 +1,7 @@
-"""The kernel side of NBD: the generic netlink family "nbd" (pyroute2), and the old ioctls.
+"""The kernel side of NBD: the generic netlink family "nbd" (pyroute2's messages), and the old ioctls.
 
-pyroute2 costs ~140 ms to import (seconds in a TCG guest): it is imported only inside the
-functions that talk to the kernel, never at module level.
+The netlink messages are imported only inside the functions that talk to the kernel, never at
+module level.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def kernel_seconds(seconds: float) -> int:
 
 def message_class() -> type[Any]:
     """The pyroute2 genlmsg class for the nbd family (imports pyroute2's netlink modules, not the whole package)."""
-    from kiwi_overlay.pyroute import genlmsg, nla
+    from kiwi_overlay.netlink.pyroute import genlmsg, nla
 
     class nbd_msg(genlmsg):  # type: ignore[misc]
         prefix = "NBD_ATTR_"
@@ -137,12 +137,11 @@ class Netlink:
     """A socket bound to the nbd family; loads the nbd module when the family is missing."""
 
     def __init__(self, *, load_module: bool = True) -> None:
-        self.msg_class = message_class()
-        from kiwi_overlay.pyroute import GenericNetlinkSocket, NetlinkError
+        from kiwi_overlay.netlink.generic import GenericSocket
+        from kiwi_overlay.netlink.pyroute import NetlinkError
 
-        self.socket = GenericNetlinkSocket()
-        # Our own error says it in one line; pyroute2 0.9 keeps the level on the socket's core, 0.7 on the socket.
-        getattr(self.socket, "asyncore", self.socket).module_err_level = "debug"
+        self.msg_class = message_class()
+        self.socket = GenericSocket()
         try:
             try:
                 self.socket.bind(FAMILY, self.msg_class)
@@ -161,19 +160,19 @@ class Netlink:
             raise
 
     def request(self, msg: Any, *, what: str) -> list[Any]:
-        from kiwi_overlay.pyroute import NLM_F_ACK, NLM_F_REQUEST, NetlinkError
+        from kiwi_overlay.netlink.pyroute import NetlinkError
 
         try:
-            return list(self.socket.nlm_request(msg, msg_type=self.socket.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
+            return self.socket.send(msg)
         except NetlinkError as error:
             raise NbdError(f"{what}: {os.strerror(error.code)}", reply=error.code) from None
 
     def subscribe(self) -> None:
-        self.socket.add_membership(MULTICAST_GROUP)
+        self.socket.subscribe(MULTICAST_GROUP)
 
     def events(self) -> list[Any]:
         """The next batch of multicast messages (blocks)."""
-        return list(self.socket.get())
+        return self.socket.notifications()
 
     def close(self) -> None:
         self.socket.close()

@@ -1,11 +1,11 @@
-"""IP configuration for the root: use the network when it is up, configure it with pyroute2 when not.
+"""IP configuration for the root: use the network when it is up, configure it over netlink when not.
 
 Whatever network stack dracut put into the initrd (network-legacy, systemd-networkd,
 NetworkManager, none) may or may not have configured the interface by the time the root is
 attached. kiwi-overlay checks for a route to the root server first and changes nothing when
 there is one; otherwise it does what ip= asks itself: interface names, links up, carrier,
-static addresses and routes, DHCPv4 (net/dhcp.py), IPv6 autoconfiguration. pyroute2 and
-asyncio are imported only in that second case.
+static addresses and routes, DHCPv4 (net/dhcp.py), IPv6 autoconfiguration. The netlink
+messages (pyroute2's) are imported only in that second case.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiwi_overlay import log
 from kiwi_overlay.config.plan import DhcpRoot, NbdRoot, Network, Plan
@@ -29,6 +29,9 @@ from kiwi_overlay.files import write_whole
 from kiwi_overlay.net import dhcp
 from kiwi_overlay.net.dhcp import DhcpLease
 from kiwi_overlay.net.grammar import IpConfig
+
+if TYPE_CHECKING:
+    from kiwi_overlay.netlink.route import Route
 
 LEASE_DIR = Path("/run/kiwi-overlay")
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -39,7 +42,6 @@ IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 RT_SCOPE_LINK = 253  # link-local and host addresses are no use for a root server; global and site-local (QEMU's fec0::/64) are
-RTMGRP_IPV6_IFADDR = 0x100
 
 
 def _addresses(host: str, *, timeout: float) -> list[tuple[int, str]]:
@@ -178,46 +180,45 @@ class _Bringup:
         return f"{time.monotonic() - self.started:.3f} s"
 
     def run(self, configs: Sequence[IpConfig]) -> tuple[DhcpLease, ...]:
-        from kiwi_overlay.pyroute import IPRoute
+        from kiwi_overlay.netlink.route import Route
 
-        with _netlink("preparing the links"), IPRoute() as ipr:
-            _rename_links(ipr, self.network)
+        with _netlink("preparing the links"), Route() as rtnl:
+            _rename_links(rtnl, self.network)
             used: tuple[str, ...] = ()
             if self.network.bonds or self.network.bridges or self.network.vlans:
                 from kiwi_overlay.net.virtual import create_links
 
-                used = create_links(ipr, self.network)
+                used = create_links(rtnl, self.network)
             jobs = [(config, (config.interface,) if config.interface else self._candidates(used)) for config in configs]
             for config, names in jobs:
                 for name in names:
-                    _prepare_link(ipr, name, config)
+                    _prepare_link(rtnl, name, config)
         nameservers = list(self.network.nameservers)
         leases = self._carrier_and_leases(jobs)
         # Addresses and routes only once every lease is in: a failure before leaves none behind,
         # a failure while applying removes what was applied.
         try:
-            with _netlink("applying addresses and routes"), IPRoute() as ipr:
+            with _netlink("applying addresses and routes"), Route() as rtnl:
                 for config, _ in jobs:
                     if config.method == "static":
                         assert config.interface and config.address and config.prefix
                         gateways = (config.gateway,) if config.gateway else ()
-                        self._apply_address(ipr, config.interface, config.address, config.prefix, gateways)
+                        self._apply_address(rtnl, config.interface, config.address, config.prefix, gateways)
                         nameservers += config.dns
                 for lease in leases:
-                    self._apply_address(ipr, lease.interface, lease.address, lease.prefix, lease.routers)
+                    self._apply_address(rtnl, lease.interface, lease.address, lease.prefix, lease.routers)
                     if lease.mtu:
-                        ipr.link("set", index=_index(ipr, lease.interface), mtu=lease.mtu)
+                        rtnl.set_link(_index(rtnl, lease.interface), mtu=lease.mtu)
                     if self.network.peerdns:
                         nameservers += lease.nameservers
                 for route in self.network.routes:
-                    spec = {
+                    spec: dict[str, Any] = {
                         "dst": route.destination,
                         "gateway": route.gateway,
-                        "oif": _index(ipr, route.interface) if route.interface else None,
+                        "oif": _index(rtnl, route.interface) if route.interface else None,
                     }
-                    spec = {key: value for key, value in spec.items() if value is not None}
                     with _netlink(f"route {route.destination} via {route.gateway or route.interface}"):
-                        ipr.route("replace", **spec)
+                        rtnl.route("replace", **spec)
                     self.applied.append(("route", spec))
                     log.info(f"route {route.destination} via {route.gateway or 'link'} ({self.elapsed()})")
         except KiwiOverlayError:
@@ -255,7 +256,7 @@ class _Bringup:
 
     def _carrier_and_leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
         """Links up and carrier (named interfaces: all; candidates: one), then DHCP and IPv6 autoconfiguration."""
-        from kiwi_overlay.net.links import forward_pyroute2_logging, links_up
+        from kiwi_overlay.net.links import links_up
 
         for config, names in jobs:
             log.info(f"{', '.join(names)}: link up, waiting for carrier")
@@ -267,12 +268,7 @@ class _Bringup:
                 )
             log.info(f"carrier on {', '.join(ready)} ({self.elapsed()})")
         dhcp_jobs = [(config, names) for config, names in jobs if config.method == "dhcp"]
-        leases: list[DhcpLease] = []
-        if dhcp_jobs:
-            import asyncio
-
-            forward_pyroute2_logging()
-            leases = asyncio.run(self._leases(dhcp_jobs))
+        leases = self._leases(dhcp_jobs) if dhcp_jobs else []
         for config, names in jobs:
             if config.method == "auto6":
                 self._wait_for_autoconf(config, names)
@@ -280,15 +276,14 @@ class _Bringup:
 
     def _wait_for_autoconf(self, config: IpConfig, names: tuple[str, ...]) -> None:
         """ip=auto6: the kernel configures addresses and routes from router advertisements; wait for a usable one."""
-        from kiwi_overlay.pyroute import IPRoute
+        from kiwi_overlay.netlink.route import RTMGRP_IPV6_IFADDR, Route
 
         log.info(f"{', '.join(names)}: waiting for an IPv6 address from router advertisements")
-        with IPRoute() as events, IPRoute() as ipr:
-            # Subscribe before looking, so no address event can slip between.
-            events.bind(groups=RTMGRP_IPV6_IFADDR)
-            indexes = {_index(ipr, name): name for name in names}
+        # Subscribed before looking, so no address event can slip between.
+        with Route(groups=RTMGRP_IPV6_IFADDR) as events, Route() as rtnl:
+            indexes = {_index(rtnl, name): name for name in names}
             while True:
-                for message in ipr.get_addr(family=socket.AF_INET6):
+                for message in rtnl.addresses(socket.AF_INET6):
                     flags = message.get_attr("IFA_FLAGS") or message["flags"]
                     if message["index"] in indexes and message["scope"] < RT_SCOPE_LINK and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
                         address = f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
@@ -301,50 +296,32 @@ class _Bringup:
                     )
                 readable, _, _ = select.select([events.fileno()], [], [], min(remaining, 0.5))
                 if readable:
-                    events.get()
+                    events.discard()
 
-    async def _leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
-        import asyncio
+    def _leases(self, jobs: Sequence[tuple[IpConfig, tuple[str, ...]]]) -> list[DhcpLease]:
+        """Every candidate of every job at once; late carrier is caught by the retransmissions."""
+        for _, names in jobs:
+            log.info(f"DHCP on {', '.join(names)}")
+        results = dhcp.first_leases([(names, config.hostname) for config, names in jobs], deadline=self.deadline)
+        leases = []
+        for (config, names), result in zip(jobs, results, strict=True):
+            if not isinstance(result, DhcpLease):
+                detail = f" ({'; '.join(result)})" if result else ""
+                raise KiwiOverlayError(f"ip={config.text}: no DHCP answer on {', '.join(names)} within {self.timeout:g} s{detail}")
+            log.info(
+                f"{result.interface}: DHCP lease {result.address}/{result.prefix} from {result.server or 'unknown server'}"
+                + (f", router {result.routers[0]}" if result.routers else "")
+                + f" ({self.elapsed()})"
+            )
+            leases.append(result)
+        return leases
 
-        # Every candidate of every job at once; late carrier is caught by the retransmissions.
-        return list(await asyncio.gather(*(self._first_lease(config, names) for config, names in jobs)))
-
-    async def _first_lease(self, config: IpConfig, names: tuple[str, ...]) -> DhcpLease:
-        import asyncio
-
-        log.info(f"DHCP on {', '.join(names)}")
-        tasks = {asyncio.create_task(dhcp.lease(name, config.hostname)): name for name in names}
-        pending: set[asyncio.Task[DhcpLease]] = set(tasks)
-        problems = []
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break
-                for task in done:
-                    error = task.exception()
-                    if error is None:
-                        lease = task.result()
-                        log.info(
-                            f"{lease.interface}: DHCP lease {lease.address}/{lease.prefix} from {lease.server or 'unknown server'}"
-                            + (f", router {lease.routers[0]}" if lease.routers else "")
-                            + f" ({self.elapsed()})"
-                        )
-                        return lease
-                    problems.append(f"{tasks[task]}: {error}")
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        detail = f" ({'; '.join(problems)})" if problems else ""
-        raise KiwiOverlayError(f"ip={config.text}: no DHCP answer on {', '.join(names)} within {self.timeout:g} s{detail}")
-
-    def _apply_address(self, ipr: Any, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
+    def _apply_address(self, rtnl: Route, name: str, address: str, prefix: int, routers: Sequence[str]) -> None:
         import ipaddress
 
-        from kiwi_overlay.pyroute import NetlinkError
+        from kiwi_overlay.netlink.pyroute import NetlinkError
 
-        index = _index(ipr, name)
+        index = _index(rtnl, name)
         interface = ipaddress.ip_interface(f"{address}/{prefix}")
         extra: dict[str, Any] = {}
         if interface.version == 4 and prefix < 31:
@@ -353,14 +330,14 @@ class _Bringup:
             # A tentative address cannot be a source: the root would wait for duplicate detection.
             extra["flags"] = IFA_F_NODAD
         with _netlink(f"{name}: address {address}/{prefix}"):
-            ipr.addr("replace", index=index, address=address, prefixlen=prefix, **extra)
-        self.applied.append(("addr", {"index": index, "address": address, "prefixlen": prefix}))
+            rtnl.address("replace", index=index, address=address, prefixlen=prefix, **extra)
+        self.applied.append(("address", {"index": index, "address": address, "prefixlen": prefix}))
         log.info(f"{name}: address {address}/{prefix} ({self.elapsed()})")
         if routers:
             default = "0.0.0.0/0" if interface.version == 4 else "::/0"
             with _netlink(f"{name}: default route via {routers[0]}"):
                 try:
-                    ipr.route("add", dst=default, gateway=routers[0], oif=index)
+                    rtnl.route("add", dst=default, gateway=routers[0], oif=index)
                     self.applied.append(("route", {"dst": default, "gateway": routers[0], "oif": index}))
                     log.info(f"{name}: default route via {routers[0]}")
                 except NetlinkError as error:
@@ -369,12 +346,13 @@ class _Bringup:
                     log.info(f"{name}: a default route exists already, {routers[0]} is not added")
 
     def _undo(self) -> None:
-        from kiwi_overlay.pyroute import IPRoute, NetlinkError
+        from kiwi_overlay.netlink.pyroute import NetlinkError
+        from kiwi_overlay.netlink.route import Route
 
-        with IPRoute() as ipr:
+        with Route() as rtnl:
             for kind, spec in reversed(self.applied):
                 with suppress(NetlinkError):  # gone already (an address's routes go with it)
-                    getattr(ipr, kind)("del", **spec)
+                    getattr(rtnl, kind)("delete", **spec)
         if self.applied:
             log.info("the addresses and routes added so far are removed again")
 
@@ -387,7 +365,7 @@ class _Bringup:
 @contextmanager
 def _netlink(step: str) -> Iterator[None]:
     """A netlink failure as one line that names the step."""
-    from kiwi_overlay.pyroute import NetlinkError
+    from kiwi_overlay.netlink.pyroute import NetlinkError
 
     try:
         yield
@@ -397,14 +375,14 @@ def _netlink(step: str) -> Iterator[None]:
         raise KiwiOverlayError(f"network bring-up, {step}: {error.strerror or error}") from None
 
 
-def _index(ipr: Any, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
+def _index(rtnl: Route, name: str) -> int:
+    found = rtnl.link_index(name)
+    if found is None:
         raise KiwiOverlayError(f"network interface {name} not found")
-    return int(found[0])
+    return found
 
 
-def _rename_links(ipr: Any, network: Network) -> None:
+def _rename_links(rtnl: Route, network: Network) -> None:
     """ifname=NAME:MAC: give the interface with MAC its name (when udev has not already)."""
     from kiwi_overlay.net.links import ethernet_links
 
@@ -419,20 +397,20 @@ def _rename_links(ipr: Any, network: Network) -> None:
             continue
         if any(other.name == rule.name for other in links):
             raise KiwiOverlayError(f"ifname={rule.name}:{rule.mac}: the name {rule.name} belongs to another interface")
-        ipr.link("set", index=link.index, state="down")
-        ipr.link("set", index=link.index, ifname=rule.name)
+        rtnl.set_link(link.index, up=False)
+        rtnl.set_link(link.index, name=rule.name)
         log.info(f"{link.name} renamed to {rule.name} (ifname=)")
 
 
-def _prepare_link(ipr: Any, name: str, config: IpConfig) -> None:
+def _prepare_link(rtnl: Route, name: str, config: IpConfig) -> None:
     """MAC address (of a named interface) and MTU from ip=, set while the link is still down where needed."""
-    index = _index(ipr, name)
+    index = _index(rtnl, name)
     if config.mac and config.interface:
-        ipr.link("set", index=index, state="down")
-        ipr.link("set", index=index, address=config.mac)
+        rtnl.set_link(index, up=False)
+        rtnl.set_link(index, address=config.mac)
         log.info(f"{name}: MAC address {config.mac}")
     if config.mtu:
-        ipr.link("set", index=index, mtu=config.mtu)
+        rtnl.set_link(index, mtu=config.mtu)
         log.info(f"{name}: MTU {config.mtu}")
 
 

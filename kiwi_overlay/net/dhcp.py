@@ -4,17 +4,20 @@ pyroute2's own DHCP layers differ between the releases kiwi-overlay supports: 0.
 and 13) has a blocking socket and a message codec without the host name, domain name, root path
 and MTU options; 0.9 has an asyncio client, socket and codec of another shape. The few hundred
 bytes of RFC 2131 are simpler to write than to bridge, and one code path serves every release
-(and imports no pyroute2). A boot needs no renewal and no release: the booted system's DHCP
-client takes the lease over (the lease file, see bringup).
+(and imports no pyroute2). Every candidate interface is asked at once from one select() loop,
+without asyncio (its import alone costs about half a second in a TCG guest). A boot needs no
+renewal and no release: the booted system's DHCP client takes the lease over (the lease file,
+see bringup).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,58 +177,112 @@ def _retransmission() -> Iterator[float]:
 
 
 class _Exchange:
-    """One interface's packet socket (IPv4, link layer handled by the kernel) and transaction."""
+    """One interface's transaction on a packet socket of its own (IPv4; the kernel handles the link layer):
+    DISCOVER until an OFFER, REQUEST until an ACK (a NAK starts over), each retransmitted on its own clock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hostname: str | None) -> None:
         self.name = name
+        self.hostname = hostname
         self.mac = bytes.fromhex(Path(f"/sys/class/net/{name}/address").read_text().strip().replace(":", ""))
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, socket.htons(ETH_P_IP))
+        try:
+            self.sock.bind((name, ETH_P_IP))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.discover()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def discover(self) -> None:
         self.xid = new_xid()
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        self.sock.setblocking(False)
-        self.sock.bind((name, ETH_P_IP))
+        self._ask(encode(kind=DISCOVER, xid=self.xid, mac=self.mac, hostname=self.hostname), (OFFER,))
 
-    async def ask(self, request: bytes, wanted: tuple[int, ...]) -> tuple[Reply, bytes]:
-        """Send REQUEST until a reply of a WANTED type comes back (retransmitting); the reply and the server's MAC."""
-        import asyncio
+    def _ask(self, request: bytes, wanted: tuple[int, ...]) -> None:
+        self.packet = udp_packet(request)
+        self.wanted = wanted
+        self.waits = _retransmission()
+        self.send()
 
-        loop = asyncio.get_running_loop()
-        packet = udp_packet(request)
-        waits = _retransmission()
-        while True:
-            wait = next(waits)
-            await loop.sock_sendto(self.sock, packet, (self.name, ETH_P_IP, 0, 0, BROADCAST_MAC))
-            deadline = loop.time() + wait
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    data, address = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 4096), remaining)
-                except TimeoutError:
-                    break
-                payload = udp_payload(data)
-                reply = decode(payload) if payload else None
-                if reply and reply.xid == self.xid and reply.chaddr == self.mac and reply.options.get("message_type") in wanted:
-                    return reply, address[4]
+    def send(self) -> None:
+        """(Re)transmit the current request; the next retransmission is due at self.due."""
+        self.sock.sendto(self.packet, (self.name, ETH_P_IP, 0, 0, BROADCAST_MAC))
+        self.due = time.monotonic() + next(self.waits)
+
+    def receive(self) -> DhcpLease | None:
+        """Take the packet that arrived: the lease once the server acknowledged, else None."""
+        try:
+            data, address = self.sock.recvfrom(4096)
+        except BlockingIOError:
+            return None
+        payload = udp_payload(data)
+        reply = decode(payload) if payload else None
+        if not (reply and reply.xid == self.xid and reply.chaddr == self.mac and reply.options.get("message_type") in self.wanted):
+            return None
+        server = reply.options.get("server_id")
+        if reply.options["message_type"] == OFFER:
+            log.debug(f"{self.name}: DHCP offer of {reply.yiaddr} from {server}")
+            request = encode(kind=REQUEST, xid=self.xid, mac=self.mac, hostname=self.hostname, requested=reply.yiaddr, server=server)
+            self._ask(request, (ACK, NAK))
+            return None
+        if reply.options["message_type"] == NAK:
+            log.debug(f"{self.name}: DHCP NAK from {server}, starting over")
+            self.discover()
+            return None
+        return _lease(self.name, reply, address[4])
 
     def close(self) -> None:
         self.sock.close()
 
 
-async def lease(name: str, hostname: str | None) -> DhcpLease:
-    """A DHCPv4 lease on NAME: retries until the caller gives up (it cancels); a NAK starts over."""
-    exchange = _Exchange(name)
-    try:
-        while True:
-            discover = encode(kind=DISCOVER, xid=exchange.xid, mac=exchange.mac, hostname=hostname)
-            offer, _ = await exchange.ask(discover, (OFFER,))
-            server = offer.options.get("server_id")
-            log.debug(f"{name}: DHCP offer of {offer.yiaddr} from {server}")
-            request = encode(kind=REQUEST, xid=exchange.xid, mac=exchange.mac, hostname=hostname, requested=offer.yiaddr, server=server)
-            ack, server_mac = await exchange.ask(request, (ACK, NAK))
-            if ack.options["message_type"] == ACK:
-                return _lease(name, ack, server_mac)
-            log.debug(f"{name}: DHCP NAK from {server}, starting over")
-            exchange.xid = new_xid()
-    finally:
+def first_leases(jobs: Sequence[tuple[Sequence[str], str | None]], *, deadline: float) -> list[DhcpLease | list[str]]:
+    """For each job (interfaces, host name to send): the first DHCPv4 lease on one of its interfaces,
+    all asked at once until the time.monotonic() DEADLINE; a job without one gets the problems seen."""
+    results: list[DhcpLease | list[str]] = [[] for _ in jobs]
+    exchanges: dict[_Exchange, int] = {}
+
+    def drop(exchange: _Exchange, problem: str | None = None) -> None:
+        number = exchanges.pop(exchange)
         exchange.close()
+        if problem:
+            problems = results[number]
+            assert isinstance(problems, list)
+            problems.append(f"{exchange.name}: {problem}")
+
+    try:
+        for number, (names, hostname) in enumerate(jobs):
+            for name in names:
+                try:
+                    exchanges[_Exchange(name, hostname)] = number
+                except OSError as error:
+                    results[number].append(f"{name}: {error.strerror or error}")  # type: ignore[union-attr]
+        while exchanges and (now := time.monotonic()) < deadline:
+            wake = min(min(exchange.due for exchange in exchanges), deadline)
+            readable, _, _ = select.select(list(exchanges), [], [], max(0.0, wake - now))
+            for exchange in readable:
+                if exchange not in exchanges:  # its job got a lease from another interface just now
+                    continue
+                try:
+                    lease = exchange.receive()
+                except OSError as error:
+                    drop(exchange, error.strerror or str(error))
+                    continue
+                if lease:
+                    number = exchanges[exchange]
+                    results[number] = lease
+                    for other in [other for other, job in exchanges.items() if job == number]:
+                        drop(other)
+            now = time.monotonic()
+            for exchange in [exchange for exchange in exchanges if exchange.due <= now]:
+                try:
+                    exchange.send()
+                except OSError as error:
+                    drop(exchange, error.strerror or str(error))
+    finally:
+        for exchange in list(exchanges):
+            drop(exchange)
+    return results
 
 
 def _lease(name: str, ack: Reply, server_mac: bytes) -> DhcpLease:

@@ -1,7 +1,7 @@
 """Network links up, and a bounded wait for carrier driven by netlink link events.
 
 Shared by the IP bring-up (bringup.py) and AoE, which needs links but no addresses.
-pyroute2 is imported inside the functions: it loads asyncio, which the boot path pays for
+The netlink messages (pyroute2's) are imported inside the functions: the boot path pays for them
 only when a link really has to be touched.
 """
 
@@ -18,7 +18,6 @@ from kiwi_overlay.errors import KiwiOverlayError
 
 ARPHRD_ETHER = 1
 IFF_UP = 0x1
-RTMGRP_LINK = 0x1
 
 
 @dataclass(frozen=True)
@@ -42,26 +41,12 @@ def _link(message: Any) -> Link:
     )
 
 
-def forward_pyroute2_logging() -> None:
-    """pyroute2 logs through logging: into kiwi-overlay's debug log, never raw onto the console."""
-    import logging
-
-    class ToDebugLog(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            log.debug(f"pyroute2: {record.getMessage()}")
-
-    logger = logging.getLogger("pyroute2")
-    logger.handlers[:] = [ToDebugLog()]
-    logger.propagate = False
-    logger.setLevel(logging.WARNING if log.debugging() else logging.CRITICAL)
-
-
 def ethernet_links() -> tuple[Link, ...]:
     """Every Ethernet link of this network namespace (no loopback, no tunnels)."""
-    from kiwi_overlay.pyroute import IPRoute
+    from kiwi_overlay.netlink.route import Route
 
-    with IPRoute() as ipr:
-        return tuple(link for link in map(_link, ipr.get_links()) if link.ethernet)
+    with Route() as rtnl:
+        return tuple(link for link in map(_link, rtnl.links()) if link.ethernet)
 
 
 def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None = None) -> tuple[str, ...]:
@@ -71,13 +56,12 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
     have it or the time is up. A name that does not exist is an error; no carrier at all is not (the
     caller knows whether one link is enough).
     """
-    from kiwi_overlay.pyroute import IPRoute
+    from kiwi_overlay.netlink.route import RTMGRP_LINK, Route
 
     started = time.monotonic()
-    with IPRoute() as events, IPRoute() as ipr:
-        # Subscribe before changing anything, so no carrier event can slip between.
-        events.bind(groups=RTMGRP_LINK)
-        known = {link.name: link for link in map(_link, ipr.get_links())}
+    # Subscribed before anything changes, so no carrier event can slip between.
+    with Route(groups=RTMGRP_LINK) as events, Route() as rtnl:
+        known = {link.name: link for link in map(_link, rtnl.links())}
         if names is None:
             wanted = [name for name, link in known.items() if link.ethernet]
         else:
@@ -89,9 +73,9 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
         for name in wanted:
             if not known[name].up:
                 log.debug(f"link {name}: set up")
-                ipr.link("set", index=known[name].index, state="up")
+                rtnl.set_link(known[name].index, up=True)
         while True:
-            state = {link.name: link for link in map(_link, ipr.get_links())}
+            state = {link.name: link for link in map(_link, rtnl.links())}
             ready = tuple(name for name in wanted if state[name].carrier)
             remaining = started + timeout - time.monotonic()
             if len(ready) >= min(enough or len(wanted), len(wanted)) or remaining <= 0:
@@ -103,4 +87,4 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
             # Wake on the next link event (or re-check at least twice a second).
             readable, _, _ = select.select([events.fileno()], [], [], min(remaining, 0.5))
             if readable:
-                events.get()
+                events.discard()
