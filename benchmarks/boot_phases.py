@@ -104,7 +104,7 @@ PHASES = (
     Phase("systemd: generators (kiwi-overlay's: interpreter, imports, units, the cmdline hook's answer) and unit loading",
           _gap("generators-start", "generators-end")),
     Phase("mount step: network bring-up, as reported (`network up in`)", lambda events: events.get("net-done:value")),
-    Phase("… of which: bring-up start to its first message (pyroute2 imports)", _before_first_network_message),
+    Phase("… of which: bring-up start to its first message (bring-up and netlink imports)", _before_first_network_message),
     Phase("… of which: DHCP, carrier to lease", _dhcp),
     Phase("network up to starting the NBD supervisor", _gap("net-done", "supervisor-start")),
     Phase("NBD supervisor process: fork (an interpreter start and imports before)", _gap("supervisor-start", "supervisor-up")),

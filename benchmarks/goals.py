@@ -101,11 +101,12 @@ def _storm(storms: Sequence[Storm] | None) -> list[tuple[str, str, str, str]]:
 
 def _multi_connection(results: dict[netem.Variant, netem.Measured] | None) -> list[tuple[str, str, str, str]]:
     rows = []
-    for cpus in netem.CPUS:
-        shown, verdict = netem.verdict(results, cpus=cpus)
+    for cpus, per_cpu in netem.READS:
+        shown, verdict = netem.verdict(results, cpus=cpus, per_cpu=per_cpu)
+        readers = ", a reader per vCPU" if per_cpu else ""
         rows.append(
             (
-                f"5. throughput: 4 connections beat 1 with {netem.DELAY_MS} ms RTT (netem), {netem.plural(cpus, 'vCPU')}",
+                f"5. throughput: 4 connections beat 1 with {netem.DELAY_MS} ms RTT (netem), {netem.plural(cpus, 'vCPU')}{readers}",
                 "4 > 1",
                 shown,
                 verdict,

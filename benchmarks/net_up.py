@@ -9,7 +9,7 @@ the lease. Prints markdown table rows (median of --runs; --header adds the heade
 
 "total" is the whole command (interpreter start, imports, plan, bring-up) from the first
 instruction to exit; "bring-up" is what kiwi-overlay reports for bring_up() itself (including
-the pyroute2 import); "DHCP" is the time from carrier to the lease.
+the import of the netlink messages); "DHCP" is the time from carrier to the lease.
 Needs root, iproute2 and dnsmasq; creates ko-bn-net-* namespaces and removes them.
 """
 

@@ -5,7 +5,9 @@ module benchmarks/dracut/90ko-bench-netem puts `tc qdisc ... netem delay 2ms` (k
 on each NIC from a udev rule as the NIC appears, before kiwi-overlay brings it up, and writes the
 qdisc to the console; a boot without that line does not count. Only what the guest sends is
 delayed: the round trip to the server grows by the delay. The read is item 5's (ko.test=read-all of the
-zero-padded root image from qemu-nbd), with 1 and 2 vCPUs.
+zero-padded root image from qemu-nbd), on 1 vCPU, and on 2 vCPUs with a reader per vCPU
+(ko.read.per-cpu: each dd pinned to its CPU reads its half), so requests come from both CPUs' hardware
+queues at once.
 
 qemu-nbd's trace says which connection carried each READ: the kernel's nbd driver sends a request
 on the connection of its blk-mq hardware queue (nbd_queue_rq passes hctx->queue_num as the socket
@@ -31,7 +33,9 @@ MODULE_DIR = Path(__file__).resolve().parent / "dracut/90ko-bench-netem"
 MODULE = "ko-bench-netem"
 DELAY_MS = 2
 CONNECTIONS = (1, 4)
-CPUS = (1, 2)
+# (vCPUs, a reader per vCPU): one sequential reader on 1 vCPU; on 2, one reader per vCPU, so that both
+# hardware queues (and so two connections) have requests at once: one reader uses one queue at a time.
+READS = ((1, False), (2, True))
 
 _QDISC = re.compile(r"ko-bench-netem: (\S+): qdisc netem \S+ root .*\bdelay (\S+)")
 _QUEUES = re.compile(r"ko-bench-netem: nbd\d+ hardware queues: (.*)")
@@ -43,10 +47,17 @@ _READ_REPLY = re.compile(r"nbd_co_send_simple_reply Send simple reply: handle = 
 class Variant:
     connections: int
     cpus: int
+    per_cpu: bool = False  # a reader per vCPU, instead of one
 
     @property
     def label(self) -> str:
-        return f"kiwi-overlay, {plural(self.connections, 'connection')}, {plural(self.cpus, 'vCPU')}"
+        readers = ", a reader per vCPU" if self.per_cpu else ""
+        return f"kiwi-overlay, {plural(self.connections, 'connection')}, {plural(self.cpus, 'vCPU')}{readers}"
+
+    @property
+    def reference(self) -> Variant:
+        """The same read with 1 connection."""
+        return Variant(1, self.cpus, self.per_cpu)
 
 
 def plural(count: int, noun: str) -> str:
@@ -98,16 +109,17 @@ def reads_per_connection(trace: str) -> dict[int, int]:
 def measure(*, runs: int, image: Path, size_mb: int, scratch: Path, delay_ms: int = DELAY_MS) -> dict[Variant, Measured]:
     """RUNS boots of each variant, interleaved round by round, all with DELAY_MS on the guest's NIC."""
     delay = f"{delay_ms}ms"  # tc's spelling, and how it prints the qdisc
-    results = {Variant(connections, cpus): Measured() for cpus in CPUS for connections in CONNECTIONS}
+    results = {Variant(connections, cpus, per_cpu): Measured() for cpus, per_cpu in READS for connections in CONNECTIONS}
     initrd = netem_initrd(output=scratch / "initrds/kiwi-overlay-netem.img")
     padded = padded_image(image, size_mb=size_mb, output=scratch / "padded.squashfs")
     with QemuNbd(padded, connections=8, trace=True) as server:
         for round_number in range(runs):
             for variant, measured in results.items():
-                extra = (f"rd.root.overlay.nbd.connections={variant.connections}", f"ko.bench.netem={delay}", "ko.test=read-all")
+                extra = [f"rd.root.overlay.nbd.connections={variant.connections}", f"ko.bench.netem={delay}", "ko.test=read-all"]
+                extra += ["ko.read.per-cpu"] if variant.per_cpu else []
                 guest = Guest(initrd=initrd, cmdline=cmdline(KIWI, server, *extra), cpus=variant.cpus)
                 offset = server.log.stat().st_size if server.log.exists() else 0
-                name = f"netem-{variant.connections}conn-{variant.cpus}cpu-{round_number}"
+                name = f"netem-{variant.connections}conn-{variant.cpus}cpu{'-percpu' if variant.per_cpu else ''}-{round_number}"
                 figures = len(measured.samples.values)
                 booted = len(measured.samples.results)
                 boot_variant(measured.samples, guest, name=name, value=lambda result: _delayed_rate(result, delay))
@@ -149,7 +161,7 @@ def table(results: dict[Variant, Measured], *, size_mb: int, delay_ms: int = DEL
         if not samples.values:
             rows.append(f"| {variant.label} | not measured | | | | | |")
             continue
-        reference = results.get(Variant(1, variant.cpus))
+        reference = results.get(variant.reference)
         compared = ratio(samples.median, reference.samples.median if reference else None)
         reads = "; ".join(
             _reads(seen, counts, connections=variant.connections)
@@ -164,14 +176,15 @@ def table(results: dict[Variant, Measured], *, size_mb: int, delay_ms: int = DEL
     return "\n".join(rows + (["", *notes] if notes else []))
 
 
-def verdict(results: dict[Variant, Measured] | None, *, cpus: int) -> tuple[str, str]:
-    """Do 4 connections beat 1 with CPUS vCPUs: the figures shown, and met / not met (why) / not measured.
+def verdict(results: dict[Variant, Measured] | None, *, cpus: int, per_cpu: bool) -> tuple[str, str]:
+    """Do 4 connections beat 1 with CPUS vCPUs (PER_CPU: a reader on each): the figures shown, and met /
+    not met (why) / not measured.
 
     Met only when every 4-connection boot spread its READs over more than one connection and the
     slowest of them beat the fastest 1-connection boot: TCG boots are noisy, and a faster median
     with every READ on one connection is noise, not the connections' gain.
     """
-    one, four = (results.get(Variant(connections, cpus)) if results else None for connections in CONNECTIONS)
+    one, four = (results.get(Variant(connections, cpus, per_cpu)) if results else None for connections in CONNECTIONS)
     if not one or not four or not one.samples.values or not four.samples.values:
         return "n/m", "not measured"
     one_rate, four_rate = median(one.samples.values), median(four.samples.values)

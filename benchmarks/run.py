@@ -191,7 +191,9 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
         Section(
             "netem", f"5b. Multi-connection with {netem.DELAY_MS} ms more round-trip time (tc netem in the guest)",
             f"Item 5's read (kiwi-overlay only, the same {s.read_size_mb} MiB export from qemu-nbd), with "
-            f"rd.root.overlay.nbd.connections=1 and =4, on 1 and 2 vCPUs (`-smp`), every packet the guest sends delayed by "
+            f"rd.root.overlay.nbd.connections=1 and =4, on 1 vCPU, and on 2 vCPUs (`-smp`) with a reader per vCPU "
+            "(ko.read.per-cpu: one dd pinned to each CPU with taskset, each reading its half of the export: one reader would "
+            "use one hardware queue at a time), every packet the guest sends delayed by "
             f"{netem.DELAY_MS} ms: the benchmark-only dracut module benchmarks/dracut/90ko-bench-netem adds `tc qdisc ... netem "
             f"delay {netem.DELAY_MS}ms` (ko.bench.netem=) to the NIC from a udev rule as it appears, before kiwi-overlay brings it up "
             "(the host kernel has no sch_netem; the host's network is left alone); a boot whose console does not show the "
@@ -202,7 +204,7 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "queue per connection, blk-mq makes no more queues than CPUs and maps CPU n to queue n (the hardware queues column: "
             "the device's queues in sysfs, logged by the module before the switch to the root). With 1 vCPU the device has one "
             "queue and every request goes over connection 0, whatever the count; with 2 vCPUs over connections 0 and 1, by the "
-            "CPU the reader runs on; connections 2 and 3 carry nothing (they are still a fallback: the driver moves requests "
+            "CPU each reader runs on, both at once; connections 2 and 3 carry nothing (still a fallback: the driver moves requests "
             "off a dead connection onto a live one). "
             "More connections can only pay where one connection is the limit: here dd's readahead asks for 128 KiB READs, a "
             "few at a time (most in flight: as qemu-nbd saw them), and under TCG a READ takes several times the added round "

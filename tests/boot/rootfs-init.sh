@@ -41,6 +41,11 @@ else
     mark "write=failed"
 fi
 
+has_arg() {
+    for arg in $cmdline; do [ "$arg" = "$1" ] && return 0; done
+    return 1
+}
+
 # The device under the read-only layer: the first block device mounted anywhere, unless ko.dev= names one.
 read_device() {
     for arg in $cmdline; do
@@ -67,13 +72,31 @@ action() {
             sync
             echo 3 > /proc/sys/vm/drop_caches # read from the transport, not the page cache
             start=$(cut -d' ' -f1 /proc/uptime)
-            if out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
-                # busybox dd prints no rate: bytes and seconds for the throughput benchmark
+            if has_arg ko.read.per-cpu; then
+                # One reader per CPU, pinned, each its share of the device: requests from every CPU at once.
+                readers=$(nproc)
+                share=$(($(cat "/sys/class/block/${device##*/}/size") / 2048 / readers)) # MiB
+                pids=""
+                for cpu in $(seq 0 $((readers - 1))); do
+                    taskset -c "$cpu" dd if="$device" of=/dev/null bs=1M skip=$((cpu * share)) count="$share" 2> /dev/null &
+                    pids="$pids $!"
+                done
+                out="readers=$readers"
+                for pid in $pids; do wait "$pid" || out="a reader failed"; done
+                bytes=$((share * readers * 1048576))
+            elif out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
+                out="readers=1 $(echo "$out" | tail -n 1)"
                 bytes=$(($(cat "/sys/class/block/${device##*/}/size") * 512))
-                mark "read-all=ok device=$device $(echo "$out" | tail -n 1) bytes=$bytes seconds=$(awk -v start="$start" '{ print $1 - start }' /proc/uptime)"
             else
-                mark "read-all=failed device=$device $(echo "$out" | head -n 1)"
+                out="failed $(echo "$out" | head -n 1)"
             fi
+            case $out in
+                readers=*)
+                    # busybox dd prints no rate: bytes and seconds for the throughput benchmark
+                    mark "read-all=ok device=$device $out bytes=$bytes seconds=$(awk -v start="$start" '{ print $1 - start }' /proc/uptime)"
+                    ;;
+                *) mark "read-all=failed device=$device $out" ;;
+            esac
             ;;
         checksum)
             # The root's busybox read back through every layer (the page cache dropped first).
