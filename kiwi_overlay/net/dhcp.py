@@ -190,7 +190,7 @@ class _Exchange:
         except BaseException:
             self.sock.close()
             raise
-        self.discover()
+        self.due = 0.0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -239,38 +239,43 @@ class _Exchange:
 def first_leases(jobs: Sequence[tuple[Sequence[str], str | None]], *, deadline: float) -> list[DhcpLease | list[str]]:
     """For each job (interfaces, host name to send): the first DHCPv4 lease on one of its interfaces,
     all asked at once until the time.monotonic() DEADLINE; a job without one gets the problems seen."""
-    results: list[DhcpLease | list[str]] = [[] for _ in jobs]
-    exchanges: dict[_Exchange, int] = {}
+    leases: list[DhcpLease | None] = [None] * len(jobs)
+    problems: list[list[str]] = [[] for _ in jobs]
+    exchanges: dict[_Exchange, int] = {}  # the ones still asking, and their job
 
-    def drop(exchange: _Exchange, problem: str | None = None) -> None:
+    def drop(exchange: _Exchange, problem: OSError | None = None) -> None:
         number = exchanges.pop(exchange)
         exchange.close()
         if problem:
-            problems = results[number]
-            assert isinstance(problems, list)
-            problems.append(f"{exchange.name}: {problem}")
+            problems[number].append(f"{exchange.name}: {problem.strerror or problem}")
 
     try:
         for number, (names, hostname) in enumerate(jobs):
             for name in names:
                 try:
-                    exchanges[_Exchange(name, hostname)] = number
+                    exchange = _Exchange(name, hostname)
                 except OSError as error:
-                    results[number].append(f"{name}: {error.strerror or error}")  # type: ignore[union-attr]
+                    problems[number].append(f"{name}: {error.strerror or error}")
+                    continue
+                exchanges[exchange] = number
+                try:
+                    exchange.discover()
+                except OSError as error:
+                    drop(exchange, error)
         while exchanges and (now := time.monotonic()) < deadline:
             wake = min(min(exchange.due for exchange in exchanges), deadline)
             readable, _, _ = select.select(list(exchanges), [], [], max(0.0, wake - now))
             for exchange in readable:
-                if exchange not in exchanges:  # its job got a lease from another interface just now
+                if exchange not in exchanges:  # its job got a lease on another interface just now
                     continue
                 try:
                     lease = exchange.receive()
                 except OSError as error:
-                    drop(exchange, error.strerror or str(error))
+                    drop(exchange, error)
                     continue
                 if lease:
                     number = exchanges[exchange]
-                    results[number] = lease
+                    leases[number] = lease
                     for other in [other for other, job in exchanges.items() if job == number]:
                         drop(other)
             now = time.monotonic()
@@ -278,11 +283,11 @@ def first_leases(jobs: Sequence[tuple[Sequence[str], str | None]], *, deadline: 
                 try:
                     exchange.send()
                 except OSError as error:
-                    drop(exchange, error.strerror or str(error))
+                    drop(exchange, error)
     finally:
         for exchange in list(exchanges):
             drop(exchange)
-    return results
+    return [lease or problem for lease, problem in zip(leases, problems, strict=True)]
 
 
 def _lease(name: str, ack: Reply, server_mac: bytes) -> DhcpLease:

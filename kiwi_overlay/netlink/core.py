@@ -74,8 +74,10 @@ class NetlinkSocket:
         answers: list[Any] = []
         while True:
             for kind, sequence, data in split(self.sock.recv(_RECEIVE)):
-                if sequence != self.sequence:
-                    self.pending.append((kind, data))  # a notification (sequence 0)
+                if sequence == 0:
+                    self.pending.append((kind, data))  # a notification
+                elif sequence != self.sequence:
+                    continue  # the rest of an earlier request's answer, cut short by its error
                 elif kind == NLMSG_ERROR:
                     code = -_ERROR.unpack_from(data, _HEADER.size)[0]
                     if code:
