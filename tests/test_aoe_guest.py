@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.boot.qemu import RESULT_PORT, ResultChannel
+from tests.netns import network_namespace
 
 sys.path.insert(0, str(Path(__file__).parent / "boot"))
 from guest_kernel import GuestKernel, guest_kernel
@@ -151,12 +151,8 @@ def _initramfs(kernel: GuestKernel, work: Path) -> Path:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    name = f"ko-aoe-{uuid.uuid4().hex[:6]}-g"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with network_namespace("ko-aoe-g") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.netns import network_namespace
 from tests.test_net import PYROUTE2_RELEASES, python_with_pyroute2
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,8 @@ def ip(netns: str, *args: str) -> str:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"ko-netlink-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with network_namespace("ko-netlink") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def test_the_messages_load_neither_pyroute2s_sockets_nor_asyncio_nor_ndb() -> None:
