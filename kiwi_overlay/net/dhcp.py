@@ -5,8 +5,8 @@ and 13) has a blocking socket and a message codec without the host name, domain 
 and MTU options; 0.9 has an asyncio client, socket and codec of another shape. The few hundred
 bytes of RFC 2131 are simpler to write than to bridge, and one code path serves every release
 (and imports no pyroute2). Every candidate interface is asked at once from one select() loop,
-without asyncio (its import alone costs about half a second in a TCG guest). A boot needs no
-renewal and no release: the booted system's DHCP client takes the lease over (the lease file,
+without asyncio, which nothing else on the boot path imports (it loads ssl with it). A boot needs
+no renewal and no release: the booted system's DHCP client takes the lease over (the lease file,
 see bringup).
 """
 

@@ -1,8 +1,8 @@
 """Network links up, and a bounded wait for carrier driven by netlink link events.
 
 Shared by the IP bring-up (bringup.py) and AoE, which needs links but no addresses.
-The netlink messages (pyroute2's) are imported inside the functions: the boot path pays for them
-only when a link really has to be touched.
+pyroute2's message classes load with the first netlink request (kiwi_overlay.netlink.pyroute):
+the boot path pays for them only when a link really has to be touched.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError
+from kiwi_overlay.netlink.route import IFF_UP, RTMGRP_LINK, Route
 
 ARPHRD_ETHER = 1
-IFF_UP = 0x1
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,6 @@ def _link(message: Any) -> Link:
 
 def ethernet_links() -> tuple[Link, ...]:
     """Every Ethernet link of this network namespace (no loopback, no tunnels)."""
-    from kiwi_overlay.netlink.route import Route
-
     with Route() as rtnl:
         return tuple(link for link in map(_link, rtnl.links()) if link.ethernet)
 
@@ -56,8 +54,6 @@ def links_up(names: Sequence[str] | None, *, timeout: float, enough: int | None 
     have it or the time is up. A name that does not exist is an error; no carrier at all is not (the
     caller knows whether one link is enough).
     """
-    from kiwi_overlay.netlink.route import RTMGRP_LINK, Route
-
     started = time.monotonic()
     # Subscribed before anything changes, so no carrier event can slip between.
     with Route(groups=RTMGRP_LINK) as events, Route() as rtnl:

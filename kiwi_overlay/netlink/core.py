@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from kiwi_overlay.netlink import pyroute
 
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSG_MIN_TYPE = 0x10
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_DUMP = 0x300
