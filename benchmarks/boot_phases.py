@@ -29,9 +29,14 @@ _KERNEL_EVENTS = {"cmdline-stage": _CMDLINE_STAGE, "generators-start": _GENERATO
 
 Timeline = dict[str, float]
 
+# A hook's process logs, after its imports and plan, how long ago its interpreter started.
+STARTED = r"interpreter started ([\d.]+) s before"
+
 EVENTS = {
+    "cmdline-process": rf"^dracut-cmdline: {STARTED}",
     "cmdline": r"^dracut cmdline: ",
-    "net-first": r"^(?!dracut cmdline)",  # the first message after the command line hook's
+    "mount-process": rf"^(?:mount|prepare): {STARTED}",
+    "net-first": rf"^(?!dracut cmdline|\S+: {STARTED})",  # the bring-up's first message
     "net-done": r"^network up in ([\d.]+) s",
     "carrier": r"^carrier on \S+ \(([\d.]+) s\)",
     "lease": r"DHCP lease .* \(([\d.]+) s\)$",
@@ -70,6 +75,23 @@ def _cmdline_hook(events: Timeline) -> float | None:
     return max(events["cmdline"] - events["cmdline-stage"], 0.0)
 
 
+def _process_start(events: Timeline, name: str) -> float | None:
+    """When the process of NAME (an EVENTS "...-process") started: its message's stamp less the age it gives."""
+    return events[name] - events[f"{name}:value"] if f"{name}:value" in events else None
+
+
+def _cmdline_process(events: Timeline) -> float | None:
+    """kiwi-overlay's own cmdline hook: its interpreter's start to its answer (no systemd; with it the generator answers)."""
+    start = _process_start(events, "cmdline-process")
+    return events["cmdline"] - start if start is not None and "cmdline" in events else None
+
+
+def own_time(events: Timeline) -> float | None:
+    """kiwi-overlay's processes on the way to the root (no systemd): the cmdline hook's, and the mount step's to the root assembled."""
+    hook, mount = _cmdline_process(events), _process_start(events, "mount-process")
+    return hook + events["assembled"] - mount if hook is not None and mount is not None and "assembled" in events else None
+
+
 def _gap(start: str, end: str) -> Callable[[Timeline], float | None]:
     return lambda events: events[end] - events[start] if start in events and end in events else None
 
@@ -99,10 +121,14 @@ class Phase:
 
 
 PHASES = (
-    Phase("cmdline hook: dracut's cmdline stage start to kiwi-overlay's first message (interpreter, imports, plan; other hooks too);"
+    Phase("cmdline hook: kiwi-overlay's process, its interpreter's start to its answer (interpreter, imports, plan; no systemd)",
+          _cmdline_process),
+    Phase("cmdline stage: its start to kiwi-overlay's answer (dracut's init and earlier cmdline hooks too);"
           " 0 where the generator answered before the stage (systemd)", _cmdline_hook),
     Phase("systemd: generators (kiwi-overlay's: interpreter, imports, units, the cmdline hook's answer) and unit loading",
           _gap("generators-start", "generators-end")),
+    Phase("mount step: its interpreter's start to its first message (interpreter, imports, plan)",
+          lambda events: events.get("mount-process:value")),
     Phase("mount step: network bring-up, as reported (`network up in`)", lambda events: events.get("net-done:value")),
     Phase("… of which: bring-up start to its first message (bring-up and netlink imports)", _before_first_network_message),
     Phase("… of which: DHCP, carrier to lease", _dhcp),

@@ -157,11 +157,12 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
         Section(
             "phases", "2. kiwi-overlay's time inside the initrd (rd.kiwi.debug)",
             "Boots with rd.kiwi.debug; gaps between kiwi-overlay's own CLOCK_BOOTTIME-stamped messages (medians). "
-            "The mount step's own interpreter start is not visible (nothing logs before kiwi-overlay's first message); "
-            "the command line hook shows what an interpreter start with imports costs (the NBD supervisor is forked from the "
-            "mount step, with its imports). With systemd, "
-            "kiwi-overlay's generator does the command line hook's work and leaves its answer, so the hook starts no interpreter; "
-            "the generators' row (systemd's stamps around them) shows what that costs there.",
+            "Where a hook's process starts (the cmdline hook's, the mount step's): its first message says how long ago its "
+            "interpreter started (/proc/self/stat, 10 ms steps), so its interpreter start and imports are counted from the "
+            "process's start, not from the previous message. The cmdline stage's row adds what dracut's init and its earlier "
+            "cmdline hooks do before kiwi-overlay's hook. The NBD supervisor is forked from the mount step, with its imports. "
+            "With systemd, kiwi-overlay's generator does the command line hook's work and leaves its answer, so the hook "
+            "starts no interpreter; the generators' row (systemd's stamps around them) shows what that costs there.",
             lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),
         ),
         Section(

@@ -34,7 +34,7 @@ COMMON_START = (
 KIWI_EVENTS = (
     *COMMON_START,
     Event("cmdline hook", r"kiwi-overlay: dracut cmdline: "),
-    Event("udev, initqueue, mount step start", r"kiwi-overlay: (?!dracut cmdline)"),
+    Event("udev, initqueue, mount step start", r"kiwi-overlay: (?!dracut cmdline|dracut-cmdline: )"),
     Event("network", r"kiwi-overlay: network up in"),
     Event("NBD: supervisor, module, negotiation, attach", r"kiwi-overlay: nbd supervisor: /dev/nbd\d+ connected"),
     Event("mounts", r"kiwi-overlay: read layer "),

@@ -7,6 +7,7 @@ boot-time profile the benchmarks read.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,16 @@ def configure(*, debug: bool, log_file: Path | None = None) -> None:
 
 def debugging() -> bool:
     return _debug
+
+
+def process_age() -> float | None:
+    """Seconds since this process started: its start in /proc/self/stat (clock ticks since boot, 10 ms steps); None without /proc."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+    except OSError:
+        return None
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def _emit(text: str) -> None:

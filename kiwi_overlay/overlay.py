@@ -7,6 +7,7 @@ rootflags mean the same on both paths. Every failure unmounts what was mounted, 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import ExitStack
 from dataclasses import replace
@@ -29,11 +30,19 @@ class MountError(KiwiOverlayError):
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether something is mounted at PATH (read from the mount table with psutil)."""
-    import psutil
+    """Whether something is mounted at PATH, a bind mount too: the kernel's mount table, read directly.
 
-    wanted = str(path.resolve())
-    return any(partition.mountpoint == wanted for partition in psutil.disk_partitions(all=True))
+    Not with psutil: on the boot path its import alone takes 8 ms natively (the initrd's Python), a
+    tenth of a second under TCG.
+    """
+    wanted = os.fsencode(path.resolve())
+    with open("/proc/self/mountinfo", "rb") as table:
+        return any(_unescape(line.split()[4]) == wanted for line in table)
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(rb"\\([0-7]{3})", lambda escape: bytes([int(escape[1], 8)]), field) if b"\\" in field else field
 
 
 def _kernel_log_mark() -> int | None:

@@ -14,10 +14,12 @@ module NAMES: those with a file of their own (builtins, frozen-only modules and 
 os.path or, on 3.13, collections.abc need nothing installed). pyroute2 is traced through
 kiwi_overlay.netlink.pyroute, without its package initializer: no NDB, no sqlite3, no asyncio.
 
-The packages go in by directory: every directory of a package that the trace entered, whole, so
+The packages go in by directory: every subdirectory of a package that the trace entered, whole, so
 that the modules a package loads by listing its own directory (pyroute2's link kinds) or imports
 lazily next to the ones traced are there; directories the trace never entered (pyroute2's NDB,
-DHCP, ethtool, nftables, ...) stay out.
+DHCP, ethtool, nftables, ...) stay out. A package's top directory holds its parts side by side
+(pyroute2's ipset, IPVS and wireless modules, psutil's one per operating system): of its modules,
+only the traced ones go in; kiwi_overlay's own go in whole (`python3 -m kiwi_overlay` works).
 
 Install (`install_tree`): the names are resolved against the running interpreter, and the
 modules and packages are written into the initrd as sourceless bytecode (no compiling at boot,
@@ -285,6 +287,13 @@ def _entered_directories(modules: tuple[str, ...]) -> set[tuple[str, ...]]:
     return entered
 
 
+def _untraced_top_module(relative: Path, traced: set[str]) -> bool:
+    """RELATIVE (package/name.py or package/name.ABI.so) is a module of a package's top directory that the trace never loaded."""
+    if len(relative.parts) != 2 or relative.suffix not in (".py", ".so") or relative.name == "__init__.py":
+        return False
+    return f"{relative.parts[0]}.{relative.name.split('.')[0]}" not in traced
+
+
 def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
     """Write CLOSURE and the kiwi-overlay launcher into INITDIR; return the ELF files dracut must install.
 
@@ -303,6 +312,7 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
         if source is not None:
             _place(source, source, initdir, extensions, keep_asserts=False)
     entered = _entered_directories(closure.package_modules)
+    traced = set(closure.package_modules)
     for name, installed in _locate(Path(sys.executable)).items():
         if name not in closure.packages:
             continue
@@ -313,6 +323,7 @@ def install_tree(closure: Closure, *, initdir: Path) -> tuple[Path, ...]:
                 and relative.parent.parts in entered
                 and not _SKIPPED_DIRS.intersection(relative.parts)
                 and source.suffix not in (".pyc", ".pyi")
+                and (name == "kiwi_overlay" or not _untraced_top_module(relative, traced))  # its own whole: __main__
             ):
                 _place(source, stdlib / relative, initdir, extensions, keep_asserts=True)
         if installed.metadata:  # as it is: importlib.metadata finds it on sys.path, the standard-library directory

@@ -41,3 +41,10 @@ def test_a_subcommand_parses_as_before() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "NBD export 'root' on 192.0.2.1:10809" in result.stdout
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    """The hooks' debug line: how long the interpreter ran before it logged (here: 0.3 s of sleep at least)."""
+    script = "import time; time.sleep(0.3); from kiwi_overlay.log import process_age; print(process_age())"
+    age = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert 0.3 <= age < 10

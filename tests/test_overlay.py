@@ -379,3 +379,23 @@ def test_status_without_an_overlay_root(tmp_path: Path) -> None:
     result = run_cli("status", "--run-dir", str(tmp_path))
     assert result.returncode == 1
     assert result.stdout == f"no overlay root: nothing is mounted at {tmp_path}/rootfsbase\n"
+
+
+def test_is_mounted_reads_the_kernels_table(tmp_path: Path) -> None:
+    """A mount point whose name the kernel escapes (a space, a backslash), a bind mount on the same file system, a plain directory."""
+    odd, bound, plain = tmp_path / "a b\\c", tmp_path / "bound", tmp_path / "plain"
+    for directory in (odd, bound, plain):
+        directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(odd)], check=True)
+    try:
+        subprocess.run(["mount", "--bind", str(plain), str(bound)], check=True)
+        try:
+            assert is_mounted(odd)
+            assert is_mounted(bound)
+            assert not is_mounted(plain)
+            assert not is_mounted(odd / ".." / "plain")
+        finally:
+            subprocess.run(["umount", str(bound)], check=True)
+    finally:
+        subprocess.run(["umount", str(odd)], check=True)
+    assert not is_mounted(odd)
