@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.boot.cache import cached
+from tests.boot.cache import UNUSED_FOR, cached
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 # A run that builds ENTRY slowly, counting its builds in BUILDS; it prints what it got.
@@ -50,3 +52,22 @@ def test_a_failed_build_leaves_no_entry(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         cached(tmp_path / "entry", fail)
     assert sorted(path.name for path in tmp_path.iterdir()) == [".entry.lock"]
+
+
+def test_entries_of_other_inputs_go_when_unused(tmp_path: Path) -> None:
+    """A new entry prunes its directory: digest-named entries no run used for two days; a lookup counts as a use."""
+    stale = time.time() - UNUSED_FOR - 60
+    names = ["kis-debian13-0123456789abcdef", "gpt-0123456789abcdef.img", "old-but-used-0123456789ab", "linux-image-6.1.0-57-amd64"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (stale, stale))
+    (tmp_path / "fresh-abcdef012345").mkdir()
+    assert cached(tmp_path / "old-but-used-0123456789ab", build=lambda scratch: scratch) == tmp_path / "old-but-used-0123456789ab"
+
+    def build(scratch: Path) -> Path:
+        (scratch / "made").write_text("new")
+        return scratch / "made"
+
+    cached(tmp_path / "kis-debian13-fedcba9876543210", build)
+    entries = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
+    assert entries == ["fresh-abcdef012345", "kis-debian13-fedcba9876543210", "linux-image-6.1.0-57-amd64", "old-but-used-0123456789ab"]
