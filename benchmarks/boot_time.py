@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -58,9 +58,12 @@ def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
-def cmdline(kind: str, server: Server, *extra: str) -> str:
-    """The kernel command line for KIND's initrd booting SERVER's export (DHCP on QEMU user networking)."""
-    root = f"root=overlay:{server.url()}" if kind == KIWI else f"root={server.nbd_root('squashfs')} rootovl"
+def cmdline(kind: str, server: Server, *extra: str, nbd_client: Sequence[str] = ()) -> str:
+    """The kernel command line for KIND's initrd booting SERVER's export (DHCP on QEMU user networking).
+
+    NBD_CLIENT: options dracut passes to nbd-client (its NBDOPTS).
+    """
+    root = f"root=overlay:{server.url()}" if kind == KIWI else f"root={server.nbd_root('squashfs', options=nbd_client)} rootovl"
     return " ".join((root, "ip=dhcp", *extra))
 
 

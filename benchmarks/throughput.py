@@ -3,7 +3,9 @@
 The root image padded with zeros to SIZE_MB (squashfs ignores what follows its end) is served by
 qemu-nbd, which takes several connections; the guest boots without systemd and its init reads
 the whole device (ko.test=read-all: page cache dropped, dd bs=1M), reporting bytes and seconds.
-dracut's stock nbd root runs nbd-client with its defaults (one connection).
+dracut's stock nbd root runs nbd-client with its defaults (one connection, the kernel's netlink
+interface, 512-byte blocks), and with the options that change how much CPU the guest's kernel
+spends on the read (kernel-cpu: /proc/stat's system, irq and softirq time during it).
 """
 
 from __future__ import annotations
@@ -18,10 +20,28 @@ from benchmarks.stats import median, ratio, spread
 from tests.boot.qemu import BootResult, Guest
 from tests.boot.servers import QemuNbd
 
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str
+    extra: tuple[str, ...] = ()  # kernel command line
+    nbd_client: tuple[str, ...] = ()  # nbd-client's options (dracut's NBDOPTS)
+
+    @property
+    def name(self) -> str:
+        """For the boot's log: the kind and what sets it apart (connections, nbd-client's options)."""
+        words = [word.rsplit("=", 1)[-1].lstrip("-") for word in self.extra or self.nbd_client] or ["default"]
+        return "-".join((self.kind, *words))
+
+
+NBD_CLIENT = "nbd-client (dracut's stock nbd, default: 1 connection)"  # the reference: the first row
+ONE_CONNECTION = "kiwi-overlay, rd.root.overlay.nbd.connections=1"
 VARIANTS = {
-    "nbd-client (dracut's stock nbd, default: 1 connection)": (DRACUT, ()),
-    "kiwi-overlay, rd.root.overlay.nbd.connections=1": (KIWI, ("rd.root.overlay.nbd.connections=1",)),
-    "kiwi-overlay, rd.root.overlay.nbd.connections=4": (KIWI, ("rd.root.overlay.nbd.connections=4",)),
+    NBD_CLIENT: Variant(DRACUT),
+    "nbd-client -L (the ioctl interface instead of netlink)": Variant(DRACUT, nbd_client=("-L",)),
+    "nbd-client -b 4096 (4 KiB blocks instead of 512 B)": Variant(DRACUT, nbd_client=("-b", "4096")),
+    ONE_CONNECTION: Variant(KIWI, ("rd.root.overlay.nbd.connections=1",)),
+    "kiwi-overlay, rd.root.overlay.nbd.connections=4": Variant(KIWI, ("rd.root.overlay.nbd.connections=4",)),
 }
 
 
@@ -39,6 +59,12 @@ def mb_per_second(result: BootResult) -> float | None:
     if not found or float(found[2]) <= 0:
         return None
     return int(found[1]) / float(found[2]) / 1e6
+
+
+def kernel_cpu(result: BootResult) -> float | None:
+    """Seconds the guest's CPUs spent in the kernel (system, irq, softirq) during the read."""
+    found = re.search(r"^ok .* kernel-cpu=([\d.]+)", result.value("read-all") or "")
+    return float(found[1]) if found else None
 
 
 @dataclass(frozen=True)
@@ -75,11 +101,11 @@ def measure(
     padded = padded_image(image, size_mb=size_mb, output=scratch / "padded.squashfs")
     with QemuNbd(padded, connections=8, trace=True) as server:
         for round_number in range(runs):
-            for label, (kind, extra) in VARIANTS.items():
-                guest = Guest(initrd=initrds.get(kind, systemd=False), cmdline=cmdline(kind, server, *extra, "ko.test=read-all"))
-                connections = extra[0].rsplit("=", 1)[1] if extra else "default"
+            for label, variant in VARIANTS.items():
+                line = cmdline(variant.kind, server, *variant.extra, "ko.test=read-all", nbd_client=variant.nbd_client)
+                guest = Guest(initrd=initrds.get(variant.kind, systemd=False), cmdline=line)
                 offset = server.log.stat().st_size if server.log.exists() else 0
-                boot_variant(results[label], guest, name=f"read-{kind}-{connections}-{round_number}", value=mb_per_second)
+                boot_variant(results[label], guest, name=f"read-{variant.name}-{round_number}", value=mb_per_second)
                 with server.log.open("rb") as log:
                     log.seek(offset)
                     found = requests(log.read().decode(errors="replace"))
@@ -100,16 +126,20 @@ def table(measured: tuple[dict[str, Samples], dict[str, list[Requests]]], *, siz
     results, seen = measured
     reference = next(iter(results.values())).median
     rows = [
-        f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | READs per boot (median size, most in flight) |",
-        "|---|---|---|---|---|",
+        f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | guest kernel CPU during the read |"
+        " READs per boot (median size, most in flight) |",
+        "|---|---|---|---|---|---|",
     ]
     for label, samples in results.items():
         if not samples.values:
-            rows.append(f"| {label} | not measured | | | |")
+            rows.append(f"| {label} | not measured | | | | |")
             continue
         figures = spread(samples.values, "MB/s")
         compared = ratio(samples.median, reference)
+        cpu = median([found for result in samples.results if (found := kernel_cpu(result)) is not None])
+        cpu_shown = f"{cpu:.1f} s" if cpu is not None else "n/m"
         reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in seen.get(label, [])) or "n/m"
-        rows.append(f"| {label}{_multi_conn_note(samples)} | **{median(samples.values):.1f} MB/s** | {figures} | {compared} | {reads} |")
+        speed = f"**{median(samples.values):.1f} MB/s**"
+        rows.append(f"| {label}{_multi_conn_note(samples)} | {speed} | {figures} | {compared} | {cpu_shown} | {reads} |")
     notes = [f"- {label}: not measured: {samples.failure}" for label, samples in results.items() if samples.failure]
     return "\n".join(rows + (["", *notes] if notes else []))

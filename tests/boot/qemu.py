@@ -14,7 +14,8 @@ a copy to the kernel log for people reading the console. Markers, in order:
     mounts-begin, mount LINE (one per /proc/mounts line), mounts-end
     write=ok|failed                 a small file written and synced on /
     ACTION=...                      one per ko.test=A,B action: write-16M=ok|enospc|failed,
-                                    read-all=ok|failed device=DEV ..., marker-file=created|found ...,
+                                    read-all=ok|failed device=DEV ... bytes=N seconds=S kernel-cpu=S (the CPUs' time
+                                    in the kernel meanwhile), marker-file=created|found ...,
                                     checksum=SHA256 (of /bin/busybox, read through the layers),
                                     read-files=ok COUNT|failed FILE (every file of the root read),
                                     aoe-discover=eS.S|none, hold=SECONDS, noise-N=... (200, under printk load),

@@ -46,6 +46,11 @@ has_arg() {
     return 1
 }
 
+# The CPU's time in the kernel so far (system, irq, softirq in /proc/stat), in USER_HZ (1/100 s) ticks.
+kernel_ticks() {
+    awk '/^cpu / { print $4 + $7 + $8 }' /proc/stat
+}
+
 # The device under the read-only layer: the first block device mounted anywhere, unless ko.dev= names one.
 read_device() {
     for arg in $cmdline; do
@@ -72,6 +77,7 @@ action() {
             sync
             echo 3 > /proc/sys/vm/drop_caches # read from the transport, not the page cache
             start=$(cut -d' ' -f1 /proc/uptime)
+            kernel_start=$(kernel_ticks)
             if has_arg ko.read.per-cpu; then
                 # One reader per CPU, pinned, each its share of the device: requests from every CPU at once.
                 readers=$(nproc)
@@ -93,7 +99,8 @@ action() {
             case $out in
                 readers=*)
                     # busybox dd prints no rate: bytes and seconds for the throughput benchmark
-                    mark "read-all=ok device=$device $out bytes=$bytes seconds=$(awk -v start="$start" '{ print $1 - start }' /proc/uptime)"
+                    kernel=$(($(kernel_ticks) - kernel_start))
+                    mark "read-all=ok device=$device $out bytes=$bytes seconds=$(awk -v start="$start" '{ print $1 - start }' /proc/uptime) kernel-cpu=$((kernel / 100)).$((kernel / 10 % 10))$((kernel % 10))"
                     ;;
                 *) mark "read-all=failed device=$device $out" ;;
             esac

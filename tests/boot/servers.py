@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -160,9 +161,9 @@ class _Server:
             os.close(self._port_lock)
         self._port_lock = None
 
-    def nbd_root(self, fstype: str = "auto") -> str:
-        """This export in dracut's own syntax (95nbd): nbd:SERVER:PORT:FSTYPE:FLAGS:NBDOPTS, for root=."""
-        return f"nbd:{GUEST_HOST}:{self.port}:{fstype}:ro:-name,{self.name}"
+    def nbd_root(self, fstype: str = "auto", *, options: Sequence[str] = ()) -> str:
+        """This export in dracut's own syntax (95nbd): nbd:SERVER:PORT:FSTYPE:FLAGS:NBDOPTS, for root=; OPTIONS go to nbd-client."""
+        return f"nbd:{GUEST_HOST}:{self.port}:{fstype}:ro:" + ",".join(("-name", self.name, *options))
 
     def url(self) -> str:
         """The export as an NBD URI for the guest (kiwi-overlay's root=overlay:nbd://..., nbds:// with TLS)."""
