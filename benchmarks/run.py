@@ -180,15 +180,16 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "page cache dropped first, no systemd, served by qemu-nbd (it allows 8 connections), over QEMU user networking. "
             "Above 1: faster than nbd-client. nbd-client runs with dracut's defaults (the kernel's netlink interface, "
             "512-byte blocks), and with -L (the ioctl interface) or -b 4096 (NBDOPTS of dracut's root=nbd:..., which "
-            "dracut passes on). The kernel CPU column: the guest's time in the kernel (system, irq and softirq in /proc/stat) "
-            "during the read. The last column is qemu-nbd's own trace of each boot (every NBD_CMD_READ it received: how "
-            "many, the median length, the most outstanding at once): what the client's kernel asked for. Reading the "
-            "table: the READs are alike, and the slow read is the one whose guest is busy in its kernel the whole time. A "
-            "packet capture of a default nbd-client boot (QEMU's filter-dump, outside the bench) showed the symptom: the "
-            "guest acknowledging qemu-nbd's data seconds late, qemu-nbd retransmitting with back-off (up to 11.7 s) and "
-            "the next READ coming tens of seconds after the last reply; most READs took 1-2 ms, as kiwi-overlay's. Which "
-            "kernel path takes the time with nbd-client's setup of the device, and not with kiwi-overlay's (the netlink "
-            "interface and 512-byte blocks too), is not found.",
+            "dracut passes on). The kernel time column: what the guest's /proc/stat charges to its kernel (system, irq and "
+            "softirq) during the read. The last column is qemu-nbd's own trace of each boot (every NBD_CMD_READ it received: "
+            "how many, the median length, the most outstanding at once): what the client's kernel asked for. Reading the "
+            "table: the slow reads are those whose guest's kernel time is about the whole read. A packet capture of a default "
+            "nbd-client boot (QEMU's filter-dump, outside the bench) showed most READs answered in 1-2 ms, as kiwi-overlay's, "
+            "and between them gaps of seconds: the guest acknowledging qemu-nbd's data late, qemu-nbd retransmitting with "
+            "back-off (up to 11.7 s), the next READ tens of seconds after the last reply; the guest's TCP counters show no "
+            "loss, and its clocksource watchdog reports readout gaps of up to 15 s. Whether the vCPU spins in the guest's "
+            "kernel then, or QEMU does not run it, and why only with nbd-client's setup of the device (kiwi-overlay's uses "
+            "the netlink interface and 512-byte blocks too), is not found.",
             lambda: throughput.table(
                 keep(
                     "throughput",

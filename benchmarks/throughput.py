@@ -4,8 +4,8 @@ The root image padded with zeros to SIZE_MB (squashfs ignores what follows its e
 qemu-nbd, which takes several connections; the guest boots without systemd and its init reads
 the whole device (ko.test=read-all: page cache dropped, dd bs=1M), reporting bytes and seconds.
 dracut's stock nbd root runs nbd-client with its defaults (one connection, the kernel's netlink
-interface, 512-byte blocks), and with the options that change how much CPU the guest's kernel
-spends on the read (kernel-cpu: /proc/stat's system, irq and softirq time during it).
+interface, 512-byte blocks), and with other options of it; for each read the time the guest's
+/proc/stat charges to its kernel meanwhile (kernel-cpu: system, irq and softirq).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def mb_per_second(result: BootResult) -> float | None:
 
 
 def kernel_cpu(result: BootResult) -> float | None:
-    """Seconds the guest's CPUs spent in the kernel (system, irq, softirq) during the read."""
+    """Seconds the guest's /proc/stat charged to its kernel (system, irq, softirq) during the read."""
     found = re.search(r"^ok .* kernel-cpu=([\d.]+)", result.value("read-all") or "")
     return float(found[1]) if found else None
 
@@ -126,7 +126,7 @@ def table(measured: tuple[dict[str, Samples], dict[str, list[Requests]]], *, siz
     results, seen = measured
     reference = next(iter(results.values())).median
     rows = [
-        f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | guest kernel CPU during the read |"
+        f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | guest's kernel time during the read |"
         " READs per boot (median size, most in flight) |",
         "|---|---|---|---|---|---|",
     ]
