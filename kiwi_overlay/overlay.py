@@ -32,8 +32,7 @@ class MountError(KiwiOverlayError):
 def is_mounted(path: Path) -> bool:
     """Whether something is mounted at PATH, a bind mount too: the kernel's mount table, read directly.
 
-    Not with psutil: on the boot path its import alone takes 8 ms natively (the initrd's Python), a
-    tenth of a second under TCG.
+    Not with psutil: on the boot path its import alone takes 8 ms natively (the initrd's Python).
     """
     wanted = os.fsencode(path.resolve())
     with open("/proc/self/mountinfo", "rb") as table:

@@ -129,6 +129,11 @@ def test_dracut_python_writes_bytecode_and_a_launcher_and_names_the_elf_files(tm
     assert (stdlib / "pyroute2/netlink/rtnl/ifinfmsg/plugins/bond.pyc").is_file()
     assert not (stdlib / "pyroute2/iproute").exists() and not (stdlib / "asyncio").exists()
     assert not (stdlib / "pyroute2/ndb").exists() and not (stdlib / "sqlite3").exists()
+    # Of a package's top directory only what the trace loaded: not pyroute2's ipset or wireless modules, nor
+    # psutil's for other systems; kiwi_overlay's own whole (python3 -m kiwi_overlay needs its __main__).
+    assert (stdlib / "pyroute2/common.pyc").is_file() and not (stdlib / "pyroute2/ipset.pyc").exists()
+    assert (stdlib / "psutil/_pslinux.pyc").is_file() and not (stdlib / "psutil/_pswindows.pyc").exists()
+    assert (stdlib / "kiwi_overlay/__main__.pyc").is_file()
     # Without docstrings, with each function on its source line (tracebacks under rd.kiwi.debug).
     from kiwi_overlay import cli
 
