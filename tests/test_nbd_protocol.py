@@ -280,9 +280,12 @@ def test_tls_client_certificate(image: Path, pki: dict[str, Path]) -> None:
     assert f"size: {IMAGE_SIZE}" in with_cert.stdout
     assert without.returncode == 2
     # The server closes after the handshake: to the client that looks like a reset, which is retried until the timeout.
+    # The last word depends on where the 3 s run out (a busy machine: inside an attempt), so either is right.
     *progress, error = without.stderr.splitlines()
+    assert progress, "the resets were retried"
     assert all(line.startswith(f"kiwi-overlay: waiting for NBD server 127.0.0.1:{port} (attempt ") for line in progress)
-    assert error.startswith(f"kiwi-overlay: NBD server 127.0.0.1:{port}: closed the connection")
+    server = f"kiwi-overlay: NBD server 127.0.0.1:{port}: "
+    assert error.startswith((f"{server}closed the connection", f"{server}no answer in time")), error
 
 
 def test_plain_client_against_tls_server_says_use_nbds(image: Path, pki: dict[str, Path]) -> None:
