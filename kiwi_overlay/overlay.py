@@ -7,7 +7,6 @@ rootflags mean the same on both paths. Every failure unmounts what was mounted, 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from contextlib import ExitStack
 from dataclasses import replace
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from kiwi_overlay import log
 from kiwi_overlay.config.plan import Plan
-from kiwi_overlay.devices import KNOWN_FILESYSTEMS, device_size, filesystem_type, set_read_only, wait_for_device
+from kiwi_overlay.devices import KNOWN_FILESYSTEMS, device_size, filesystem_type, mount_points, set_read_only, wait_for_device
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout, Mount, mounts, read_options
 from kiwi_overlay.run import run
@@ -30,18 +29,8 @@ class MountError(KiwiOverlayError):
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether something is mounted at PATH, a bind mount too: the kernel's mount table, read directly.
-
-    Not with psutil: on the boot path its import alone takes 8 ms natively (the initrd's Python).
-    """
-    wanted = os.fsencode(path.resolve())
-    with open("/proc/self/mountinfo", "rb") as table:
-        return any(_unescape(line.split()[4]) == wanted for line in table)
-
-
-def _unescape(field: bytes) -> bytes:
-    """A mountinfo path: the kernel writes space, tab, newline and backslash as octal escapes (\\040)."""
-    return re.sub(rb"\\([0-7]{3})", lambda escape: bytes([int(escape[1], 8)]), field) if b"\\" in field else field
+    """Whether something is mounted at PATH (a bind mount too)."""
+    return str(path.resolve()) in mount_points()
 
 
 def _kernel_log_mark() -> int | None:

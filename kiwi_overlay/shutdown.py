@@ -10,11 +10,11 @@ power-off that follows. Then the NBD devices are detached.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from kiwi_overlay import log
 from kiwi_overlay.config.plan import RUN_DIR
+from kiwi_overlay.devices import mount_points
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.layout import Layout
 from kiwi_overlay.run import run
@@ -22,15 +22,6 @@ from kiwi_overlay.run import run
 # Where the layers are at shutdown: in place, or under dracut's /shutdown's old root and old /run.
 RUN_DIRS = (RUN_DIR, Path("/oldsys") / RUN_DIR.relative_to("/"), Path("/oldroot") / RUN_DIR.relative_to("/"))
 _FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
-
-
-def _mount_points() -> set[str]:
-    # mountinfo writes space, tab, newline and backslash as octal escapes (\040); no codec for it
-    # (the unicode_escape codec is not in the initrd's Python).
-    return {
-        re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), line.split()[4])
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    }
 
 
 def _freeze(point: Path) -> str | None:
@@ -72,7 +63,7 @@ def shutdown(*, run_dirs: tuple[Path, ...] = RUN_DIRS, nbd_state_dir: Path | Non
     """Sync, leave every write layer under RUN_DIRS clean, detach the NBD devices; reports every failure in one line."""
     os.sync()
     failures = []
-    points = _mount_points()
+    points = mount_points()
     for run_dir in run_dirs:
         point = Layout(run_dir, run_dir).overlayfs
         if str(point) in points:
