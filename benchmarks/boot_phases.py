@@ -119,6 +119,10 @@ class Phase:
     label: str
     value: Callable[[Timeline], float | None]
 
+    def median(self, timelines: list[Timeline]) -> float | None:
+        """The median of this phase over the boots' TIMELINES that have it."""
+        return median([found for events in timelines if (found := self.value(events)) is not None])
+
 
 PHASES = (
     Phase("cmdline hook: kiwi-overlay's process, its interpreter's start to its answer (interpreter, imports, plan; no systemd)",
@@ -161,8 +165,7 @@ def table(results: dict[bool, Samples]) -> str:
     for phase in PHASES:
         cells = []
         for systemd in FLAVOURS:
-            values = [value for events in timelines[systemd] if (value := phase.value(events)) is not None]
-            cells.append(seconds(median(values), 2))
+            cells.append(seconds(phase.median(timelines[systemd]), 2))
         rows.append(f"| {phase.label} | {' | '.join(cells)} |")
     notes = [f"- {FLAVOURS[systemd]}: not measured: {samples.failure}" for systemd, samples in results.items() if samples.failure]
     return "\n".join(rows + (["", *notes] if notes else []))

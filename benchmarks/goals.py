@@ -57,17 +57,13 @@ def _timelines(phases: dict[tuple[str, bool], Samples] | None, *, systemd: bool)
     return [boot_phases.timeline(result) for result in samples.results if result.reached_root] if samples else []
 
 
-def _median_phase(timelines: list[boot_phases.Timeline], phase: boot_phases.Phase) -> float | None:
-    return median([found for events in timelines if (found := phase.value(events)) is not None])
-
-
 def _own_time(phases: dict[tuple[str, bool], Samples] | None) -> list[tuple[str, str, str, str]]:
     """Goal 2. The cmdline hook: kiwi-overlay's process where it starts one (no systemd), else the stage to its answer."""
     own_hook, stage, *_, assembled = boot_phases.PHASES
     rows = []
     for systemd, flavour in FLAVOURS.items():
         timelines = _timelines(phases, systemd=systemd)
-        value = _median_phase(timelines, assembled)
+        value = assembled.median(timelines)
         rows.append(
             (
                 f"2. network start to root assembled, {flavour}",
@@ -76,7 +72,7 @@ def _own_time(phases: dict[tuple[str, bool], Samples] | None) -> list[tuple[str,
                 _verdict(value, OWN_TIME),
             )
         )
-        process, whole = _median_phase(timelines, own_hook), _median_phase(timelines, stage)
+        process, whole = own_hook.median(timelines), stage.median(timelines)
         value = process if process is not None else whole
         if process is not None and whole is not None:
             shown = f"{process:.2f} s, its process (the stage's start to its answer: {whole:.2f} s, dracut's init and hooks before it too)"
@@ -92,9 +88,9 @@ def _without_own_time(
     """Goal 1 within reach? The no-systemd boots of item 2 less kiwi-overlay's processes, against dracut's time to root."""
     samples = phases.get((KIWI, False)) if phases else None
     dracut = boots.get((DRACUT, False)) if boots else None
-    pairs = [(result.time_to_root, boot_phases.own_time(boot_phases.timeline(result))) for result in samples.results] if samples else []
-    rest = median([total - own for total, own in pairs if total is not None and own is not None])
-    own = median([own for total, own in pairs if total is not None and own is not None])
+    timed = [(result.time_to_root, boot_phases.own_time(boot_phases.timeline(result))) for result in samples.results] if samples else []
+    pairs = [(total, own) for total, own in timed if total is not None and own is not None]
+    rest, own = median([total - own for total, own in pairs]), median([own for _, own in pairs])
     goal, target = (
         "1. time to root, no systemd, less kiwi-overlay's own processes",
         f"≤ {ROOT_RATIO}× dracut's for goal 1 to be within reach",
@@ -137,11 +133,7 @@ def _nbd_client_gap(measured: tuple[dict[str, Samples], dict[str, Any]] | None) 
     """Goal 5a: each read's MB/s and its guest's kernel time; explained in part when nbd-client's read is nearly all kernel time."""
     goal, target = "5. throughput: nbd-client's slow read explained", "explained or fair"
     results = measured[0] if measured else {}
-    figures = {
-        label: (samples.median, median([cpu for result in samples.results if (cpu := throughput.kernel_cpu(result)) is not None]))
-        for label, samples in results.items()
-        if samples.median
-    }
+    figures = {label: (samples.median, throughput.median_kernel_cpu(samples)) for label, samples in results.items() if samples.median}
     if len(figures) < len(throughput.VARIANTS):
         return (goal, target, "n/m", "not measured")
     shown = "; ".join(

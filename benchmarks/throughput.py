@@ -61,10 +61,10 @@ def mb_per_second(result: BootResult) -> float | None:
     return int(found[1]) / float(found[2]) / 1e6
 
 
-def kernel_cpu(result: BootResult) -> float | None:
-    """Seconds the guest's /proc/stat charged to its kernel (system, irq, softirq) during the read."""
-    found = re.search(r"^ok .* kernel-cpu=([\d.]+)", result.value("read-all") or "")
-    return float(found[1]) if found else None
+def median_kernel_cpu(samples: Samples) -> float | None:
+    """Seconds the guest's /proc/stat charged to its kernel (system, irq, softirq) during a read, the median of SAMPLES' boots."""
+    found = [re.search(r"^ok .* kernel-cpu=([\d.]+)", result.value("read-all") or "") for result in samples.results]
+    return median([float(match[1]) for match in found if match])
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def table(measured: tuple[dict[str, Samples], dict[str, list[Requests]]], *, siz
             continue
         figures = spread(samples.values, "MB/s")
         compared = ratio(samples.median, reference)
-        cpu = median([found for result in samples.results if (found := kernel_cpu(result)) is not None])
+        cpu = median_kernel_cpu(samples)
         cpu_shown = f"{cpu:.1f} s" if cpu is not None else "n/m"
         reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in seen.get(label, [])) or "n/m"
         speed = f"**{median(samples.values):.1f} MB/s**"
