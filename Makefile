@@ -35,7 +35,8 @@ test: deps venv
 demo: deps venv
 	$(PY) -m tests.boot.demo $(DEMO_ARGS)
 
-# Every benchmark (issues 9 and 16), written to BENCHMARKS.md: about 25 min, most of it QEMU TCG boots.
+# Every benchmark (issues 9 and 16), written to BENCHMARKS.md, which records its wall time (meant to stay under 30 min;
+# most of it QEMU TCG boots, whose pace the host CPU sets).
 # Needs root and the Debian packages of .ci/install-deps (QEMU, dracut, nbd-server, nbd-client, dnsmasq).
 # BENCH_ARGS=--quick: one boot per variant (a smoke run); --only SECTION...; see python -m benchmarks --help.
 bench: deps venv $(VENV)/.bench-installed

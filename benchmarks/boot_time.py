@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from benchmarks.stats import median, ratio, seconds, spread
 from tests.boot.initrd import KIWI_OVERLAY_MODULES, build_initrd, kiwi_overlay_initrd, stock_nbd_initrd
-from tests.boot.qemu import BootResult, Guest, boot
+from tests.boot.qemu import BootResult, Guest, Mark, boot
 from tests.boot.servers import NbdServer, QemuNbd
 
 KIWI = "kiwi-overlay"
@@ -103,11 +103,13 @@ class Samples:
         return median([float(idle) for result in self.results if (idle := result.value("cpu-idle"))])
 
 
-def boot_variant(samples: Samples, guest: Guest, *, name: str, value: Callable[[BootResult], float | None]) -> None:
-    """Boot GUEST once into SAMPLES (skipped after a failure); VALUE reads the figure from the result."""
+def boot_variant(
+    samples: Samples, guest: Guest, *, name: str, value: Callable[[BootResult], float | None], on_mark: Callable[[Mark], None] | None = None
+) -> None:
+    """Boot GUEST once into SAMPLES (skipped after a failure); VALUE reads the figure from the result, ON_MARK sees each marker."""
     if samples.failure:
         return
-    result = boot(guest, name=f"ko-bn-{name}", timeout=BOOT_TIMEOUT)
+    result = boot(guest, name=f"ko-bn-{name}", timeout=BOOT_TIMEOUT, on_mark=on_mark)
     samples.results.append(result)
     figure = value(result) if result.reached_root else None
     if figure is None:

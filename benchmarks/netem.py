@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.boot_time import KIWI, Samples, boot_variant, cmdline, progress
 from benchmarks.stats import median, ratio, spread
-from benchmarks.throughput import Requests, mb_per_second, padded_image, requests
+from benchmarks.throughput import FRESH_PAGES, Requests, mb_per_second, padded_image, requests
 from tests.boot.initrd import kiwi_overlay_initrd
 from tests.boot.qemu import BootResult, Guest
 from tests.boot.servers import QemuNbd
@@ -115,7 +115,8 @@ def measure(*, runs: int, image: Path, size_mb: int, scratch: Path, delay_ms: in
     with QemuNbd(padded, connections=8, trace=True) as server:
         for round_number in range(runs):
             for variant, measured in results.items():
-                extra = [f"rd.root.overlay.nbd.connections={variant.connections}", f"ko.bench.netem={delay}", "ko.test=read-all"]
+                extra = [FRESH_PAGES, f"rd.root.overlay.nbd.connections={variant.connections}", f"ko.bench.netem={delay}"]
+                extra += ["ko.test=read-all"]
                 extra += ["ko.read.per-cpu"] if variant.per_cpu else []
                 guest = Guest(initrd=initrd, cmdline=cmdline(KIWI, server, *extra), cpus=variant.cpus)
                 offset = server.log.stat().st_size if server.log.exists() else 0

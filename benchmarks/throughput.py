@@ -5,7 +5,10 @@ qemu-nbd, which takes several connections; the guest boots without systemd and i
 the whole device (ko.test=read-all: page cache dropped, dd bs=1M), reporting bytes and seconds.
 dracut's stock nbd root runs nbd-client with its defaults (one connection, the kernel's netlink
 interface, 512-byte blocks), and with other options of it; for each read the time the guest's
-/proc/stat charges to its kernel meanwhile (kernel-cpu: system, irq and softirq).
+/proc/stat charges to its kernel meanwhile (kernel-cpu: system, irq and softirq), and how many
+blocks of translated code QEMU threw away meanwhile (its monitor's `info jit`).
+
+Every variant boots with FRESH_PAGES; the STALE rows show what a read costs without it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.boot_time import DRACUT, KIWI, Initrds, Samples, boot_variant, cmdline
+from benchmarks.boot_time import DRACUT, KIWI, Initrds, Samples, boot_variant, cmdline, progress
 from benchmarks.stats import median, ratio, spread
-from tests.boot.qemu import BootResult, Guest
+from tests.boot.qemu import BootResult, Guest, Mark, monitor_command
 from tests.boot.servers import QemuNbd
+
+# Every read boots with it: the guest's kernel zeroes a page as it frees it, so QEMU's TCG drops the
+# code it translated from that page during the boot, not store by store during the read (why: item
+# 5's description in run.py).
+FRESH_PAGES = "init_on_free=1"
 
 
 @dataclass(frozen=True)
@@ -26,22 +34,30 @@ class Variant:
     kind: str
     extra: tuple[str, ...] = ()  # kernel command line
     nbd_client: tuple[str, ...] = ()  # nbd-client's options (dracut's NBDOPTS)
+    fresh_pages: bool = True  # booted with FRESH_PAGES; without, once (nbd-client's read takes minutes)
 
     @property
     def name(self) -> str:
-        """For the boot's log: the kind and what sets it apart (connections, nbd-client's options)."""
-        words = [word.rsplit("=", 1)[-1].lstrip("-") for word in self.extra or self.nbd_client] or ["default"]
-        return "-".join((self.kind, *words))
+        """For the boot's log: the kind and what sets it apart (connections, nbd-client's options, stale pages)."""
+        words = [word.rsplit("=", 1)[-1].lstrip("-") for word in (*self.extra, *self.nbd_client)]
+        words += [] if self.fresh_pages else ["stale-pages"]
+        return "-".join((self.kind, *(words or ["default"])))
+
+    def cmdline_words(self) -> tuple[str, ...]:
+        return (FRESH_PAGES, *self.extra) if self.fresh_pages else self.extra
 
 
 NBD_CLIENT = "nbd-client (dracut's stock nbd, default: 1 connection)"  # the reference: the first row
 ONE_CONNECTION = "kiwi-overlay, rd.root.overlay.nbd.connections=1"
+STALE_NBD_CLIENT = f"nbd-client, default, without {FRESH_PAGES}"
+STALE_ONE_CONNECTION = f"kiwi-overlay, 1 connection, without {FRESH_PAGES}"
 VARIANTS = {
     NBD_CLIENT: Variant(DRACUT),
     "nbd-client -L (the ioctl interface instead of netlink)": Variant(DRACUT, nbd_client=("-L",)),
-    "nbd-client -b 4096 (4 KiB blocks instead of 512 B)": Variant(DRACUT, nbd_client=("-b", "4096")),
     ONE_CONNECTION: Variant(KIWI, ("rd.root.overlay.nbd.connections=1",)),
     "kiwi-overlay, rd.root.overlay.nbd.connections=4": Variant(KIWI, ("rd.root.overlay.nbd.connections=4",)),
+    STALE_NBD_CLIENT: Variant(DRACUT, fresh_pages=False),
+    STALE_ONE_CONNECTION: Variant(KIWI, ("rd.root.overlay.nbd.connections=1",), fresh_pages=False),
 }
 
 
@@ -92,26 +108,64 @@ def requests(trace: str) -> Requests | None:
     return Requests(len(sizes), median(sizes) or 0.0, most) if sizes else None
 
 
-def measure(
-    *, runs: int, initrds: Initrds, image: Path, size_mb: int, scratch: Path
-) -> tuple[dict[str, Samples], dict[str, list[Requests]]]:
-    """The MB/s of each variant's boots, and what the server's trace shows of their reads."""
-    results = {label: Samples() for label in VARIANTS}
-    seen: dict[str, list[Requests]] = {label: [] for label in VARIANTS}
+@dataclass
+class Measured:
+    """Per variant: its boots, the server's view of each read, the code blocks QEMU invalidated during each read."""
+
+    results: dict[str, Samples]
+    requests: dict[str, list[Requests]]
+    invalidated: dict[str, list[int]]
+
+
+_INVALIDATED = re.compile(r"TB invalidate count\s+(\d+)")
+
+
+class _InvalidationCounter:
+    """QEMU's count of invalidated translation blocks at the root's write test (just before the read) and the read's end."""
+
+    def __init__(self, monitor: Path) -> None:
+        self.monitor = monitor
+        self.counts: dict[str, int] = {}
+
+    def on_mark(self, mark: Mark) -> None:
+        if mark.name not in ("write", "read-all"):
+            return
+        try:
+            answer = monitor_command(self.monitor, "info jit")
+        except OSError as error:  # the column shows n/m; the boot's own figures still count
+            progress(f"QEMU's monitor: {error}")
+            return
+        if found := _INVALIDATED.search(answer):
+            self.counts[mark.name] = int(found[1])
+
+    @property
+    def during_read(self) -> int | None:
+        return self.counts["read-all"] - self.counts["write"] if len(self.counts) == 2 else None
+
+
+def measure(*, runs: int, initrds: Initrds, image: Path, size_mb: int, scratch: Path) -> Measured:
+    """The MB/s of each variant's boots, what the server's trace shows of their reads, QEMU's invalidations."""
+    measured = Measured({label: Samples() for label in VARIANTS}, {label: [] for label in VARIANTS}, {label: [] for label in VARIANTS})
     padded = padded_image(image, size_mb=size_mb, output=scratch / "padded.squashfs")
     with QemuNbd(padded, connections=8, trace=True) as server:
         for round_number in range(runs):
             for label, variant in VARIANTS.items():
-                line = cmdline(variant.kind, server, *variant.extra, "ko.test=read-all", nbd_client=variant.nbd_client)
-                guest = Guest(initrd=initrds.get(variant.kind, systemd=False), cmdline=line)
+                if not variant.fresh_pages and round_number > 0:
+                    continue
+                line = cmdline(variant.kind, server, *variant.cmdline_words(), "ko.test=read-all", nbd_client=variant.nbd_client)
+                counter = _InvalidationCounter(scratch / "monitor.sock")
+                guest = Guest(initrd=initrds.get(variant.kind, systemd=False), cmdline=line, monitor=counter.monitor)
                 offset = server.log.stat().st_size if server.log.exists() else 0
-                boot_variant(results[label], guest, name=f"read-{variant.name}-{round_number}", value=mb_per_second)
+                name = f"read-{variant.name}-{round_number}"
+                boot_variant(measured.results[label], guest, name=name, value=mb_per_second, on_mark=counter.on_mark)
                 with server.log.open("rb") as log:
                     log.seek(offset)
                     found = requests(log.read().decode(errors="replace"))
                 if found:
-                    seen[label].append(found)
-    return results, seen
+                    measured.requests[label].append(found)
+                if counter.during_read is not None:
+                    measured.invalidated[label].append(counter.during_read)
+    return measured
 
 
 def _multi_conn_note(samples: Samples) -> str:
@@ -122,24 +176,27 @@ def _multi_conn_note(samples: Samples) -> str:
     return ""
 
 
-def table(measured: tuple[dict[str, Samples], dict[str, list[Requests]]], *, size_mb: int) -> str:
-    results, seen = measured
-    reference = next(iter(results.values())).median
+def table(measured: Measured, *, size_mb: int) -> str:
+    reference = measured.results[NBD_CLIENT].median
     rows = [
         f"| client ({size_mb} MiB export, qemu-nbd) | median | range | / nbd-client | guest's kernel time during the read |"
-        " READs per boot (median size, most in flight) |",
-        "|---|---|---|---|---|---|",
+        " code blocks QEMU invalidated during the read | READs per boot (median size, most in flight) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for label, samples in results.items():
+    for label, samples in measured.results.items():
         if not samples.values:
-            rows.append(f"| {label} | not measured | | | | |")
+            rows.append(f"| {label} | not measured | | | | | |")
             continue
         figures = spread(samples.values, "MB/s")
         compared = ratio(samples.median, reference)
         cpu = median_kernel_cpu(samples)
         cpu_shown = f"{cpu:.1f} s" if cpu is not None else "n/m"
-        reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in seen.get(label, [])) or "n/m"
+        invalidated = median(measured.invalidated[label])
+        invalidated_shown = f"{invalidated:,.0f}" if invalidated is not None else "n/m"
+        reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in measured.requests[label]) or "n/m"
         speed = f"**{median(samples.values):.1f} MB/s**"
-        rows.append(f"| {label}{_multi_conn_note(samples)} | {speed} | {figures} | {compared} | {cpu_shown} | {reads} |")
-    notes = [f"- {label}: not measured: {samples.failure}" for label, samples in results.items() if samples.failure]
+        rows.append(
+            f"| {label}{_multi_conn_note(samples)} | {speed} | {figures} | {compared} | {cpu_shown} | {invalidated_shown} | {reads} |"
+        )
+    notes = [f"- {label}: not measured: {samples.failure}" for label, samples in measured.results.items() if samples.failure]
     return "\n".join(rows + (["", *notes] if notes else []))

@@ -1,11 +1,16 @@
-"""The result channel of the boot harness (tests/boot/qemu.py): parsed without a guest, and under printk load in one."""
+"""The boot harness (tests/boot/qemu.py): its result channel, parsed without a guest and under printk load in one; QEMU's monitor."""
 
 from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.boot.initrd import session_initrd
-from tests.boot.qemu import Disk, Guest, Mark, boot, parse_mark
+from tests.boot.qemu import Disk, Guest, Mark, boot, monitor_command, parse_mark
 from tests.boot.rootfs import LABEL, root_image
 
 
@@ -41,3 +46,21 @@ def test_markers_arrive_intact_while_the_kernel_floods_the_console() -> None:
     assert values == expected, result.describe()
     assert result.mark("poweroff") is not None, result.describe()
     assert "ko-noise 1999:" in result.console(), result.describe()  # the flood did reach the console
+
+
+@pytest.mark.boot
+def test_the_monitor_answers_on_the_guests_socket(tmp_path: Path) -> None:
+    """Guest(monitor=PATH) puts QEMU's human monitor there; monitor_command returns one answer (the bench asks `info jit`)."""
+    socket_path, initrd = tmp_path / "monitor.sock", tmp_path / "initrd"
+    initrd.write_bytes(bytes(512))
+    argv = [*Guest(initrd, "", user_net=False, monitor=socket_path).argv(), "-S"]  # -S: the guest never starts
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as qemu:
+        try:
+            deadline = time.monotonic() + 60
+            while not socket_path.exists() and qemu.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert socket_path.exists(), f"QEMU made no monitor socket (exit status {qemu.poll()})"
+            assert "VM status: paused" in monitor_command(socket_path, "info status")
+            assert re.search(r"TB invalidate count\s+\d+", monitor_command(socket_path, "info jit"))
+        finally:
+            qemu.kill()

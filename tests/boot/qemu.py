@@ -34,6 +34,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,12 +94,14 @@ class Guest:
     cpus: int = 1
     kernel: GuestKernel | None = None
     vmlinuz: Path | None = None  # a kernel file of its own (a KIWI image's .kernel) instead of KERNEL's
+    monitor: Path | None = None  # a Unix socket for QEMU's human monitor (monitor_command); none without
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
         vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).vmlinuz
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", str(self.memory_mb)]
-        argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio"]
+        monitor = f"unix:{self.monitor},server=on,wait=off" if self.monitor else "none"
+        argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", monitor, "-serial", "stdio"]
         argv += results.serial_argv() if results else ["-serial", "null"]
         argv += ["-no-reboot"]
         argv += ["-kernel", str(vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
@@ -111,6 +114,24 @@ class Guest:
         for number, backend in enumerate(backends):
             argv += ["-netdev", f"{backend},id=net{number}", "-device", f"virtio-net-pci,netdev=net{number},mac={mac(number)}"]
         return argv
+
+
+def monitor_command(path: Path, command: str, *, timeout: float = 10.0) -> str:
+    """What QEMU's human monitor at PATH (Guest(monitor=PATH), running) answers to COMMAND, e.g. `info jit`."""
+    prompt = b"(qemu) "
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(timeout)
+        connection.connect(str(path))
+        received = b""
+        for line in (b"", command.encode() + b"\n"):
+            connection.sendall(line)
+            received = b""
+            while not received.endswith(prompt):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"QEMU's monitor at {path} closed before answering {command!r}")
+                received += chunk
+    return received[: -len(prompt)].decode(errors="replace")
 
 
 def initrd_disk(initrd: Path, *, output: Path) -> Disk:
