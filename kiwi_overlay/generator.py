@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
-from kiwi_overlay.config.parse import DEFAULT_TIMEOUT, is_overlay_root, parse_plan
+from kiwi_overlay.config.claim import is_overlay_root
+from kiwi_overlay.config.parse import DEFAULT_TIMEOUT, parse_plan
 from kiwi_overlay.config.plan import RUN_DIR, SYSROOT, Plan
 from kiwi_overlay.errors import KiwiOverlayError
 from kiwi_overlay.files import write_whole

@@ -73,11 +73,11 @@ for name in args[split + 1:]:
     except ImportError:
         pass
 import argparse, runpy
-from kiwi_overlay import cli
+from kiwi_overlay import arguments, cli
 from kiwi_overlay.netlink import pyroute
 for name in pyroute.EXPORTS:
     getattr(pyroute, name)
-parser = cli.build_parser()
+parser = arguments.build_parser()
 parser.format_help()
 for action in parser._actions:
     if isinstance(action, argparse._SubParsersAction):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Sequence
-from pathlib import Path
+import os
 
 from kiwi_overlay import log
 from kiwi_overlay.errors import KiwiOverlayError
+
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Sequence
+    from pathlib import Path
 
 
 def run(
@@ -19,6 +24,8 @@ def run(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ARGV; with CHECK, a non-zero exit raises a one-line KiwiOverlayError."""
+    import subprocess
+
     args = [str(arg) for arg in argv]
     log.debug("run: " + " ".join(args))
     try:
@@ -35,18 +42,23 @@ def run(
 
 
 def start(argv: Sequence[str | Path]) -> None:
-    """Start ARGV in the background and do not wait for it (its output goes nowhere); a missing program is ignored."""
+    """Start ARGV in the background and do not wait for it (its output goes nowhere); a missing program is ignored.
+
+    posix_spawn, not subprocess: the cmdline hook starts modprobe, and importing subprocess
+    (threading, selectors, signal) would cost it more than the start itself.
+    """
     args = [str(arg) for arg in argv]
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     try:
-        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        os.posix_spawnp(args[0], args, os.environ, file_actions=quiet, setsid=True)
     except OSError as error:
         log.debug(f"{args[0]}: {error.strerror}")
 
 
 def child_environment() -> dict[str, str]:
     """The environment for a kiwi-overlay interpreter started under another argv[0] (the watch)."""
-    import os
     import sys
+    from pathlib import Path
 
     # argv[0] is not a path, so the child cannot find a virtualenv from it: hand over our sys.path,
     # and this package's own directory first (an editable install is found by an import hook, not a path).

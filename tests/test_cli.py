@@ -1,4 +1,4 @@
-"""kiwi_overlay.cli: a boot step builds only its own subcommand's parser; everything else sees all of them."""
+"""kiwi_overlay.cli and .arguments: a boot step builds only its own subcommand's parser; everything else sees all of them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kiwi_overlay.cli import build_parser
+from kiwi_overlay.arguments import build_parser
 
 
 def choices(command: str | None) -> list[str]:

@@ -1,7 +1,8 @@
 """The boot plan: every kiwi-overlay option of the kernel command line, parsed and checked.
 
     plan.py     the frozen dataclasses of the plan (roots, write layer, network, partition) and RUN_DIR, SYSROOT
-    parse.py    the command line into a Plan: parse_plan(), is_overlay_root()
+    claim.py    what the cmdline stage decides unchecked: is_overlay_root(), the root's transport
+    parse.py    the command line into a Plan: parse_plan()
     roots.py    root=overlay:... (NBD servers and URIs, AoE, local devices) and a DHCP root-path
     values.py   the grammars of single values: sizes, seconds, hosts, interface names, block devices
 

@@ -1,4 +1,4 @@
-"""The kernel command line into a Plan: is_overlay_root() and parse_plan().
+"""The kernel command line into a Plan: parse_plan().
 
 Parsing does no I/O; parse_plan raises OptionError (one line) for any unusable option.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
-from kiwi_overlay.config.plan import AoeRoot, DhcpRoot, NbdRoot, Network, Partition, Plan, Root, WriteLayer
+from kiwi_overlay.config.claim import debug_requested, implied_dhcp, network_needs, write_kind
+from kiwi_overlay.config.plan import DhcpRoot, Network, Partition, Plan, Root, WriteLayer
 from kiwi_overlay.config.roots import parse_root
 from kiwi_overlay.config.values import byte_size, device_from_spec, is_interface_name, positive_number
 from kiwi_overlay.errors import OptionError
@@ -50,7 +51,7 @@ def _parse_size(cmdline: KernelCmdline) -> str:
     )
 
 
-def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
+def _parse_write(cmdline: KernelCmdline) -> WriteLayer:
     size = _parse_size(cmdline)
     spec = cmdline.getarg("rd.root.overlay.write")
     device = None
@@ -59,14 +60,8 @@ def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
     fallback = cmdline.getarg("rd.root.overlay.write.fallback")
     if fallback not in (None, "tmpfs"):
         raise OptionError("rd.root.overlay.write.fallback", fallback, "the only fallback is tmpfs", "rd.root.overlay.write.fallback=tmpfs")
-    if readonly:
-        kind: Literal["tmpfs", "device", "none"] = "none"
-    elif device and not cmdline.getargbool("rd.root.overlay.temporary"):
-        kind = "device"
-    else:
-        kind = "tmpfs"
     return WriteLayer(
-        kind=kind,
+        kind=write_kind(cmdline, device=device is not None),
         size=size,
         device=device,
         reset=cmdline.getargbool("rd.root.overlay.reset"),
@@ -76,18 +71,10 @@ def _parse_write(cmdline: KernelCmdline, readonly: bool) -> WriteLayer:
 
 
 def _parse_network(cmdline: KernelCmdline, root: Root | None) -> Network:
-    ip = cmdline.getargs("ip")
-    neednet = cmdline.getargbool("rd.neednet")
-    if isinstance(root, (NbdRoot, DhcpRoot)):
-        needed, needs_ip = True, True
-    elif isinstance(root, AoeRoot):
-        # AoE is layer 2: links up, no addresses; a DHCP wait would hang on a segment without a server.
-        needed, needs_ip = True, bool(ip) or neednet
-    else:
-        needed, needs_ip = neednet, neednet
-    # As dracut: an address needed and no ip= means DHCP on every link (the first lease wins).
-    implied = needs_ip and not ip
-    ip = ip or ("dhcp",) * implied
+    transport = root.transport if root is not None else None
+    needed, needs_ip = network_needs(transport, cmdline)
+    implied = implied_dhcp(transport, cmdline)
+    ip = cmdline.getargs("ip") or ("dhcp",) * implied
     bonds = tuple(map(parse_bond, cmdline.getargs("bond")))
     bridges = tuple(map(parse_bridge, cmdline.getargs("bridge")))
     vlans = tuple(map(parse_vlan, cmdline.getargs("vlan")))
@@ -154,12 +141,6 @@ def _parse_verity(cmdline: KernelCmdline) -> str | None:
     return value.lower()
 
 
-def is_overlay_root(cmdline: KernelCmdline) -> bool:
-    """root=overlay:..., or root=dhcp (the DHCP server names an overlay root)."""
-    root = cmdline.getarg("root")
-    return root is not None and (root.startswith("overlay:") or root == "dhcp")
-
-
 def parse_plan(cmdline: KernelCmdline) -> Plan:
     """The plan for CMDLINE; raises OptionError (one line) for any unusable option."""
     root_text = cmdline.getarg("root")
@@ -174,13 +155,13 @@ def parse_plan(cmdline: KernelCmdline) -> Plan:
         raise OptionError("rootfstype", rootfstype, "is not a filesystem type", "rootfstype=squashfs")
     return Plan(
         root=root,
-        write=_parse_write(cmdline, readonly),
+        write=_parse_write(cmdline),
         network=_parse_network(cmdline, root),
         readonly=readonly,
         rootfstype=rootfstype,
         rootflags=cmdline.getarg("rootflags") or None,
         timeout=positive_number(cmdline, "rd.root.overlay.timeout", DEFAULT_TIMEOUT, "120") or DEFAULT_TIMEOUT,
-        debug=cmdline.getargbool("rd.kiwi.debug") or cmdline.getargbool("rd.debug"),
+        debug=debug_requested(cmdline),
         partition=_parse_partition(cmdline),
         ram=cmdline.getargbool("rd.root.overlay.ram"),
         notes=foreign_option_notes(cmdline) if root is not None else (),

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, whole_number
+from kiwi_overlay.config.claim import LOCAL_FORMS, root_transport
 from kiwi_overlay.config.plan import WAIT_FOREVER, AoeRoot, DhcpRoot, LocalRoot, LostPolicy, NbdRoot, NbdServer, Root
-from kiwi_overlay.config.values import LOCAL_FORMS, OptionErrors, check_host, device_from_spec, is_interface_name, positive_number
+from kiwi_overlay.config.values import OptionErrors, check_host, device_from_spec, is_interface_name, positive_number
 from kiwi_overlay.errors import OptionError
 
 NBD_DEFAULT_PORT = 10809
@@ -205,12 +206,13 @@ def root_from_root_path(root_path: str, cmdline_text: str) -> NbdRoot | AoeRoot 
 
 def parse_root(cmdline: KernelCmdline, root: str) -> Root:
     spec = root.removeprefix("overlay:")
-    kind, sep, value = spec.partition("=")
-    if (kind == "nbd" and sep) or spec.startswith(("nbd://", "nbds://")):
+    value = spec.partition("=")[2]
+    transport = root_transport(root)
+    if transport == "nbd":
         return _parse_nbd(cmdline, root, spec if "://" in spec else value)
-    if kind == "aoe" and sep:
+    if transport == "aoe":
         return _parse_aoe(cmdline, root, value)
-    if kind in LOCAL_FORMS and sep:
+    if transport == "local":
         return LocalRoot(spec=spec, device=device_from_spec(spec, option="root", example="root=overlay:LABEL=root", shown=root))
     raise OptionError(
         "root",

@@ -9,17 +9,9 @@ import re
 from pathlib import Path
 
 from kiwi_overlay.cmdline import KernelCmdline, decimal_number, whole_number
+from kiwi_overlay.config.claim import LOCAL_FORMS
 from kiwi_overlay.errors import OptionError
 
-# dracut's by-* directories for the local root forms, and whether '/' and ' ' are escaped.
-LOCAL_FORMS: dict[str, tuple[str, bool]] = {
-    "UUID": ("/dev/disk/by-uuid/", False),
-    "PARTUUID": ("/dev/disk/by-partuuid/", False),
-    "LABEL": ("/dev/disk/by-label/", True),
-    "PARTLABEL": ("/dev/disk/by-partlabel/", True),
-    "UNIXNODE": ("/dev/", False),
-    "MAPPER": ("/dev/mapper/", False),
-}
 _IFNAME = re.compile(r"[^/\s:]+")
 _IFNAMSIZ = 16  # the kernel's limit for an interface name, its terminating NUL included
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")

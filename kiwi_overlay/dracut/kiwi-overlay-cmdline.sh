@@ -1,6 +1,7 @@
 #!/bin/sh
-# cmdline hook: is root= an overlay root? kiwi-overlay reads and checks the command line itself.
-# For NBD it adds rd.neednet=1 (and ip=dhcp without ip=) to /etc/cmdline.d and asks for need_shutdown.
+# cmdline hook: is root= an overlay root? kiwi-overlay reads the command line itself and claims the
+# root by its form; the mount step checks every option. For NBD it adds rd.neednet=1 (and ip=dhcp
+# without ip=) to /etc/cmdline.d and asks for need_shutdown.
 # With systemd its generator has done that already and left the answer: no second interpreter start.
 # shellcheck source=/dev/null # dracut's library, in the initrd
 type die > /dev/null 2>&1 || . /lib/dracut-lib.sh
@@ -24,6 +25,6 @@ case $_kiwi_overlay_answer in
         root=kiwi-overlay
         ;;
     1) ;;
-    *) die "kiwi-overlay: invalid kernel command line, see the kiwi-overlay: line above" ;;
+    *) die "kiwi-overlay: the cmdline hook failed, see the kiwi-overlay: line above" ;;
 esac
 unset _kiwi_overlay_answer
