@@ -9,19 +9,23 @@ It is started in the initrd as a process of its own (`kiwi-overlay-watch`) and l
 root, whether or not the initrd or the real root run systemd, needing nothing from the real root:
 it holds descriptors of /run and /dev/kmsg, opened before the switch. Unlike the NBD supervisor its
 name has no '@': the shutdown killing spree ends it before the file systems are unmounted.
-Stdlib only.
+Its interpreter starts while the root is attached, on the same CPU: it imports nothing but os,
+sys and time (no runpy, pathlib or contextlib, which would triple its start in a TCG guest).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 from kiwi_overlay.errors import KiwiOverlayError
+
+# Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 PROCESS_NAME = "kiwi-overlay-watch"
 LEVELS = (80, 90, 95)
@@ -60,7 +64,9 @@ def message(level: int, percent: float, *, where: str, size: int) -> tuple[int, 
     )
 
 
-def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], None] | None = None, starter: int | None = None) -> None:
+def watch(
+    directory: str | Path, *, interval: float = INTERVAL, ready: Callable[[], None] | None = None, starter: int | None = None
+) -> None:
     """Warn about the write layer at DIRECTORY from when it is mounted until it is unmounted.
 
     READY() once everything needed is open. It holds a descriptor of DIRECTORY's grandparent (/run for
@@ -71,13 +77,15 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
     looks at nothing: a failed boot unmounts what it mounted, and a look at that moment would make
     the unmount fail (EBUSY). A layer not mounted then never will be, and the watch ends.
     """
-    directory = directory.absolute()
+    directory = os.path.abspath(directory)
+    parent, name = os.path.split(directory)
+    grandparent, parent_name = os.path.split(parent)
     try:
-        anchor = os.open(directory.parent.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        anchor = os.open(grandparent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
-        raise KiwiOverlayError(f"cannot watch {directory}: {directory.parent.parent}: {error.strerror}") from None
+        raise KiwiOverlayError(f"cannot watch {directory}: {grandparent}: {error.strerror}") from None
     anchor_device = os.fstat(anchor).st_dev
-    below = f"{directory.parent.name}/{directory.name}"
+    below = f"{parent_name}/{name}"
     try:
         kmsg: int | None = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
@@ -99,7 +107,7 @@ def watch(directory: Path, *, interval: float = INTERVAL, ready: Callable[[], No
         percent = fill_percent(stat)
         level, warned = next_warning(percent, warned)
         if level is not None:
-            _say(kmsg, *message(level, percent, where=str(directory), size=stat.f_blocks * stat.f_frsize))
+            _say(kmsg, *message(level, percent, where=directory, size=stat.f_blocks * stat.f_frsize))
         time.sleep(interval)
 
 
@@ -129,8 +137,10 @@ def _say(kmsg: int | None, priority: int, text: str) -> None:
             return
         except OSError:
             pass
-    with contextlib.suppress(OSError, ValueError):  # stderr gone: nowhere left to say it
+    try:  # noqa: SIM105 (contextlib: see the module's docstring)
         print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr gone: nowhere left to say it
 
 
 class Started:
@@ -142,8 +152,10 @@ class Started:
         from kiwi_overlay.run import child_environment
 
         self.directory = directory
+        # As this interpreter runs (in the initrd: -I -S -X utf8, no site), and -c, not -m (runpy).
+        flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site), ("-Xutf8", sys.flags.utf8_mode)) if on]
         self.process = subprocess.Popen(
-            [PROCESS_NAME, "-m", "kiwi_overlay.watch", str(directory), str(interval)],
+            [PROCESS_NAME, *flags, "-B", "-c", _ENTRY, str(directory), str(interval)],
             executable=sys.executable,
             stdin=subprocess.PIPE,  # closed by confirm(), once the layer is mounted
             stdout=subprocess.PIPE,
@@ -172,8 +184,11 @@ class Started:
         self.process.wait()
 
 
+_ENTRY = "from kiwi_overlay.watch import main; raise SystemExit(main())"
+
+
 def main() -> int:
-    directory, interval = Path(sys.argv[1]), float(sys.argv[2])
+    directory, interval = sys.argv[1], float(sys.argv[2])
 
     def ready() -> None:
         sys.stdout.write("ready\n")
@@ -184,7 +199,3 @@ def main() -> int:
 
     watch(directory, interval=interval, ready=ready, starter=sys.stdin.fileno())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
