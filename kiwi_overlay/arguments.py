@@ -24,7 +24,7 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_dracut_commands(commands: _Commands) -> None:
-    hook = commands.add_parser("dracut-cmdline", help="dracut cmdline hook: exit 0 for an overlay root, 1 for another root, 2 if invalid")
+    hook = commands.add_parser("dracut-cmdline", help="dracut cmdline hook: exit 0 for an overlay root, 1 for another root, 2 on failure")
     _add_cmdline_option(hook)
     hook.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="write etc/cmdline.d and run/initramfs under DIR")
     hook.set_defaults(func=cli.cmd_dracut_cmdline)
