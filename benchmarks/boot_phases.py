@@ -2,7 +2,7 @@
 
 Every kiwi-overlay message carries CLOCK_BOOTTIME (`[  12.345678] kiwi-overlay: ...`, also when
 journald forwards it). Phases are the gaps between known messages, in the order of the boot:
-the command line hook (interpreter start, imports, plan), the network, the NBD supervisor's fork,
+the command line hook (interpreter start, imports, claim), the network, the NBD supervisor's fork,
 the nbd module and its netlink family, the negotiation, the kernel attach, the mounts. Medians over the boots of each flavour.
 """
 
@@ -125,7 +125,7 @@ class Phase:
 
 
 PHASES = (
-    Phase("cmdline hook: kiwi-overlay's process, its interpreter's start to its answer (interpreter, imports, plan; no systemd)",
+    Phase("cmdline hook: kiwi-overlay's process, its interpreter's start to its answer (interpreter, imports, claim; no systemd)",
           _cmdline_process),
     Phase("cmdline stage: its start to kiwi-overlay's answer (dracut's init and earlier cmdline hooks too);"
           " 0 where the generator answered before the stage (systemd)", _cmdline_hook),

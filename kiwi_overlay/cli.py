@@ -35,8 +35,8 @@ def load_plan(args: argparse.Namespace) -> Plan:
     plan = parse_plan(KernelCmdline(args.cmdline) if args.cmdline is not None else KernelCmdline.from_system())
     log.configure(debug=plan.debug)
     # A hook (this machine's command line), debugging: what its interpreter cost before any work.
-    if log.debugging() and args.cmdline is None and (age := log.process_age()) is not None:
-        log.debug(f"{args.command}: interpreter started {age:.2f} s before this message (imports and plan)")
+    if args.cmdline is None:
+        log.started(args.command, work="plan")
     return plan
 
 

@@ -13,6 +13,7 @@ import os
 from kiwi_overlay import log
 from kiwi_overlay.cmdline import KernelCmdline
 from kiwi_overlay.config.claim import ADDRESSED, debug_requested, implied_dhcp, root_transport, write_kind
+from kiwi_overlay.files import write_whole
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
 TYPE_CHECKING = False
@@ -36,8 +37,7 @@ MODULES_LOAD = "run/modules-load.d/kiwi-overlay.conf"
 def _write(root: str | Path, name: str, text: str) -> None:
     path = os.path.join(root, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as file:
-        file.write(text)
+    write_whole(path, text)
 
 
 def prepare(cmdline: KernelCmdline, *, root: str | Path = "/", net_conf: str = NET_CONF) -> bool:
@@ -98,8 +98,8 @@ def hook(*, cmdline: KernelCmdline | None = None, root: str | Path = "/") -> int
     machine = cmdline is None
     cmdline = KernelCmdline.from_system() if cmdline is None else cmdline
     log.configure(debug=debug_requested(cmdline))
-    if machine and log.debugging() and (age := log.process_age()) is not None:
-        log.debug(f"dracut-cmdline: interpreter started {age:.2f} s before this message (imports and claim)")
+    if machine:
+        log.started("dracut-cmdline", work="claim")
     if not prepare(cmdline, root=root):
         return 1
     if machine:

@@ -45,6 +45,12 @@ def process_age() -> float | None:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def started(command: str, *, work: str) -> None:
+    """With rd.kiwi.debug, in a hook's process: how long its interpreter ran before this message (its imports and WORK)."""
+    if _debug and (age := process_age()) is not None:
+        debug(f"{command}: interpreter started {age:.2f} s before this message (imports and {work})")
+
+
 def _emit(text: str) -> None:
     line = f"[{time.clock_gettime(time.CLOCK_BOOTTIME):10.6f}] kiwi-overlay: {text}"
     # A long-lived process (the NBD supervisor) outlives whoever read its stderr: a broken pipe
