@@ -156,7 +156,10 @@ def open_verified(device: Path, root_hash: str) -> Path:
     from shutil import which
 
     if which("veritysetup") is None:
-        raise KiwiOverlayError(f"{option}: this initrd has no veritysetup; build it on a host with veritysetup (cryptsetup-bin)")
+        raise KiwiOverlayError(
+            f'{option}: this initrd has no veritysetup; build it with kiwi_overlay_verity="yes" in dracut.conf.d '
+            "(and veritysetup, cryptsetup-bin, on the build host)"
+        )
     size = device_size(device)
     data_blocks = data_blocks_of(size, digest_size=len(root_hash) // 2)
     if data_blocks is None or not _has_superblock(device, data_blocks):

@@ -2,7 +2,8 @@
 
 The test root as squashfs with 64 KiB of free space after the filesystem (covered by the hash tree,
 read by no one but `ko.test=read-all`), formatted by `kiwi-overlay verity format`, served by
-nbd-server. Four guests: the good image boots from the verity device (without and with systemd in
+nbd-server, booted with the initrds built with kiwi_overlay_verity="yes" (session_initrd(verity=True)).
+Four guests: the good image boots from the verity device (without and with systemd in
 the initrd); a byte changed in the free space boots but reading it gives an I/O error and the
 kernel's dm-verity line; a byte changed in the filesystem superblock stops the boot with
 kiwi-overlay's one line.
@@ -49,7 +50,7 @@ def flip_byte(image: Path, offset: int) -> None:
 def boot_verity(image: Path, root_hash: str, *, name: str, actions: str, systemd: bool = False) -> BootResult:
     with NbdServer(image) as server:
         cmdline = f"root=overlay:{server.url()} rd.root.overlay.verity={root_hash} ko.test={actions} ko.dev=/dev/dm-0"
-        return boot(Guest(session_initrd(systemd=systemd), cmdline), name=name, timeout=BOOT_TIMEOUT)
+        return boot(Guest(session_initrd(systemd=systemd, verity=True), cmdline), name=name, timeout=BOOT_TIMEOUT)
 
 
 def test_verity_root_boots_from_the_verity_device(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.initrd import MODULE_DIR, session_initrd
+from tests.boot.initrd import MODULE_DIR, VERITY_CONF, kiwi_overlay_initrd, session_initrd
 from tests.boot.qemu import Guest, boot
 
 PACKAGE_COPY = Path(__file__).resolve().parents[1] / "kiwi_overlay/dracut"
@@ -325,6 +325,11 @@ def listing(image: Path) -> set[str]:
     return {line.split()[8] for line in out.splitlines() if len(line.split()) >= 9 and line[:1] in "-dl"}
 
 
+def verity_stack(files: set[str]) -> tuple[bool, bool]:
+    """Whether an initrd's files hold veritysetup, and dm-verity.ko."""
+    return "usr/sbin/veritysetup" in files, any(name.endswith("md/dm-verity.ko") for name in files)
+
+
 @pytest.fixture(scope="session", params=[False, True], ids=["no-systemd", "systemd"])
 def initrd(request: pytest.FixtureRequest) -> tuple[bool, Path]:
     return request.param, session_initrd(systemd=request.param)
@@ -369,7 +374,6 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
         f"{stdlib}/kiwi_overlay/cli.pyc",
         f"{stdlib}/pyroute2/__init__.pyc",
         f"{stdlib}/psutil/__init__.pyc",
-        "usr/sbin/veritysetup",
         "usr/lib/dracut/hooks/cmdline/20-kiwi-overlay-cmdline.sh",
         "usr/lib/dracut/hooks/shutdown/45-kiwi-overlay-shutdown.sh",
     }
@@ -381,10 +385,60 @@ def test_initrd_holds_the_interpreter_the_package_its_dependencies_and_the_hooks
     assert not any("/tests/" in name for name in files if name.startswith(stdlib))
     for driver in ("block/nbd.ko", "block/aoe/aoe.ko", "overlayfs/overlay.ko", "squashfs/squashfs.ko", "erofs/erofs.ko", "block/loop.ko"):
         assert any(name.endswith(driver) for name in files), driver
-    assert any(name.endswith("md/dm-verity.ko") for name in files), "dm-verity (the host has veritysetup)"
+    assert verity_stack(files) == (False, False), "dm-verity only with kiwi_overlay_verity=yes"
     generator = "usr/lib/systemd/system-generators/kiwi-overlay-generator"
     mount_hook = "usr/lib/dracut/hooks/mount/10-kiwi-overlay-mount.sh"
     assert (generator in files, mount_hook in files) == (systemd, not systemd)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("verity", [False, True], ids=["default", "kiwi_overlay_verity=yes"])
+def test_veritysetup_and_dm_verity_go_in_only_with_kiwi_overlay_verity(verity: bool) -> None:
+    """Issue 16 goal 3: about 0.6 MB zstd that an initrd carries only when dracut.conf.d asks for it."""
+    files = listing(session_initrd(systemd=False, verity=verity))
+    assert verity_stack(files) == (verity, verity)
+    assert any(name.endswith("/libcryptsetup.so.12") for name in files) == verity
+
+
+def failed_build(tmp_path: Path, conf: str, *, hidden: tuple[Path, ...] = ()) -> list[str]:
+    """The kiwi-overlay lines of the log of a no-systemd build that dracut gave up (HIDDEN: host files it does not see)."""
+    output = tmp_path / "initrd.img"
+    with pytest.raises(RuntimeError, match="dracut failed"):
+        kiwi_overlay_initrd(output=output, systemd=False, conf=conf, hidden=hidden)
+    assert not output.exists()
+    return [line for line in output.with_name("initrd.img.log").read_text().splitlines() if "kiwi-overlay: " in line]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("value", ["maybe", "YES", "1"])
+def test_kiwi_overlay_verity_other_than_yes_or_no_stops_the_build_with_one_line(tmp_path: Path, value: str) -> None:
+    expected = f'dracut: kiwi-overlay: kiwi_overlay_verity="{value}" in dracut.conf.d: must be yes or no, e.g. kiwi_overlay_verity="yes"'
+    assert failed_build(tmp_path, f'kiwi_overlay_verity="{value}"\n') == [expected]
+
+
+@pytest.mark.root
+def test_kiwi_overlay_verity_on_a_build_host_without_veritysetup_stops_the_build_with_one_line(tmp_path: Path) -> None:
+    veritysetup = Path(os.path.realpath(shutil.which("veritysetup", path="/usr/sbin:/usr/bin") or "/usr/sbin/veritysetup"))
+    assert failed_build(tmp_path, VERITY_CONF, hidden=(veritysetup,)) == [
+        'dracut: kiwi-overlay: kiwi_overlay_verity="yes" in dracut.conf.d needs veritysetup on the build host: '
+        "install cryptsetup-bin (Debian, Ubuntu) or cryptsetup (openSUSE, Fedora)"
+    ]
+
+
+@pytest.mark.root
+def test_verity_on_an_initrd_without_veritysetup_says_how_to_build_one(tmp_path: Path) -> None:
+    """What rd.root.overlay.verity meets in a default initrd once the read device is attached: one line."""
+    chroot_dir = unpacked_initrd(systemd=False, target=tmp_path / "initrd")
+    code = (
+        "from pathlib import Path; from kiwi_overlay.errors import KiwiOverlayError; from kiwi_overlay.verity import open_verified\n"
+        "try: open_verified(Path('/dev/nbd0'), 64 * '0')\nexcept KiwiOverlayError as error: print(error)"
+    )
+    result = in_chroot(chroot_dir, "python3", "-I", "-S", "-c", code)
+    assert (result.stdout, result.stderr) == (
+        f'rd.root.overlay.verity={64 * "0"}: this initrd has no veritysetup; build it with kiwi_overlay_verity="yes" in '
+        "dracut.conf.d (and veritysetup, cryptsetup-bin, on the build host)\n",
+        "",
+    )
 
 
 @pytest.mark.root

@@ -5,7 +5,7 @@ dracut looks for the kernel tree at /lib/modules/VERSION in places --kmoddir doe
 private mount namespace in which /usr/lib carries an overlay: the guest kernel tree bind-mounted at
 modules/VERSION and MODULE_DIRS (dracut modules of this project, not installed) under
 dracut/modules.d. Nothing on the host changes. Host dracut configuration is ignored (--conf
-/dev/null), so an initrd depends only on the arguments.
+/dev/null; --confdir holds only the file the caller writes), so an initrd depends only on the arguments.
 
 `python3 -m tests.boot.initrd OUTPUT [--systemd] MODULE...` builds one by hand.
 """
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -47,10 +49,14 @@ STOCK_NBD_MODULES = ("nbd", "overlay-root", "network-legacy")
 MODULE_DIR = Path(__file__).resolve().parents[2] / "dracut/modules.d/55kiwi-overlay"
 KIWI_OVERLAY_MODULES = ("kiwi-overlay", "bash", "udev-rules")
 
-# Runs inside `unshare --mount`: the values arrive as positional parameters, never as code.
+# What a dracut.conf.d file sets for an initrd with rd.root.overlay.verity (veritysetup, dm_verity).
+VERITY_CONF = 'kiwi_overlay_verity="yes"\n'
+
+# Runs inside `unshare --mount`: the values arrive as positional parameters, never as code. The
+# overlays come as DIRECTORY UPPER WORK triples (/usr/lib's first) before `--`, dracut after it.
 _NAMESPACE_SCRIPT = """
-upper=$1 work=$2 moddir=$3 kver=$4; shift 4
-mount -t overlay -o "lowerdir=/usr/lib,upperdir=$upper,workdir=$work" ko-bt-dracut /usr/lib
+moddir=$1 kver=$2; shift 2
+while [ "$1" != -- ]; do mount -t overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" ko-bt-dracut "$1"; shift 3; done; shift
 mount --bind "$moddir" "/usr/lib/modules/$kver"
 exec "$@"
 """
@@ -68,6 +74,8 @@ def build_initrd(
     kernel: GuestKernel | None = None,
     kiwi_overlay: Path | None = None,
     environment: Mapping[str, str] | None = None,
+    conf: str = "",
+    hidden: Sequence[Path] = (),
 ) -> Path:
     """Build OUTPUT with dracut: BASE_MODULES (+ SYSTEMD_MODULES) + MODULES, nothing else.
 
@@ -76,24 +84,35 @@ def build_initrd(
     modules added on top of what the dracut modules install. COMPRESS is dracut's compressor
     name, or "cat" for none. KIWI_OVERLAY is the kiwi-overlay command whose Python the
     kiwi-overlay module installs. ENVIRONMENT is added to dracut's (what a dracut.conf.d file
-    would set). The dracut log is kept next to OUTPUT (OUTPUT.log).
+    would set). CONF is the text of the one file of dracut's --confdir (a dracut.conf.d file).
+    HIDDEN are host files dracut does not see (a build host without them). The dracut log is kept
+    next to OUTPUT (OUTPUT.log).
     """
     kernel = kernel or guest_kernel()
     output.parent.mkdir(parents=True, exist_ok=True)
     dracut_modules = [*BASE_MODULES, *(SYSTEMD_MODULES if systemd else ()), *modules]
     with tempfile.TemporaryDirectory(prefix="ko-bt-dracut-") as scratch:
         upper, work, dracut_tmp = (Path(scratch) / name for name in ("upper", "work", "tmp"))
-        for directory in (upper / "modules" / kernel.version, work, dracut_tmp, Path(scratch) / "no-conf.d"):
+        confdir = Path(scratch) / "conf.d"
+        for directory in (upper / "modules" / kernel.version, work, dracut_tmp, confdir):
             directory.mkdir(parents=True)
+        if conf:
+            (confdir / "kiwi-overlay-test.conf").write_text(conf)
         for module_dir in module_dirs:
             shutil.copytree(module_dir, upper / "dracut/modules.d" / module_dir.name, symlinks=True)
+        overlays = {Path("/usr/lib"): (upper, work)}
+        for number, path in enumerate(hidden):
+            layer = overlays.setdefault(path.parent, (Path(scratch) / f"hide{number}/upper", Path(scratch) / f"hide{number}/work"))
+            for directory in layer:
+                directory.mkdir(parents=True, exist_ok=True)
+            os.mknod(layer[0] / path.name, stat.S_IFCHR, os.makedev(0, 0))  # overlayfs's whiteout: the file is not there
         argv = [
             "env",
             *([f"KIWI_OVERLAY={kiwi_overlay}"] if kiwi_overlay else []),
             *(f"{name}={value}" for name, value in (environment or {}).items()),
             "dracut",
             "--conf=/dev/null",
-            f"--confdir={scratch}/no-conf.d",
+            f"--confdir={confdir}",
             "--force",
             "--no-hostonly",
             "--no-hostonly-cmdline",
@@ -115,10 +134,10 @@ def build_initrd(
             "-ec",
             _NAMESPACE_SCRIPT,
             "sh",
-            upper,
-            work,
             kernel.moddir,
             kernel.version,
+            *(item for directory, layer in overlays.items() for item in (directory, *layer)),
+            "--",
         ]
         result = run([*namespace, *argv], check=False, capture=True)
     log = output.with_name(output.name + ".log")
@@ -141,10 +160,12 @@ def kiwi_overlay_initrd(
     module_dirs: Sequence[Path] = (),
     compress: str = "zstd",
     environment: Mapping[str, str] | None = None,
+    conf: str = "",
+    hidden: Sequence[Path] = (),
 ) -> Path:
     """An initrd with this project's module, run by this virtual environment's kiwi-overlay.
 
-    EXTRA_MODULES may name dracut modules of MODULE_DIRS; ENVIRONMENT: see build_initrd.
+    EXTRA_MODULES may name dracut modules of MODULE_DIRS; ENVIRONMENT, CONF, HIDDEN: see build_initrd.
     """
     return build_initrd(
         output=output,
@@ -154,6 +175,8 @@ def kiwi_overlay_initrd(
         compress=compress,
         kiwi_overlay=Path(sys.executable).parent / "kiwi-overlay",
         environment=environment,
+        conf=conf,
+        hidden=hidden,
     )
 
 
@@ -161,13 +184,16 @@ _session_dir: tempfile.TemporaryDirectory[str] | None = None
 
 
 @functools.cache
-def session_initrd(*, systemd: bool) -> Path:
-    """The kiwi-overlay initrd of one flavour, built once per test session and shared by every suite."""
+def session_initrd(*, systemd: bool, verity: bool = False) -> Path:
+    """The kiwi-overlay initrd of one flavour, built once per test session and shared by every suite.
+
+    VERITY: built with VERITY_CONF (the module's default leaves veritysetup and dm_verity out).
+    """
     global _session_dir
     if _session_dir is None:
         _session_dir = tempfile.TemporaryDirectory(prefix="ko-bt-session-")
-    flavour = "systemd" if systemd else "no-systemd"
-    return kiwi_overlay_initrd(output=Path(_session_dir.name) / f"kiwi-overlay-{flavour}.img", systemd=systemd)
+    name = f"kiwi-overlay-{'systemd' if systemd else 'no-systemd'}{'-verity' if verity else ''}.img"
+    return kiwi_overlay_initrd(output=Path(_session_dir.name) / name, systemd=systemd, conf=VERITY_CONF if verity else "")
 
 
 def main() -> None:

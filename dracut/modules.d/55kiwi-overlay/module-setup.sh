@@ -56,8 +56,8 @@ installkernel() {
     # The usual NICs of virtual machines and PCs (a hostonly initrd keeps the host's own); other
     # drivers come with add_drivers+=, or all of them with the kernel-network-modules module.
     instmods virtio_net e1000 e1000e igb r8169 vmxnet3
-    # dm-verity for rd.root.overlay.verity, when the host has veritysetup to set it up with.
-    if find_binary veritysetup > /dev/null; then
+    # dm-verity for rd.root.overlay.verity, when dracut.conf.d asks for it.
+    if _kiwi_overlay_verity; then
         hostonly='' instmods dm_verity
     fi
 }
@@ -67,6 +67,10 @@ install() {
     local _kiwi_overlay _output
     local -a _elf_files
     _kiwi_overlay=$(_kiwi_overlay) || _kiwi_overlay_fail "command ${KIWI_OVERLAY:-kiwi-overlay} not found"
+    # First, so that a wrong kiwi_overlay_verity stops the build before the Python work.
+    if _kiwi_overlay_verity; then
+        inst_multiple veritysetup || _kiwi_overlay_fail "could not install veritysetup"
+    fi
     # kiwi-overlay traces its imports under its own interpreter (whatever Python the image has now)
     # and writes that closure as bytecode; the interpreter and the libraries of the extension
     # modules come back, for dracut to install with their own libraries. Its one-line reason for
@@ -87,10 +91,20 @@ install() {
         inst_hook mount 10 "$moddir/kiwi-overlay-mount.sh"
     fi
     inst_hook shutdown 45 "$moddir/kiwi-overlay-shutdown.sh"
-    if find_binary veritysetup > /dev/null; then
-        inst_multiple veritysetup
-    fi
     _kiwi_overlay_install_tls
+}
+
+# rd.root.overlay.verity needs veritysetup and dm_verity (about 0.6 MB zstd): only with
+# kiwi_overlay_verity="yes" in dracut.conf.d, since a network root's verity cannot be seen at build time.
+_kiwi_overlay_verity() {
+    case ${kiwi_overlay_verity-} in
+        yes)
+            find_binary veritysetup > /dev/null \
+                || _kiwi_overlay_fail 'kiwi_overlay_verity="yes" in dracut.conf.d needs veritysetup on the build host: install cryptsetup-bin (Debian, Ubuntu) or cryptsetup (openSUSE, Fedora)'
+            ;;
+        no | '') return 1 ;;
+        *) _kiwi_overlay_fail "kiwi_overlay_verity=\"$kiwi_overlay_verity\" in dracut.conf.d: must be yes or no, e.g. kiwi_overlay_verity=\"yes\"" ;;
+    esac
 }
 
 # The CA, client certificate and key that rd.root.overlay.nbd.tls.* name: every file of
