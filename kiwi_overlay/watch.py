@@ -8,13 +8,18 @@ It ends when the write layer is unmounted.
 It is started in the initrd as a process of its own (`kiwi-overlay-watch`) and lives on in the real
 root, whether or not the initrd or the real root run systemd, needing nothing from the real root:
 it holds descriptors of /run and /dev/kmsg, opened before the switch. Unlike the NBD supervisor its
-name has no '@': the shutdown killing spree ends it before the file systems are unmounted.
+name has no '@': the shutdown killing spree ends it before the file systems are unmounted. A systemd
+initrd sends every such process SIGTERM just before it switches to the real root; in the initrd the
+watch therefore takes a SIGTERM for the end only when PID 1 has not switched SWITCH_GRACE seconds
+later (a shutdown from the initrd), and after the switch as any process does (`SwitchRoot`).
 Its interpreter starts while the root is attached, on the same CPU: it imports nothing but os,
 sys and time (no runpy, pathlib or contextlib, which would triple its start in a TCG guest).
 """
 
 from __future__ import annotations
 
+# The C module behind signal: signal.py imports enum, which would double the watch's start in a TCG guest.
+import _signal  # type: ignore[import-not-found]  # no stub: it is signal.py's private part
 import os
 import sys
 import time
@@ -32,6 +37,9 @@ LEVELS = (80, 90, 95)
 INTERVAL = 5.0
 # A level warned about is warned about again only after the fill level fell this far below it.
 REARM_BELOW = 5
+# systemd's SIGTERM to every process precedes its switch to the real root by well under a second.
+SWITCH_GRACE = 10.0
+INITRD_RELEASE = "/etc/initrd-release"
 
 
 def fill_percent(stat: os.statvfs_result) -> float:
@@ -90,6 +98,7 @@ def watch(
         kmsg: int | None = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
         kmsg = None  # not root: stderr only
+    switch = SwitchRoot() if os.path.exists(INITRD_RELEASE) else None
     if ready is not None:
         ready()
     if starter is not None:
@@ -97,6 +106,8 @@ def watch(
     mounted = False
     warned = 0
     while True:
+        if switch is not None and switch.terminated():
+            return
         stat = _layer(anchor, below, anchor_device)
         if stat is None:
             if mounted or starter is not None:
@@ -109,6 +120,49 @@ def watch(
         if level is not None:
             _say(kmsg, *message(level, percent, where=directory, size=stat.f_blocks * stat.f_frsize))
         time.sleep(interval)
+
+
+class SwitchRoot:
+    """In the initrd: a SIGTERM that systemd sends everyone before it switches to the real root does not end the watch.
+
+    A SIGTERM is noted, not obeyed: it ends the watch (`terminated`) only if PID 1 is still in this
+    process's root SWITCH_GRACE seconds later. Once PID 1 is in another root (the real one), SIGTERM
+    gets its default action back: the shutdown killing spree ends the watch.
+    """
+
+    def __init__(self) -> None:
+        self._proc: int | None = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # /proc moves to the real root
+        self._root = _identity(os.stat("/"))
+        self._signalled: float | None = None
+        _signal.signal(_signal.SIGTERM, self._note)
+
+    def _note(self, signal: int, frame: object) -> None:
+        self._signalled = time.monotonic()
+
+    def switched(self) -> bool:
+        """Whether PID 1 has left this process's root; from then on SIGTERM ends the process."""
+        if self._proc is None:
+            return True
+        try:
+            moved = _identity(os.stat("1/root", dir_fd=self._proc)) != self._root
+        except OSError:
+            return False
+        if moved:
+            _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+            os.close(self._proc)
+            self._proc = None
+            self._signalled = None  # the SIGTERM that came before the switch
+        return moved
+
+    def terminated(self) -> bool:
+        """Whether a SIGTERM ends the watch now: PID 1 did not switch within SWITCH_GRACE seconds of it."""
+        if self.switched() or self._signalled is None:
+            return False
+        return time.monotonic() - self._signalled >= SWITCH_GRACE
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def _wait_closed(fd: int) -> None:

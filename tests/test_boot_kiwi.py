@@ -263,11 +263,16 @@ def test_12_systemd_initrd_with_systemd_networkd_boots_scenario_1(systemd_networ
 # ---- issue 17.4: a warning before the write layer is full ---------------------------------------------------------
 
 
-def test_the_watch_warns_at_80_90_95_percent_of_the_tmpfs_write_layer() -> None:
-    """kiwi-overlay-watch, started in the initrd, warns from the booted root; one warning per level, no repeats."""
+@pytest.mark.parametrize("systemd", [False, True], ids=["no-systemd", "systemd"])
+def test_the_watch_warns_at_80_90_95_percent_of_the_tmpfs_write_layer(systemd: bool) -> None:
+    """kiwi-overlay-watch, started in the initrd, warns from the booted root; one warning per level, no repeats.
+
+    With systemd it outlives the SIGTERM that systemd sends every process before it switches root.
+    """
     with NbdServer(root_image("squashfs"), port=NBD_DEFAULT_PORT) as server:
         cmdline = f"root=overlay:nbd=10.0.2.2:{server.name} rd.root.overlay.size=16m ko.test=fill-overlay"
-        result = boot(Guest(initrd(), cmdline), name="kiwi-watch-fill", timeout=BOOT_TIMEOUT)
+        flavour = "systemd" if systemd else "no-systemd"
+        result = boot(Guest(session_initrd(systemd=systemd), cmdline), name=f"kiwi-watch-fill-{flavour}", timeout=BOOT_TIMEOUT)
     assert result.reached_root, result.describe()
     for step, warnings in (("82", 1), ("91", 2), ("96", 3)):
         assert (result.value(f"fill-overlay-{step}") or "").endswith(f" warnings={warnings}"), result.describe()

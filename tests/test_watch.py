@@ -148,3 +148,36 @@ def test_a_watch_looks_at_nothing_until_its_starter_is_done(tmp_path: Path) -> N
         assert all(wait.endswith("pipe_read") for wait in waits), waits  # blocked reading its starter's pipe, nothing else
     finally:
         started.stop()
+
+
+# In the initrd: systemd sends every process SIGTERM just before it switches root.
+_SWITCH_ROOT_CHILD = """
+import sys, time
+from kiwi_overlay import watch
+watch.SWITCH_GRACE = float(sys.argv[1])
+switch = watch.SwitchRoot()
+print("ready", switch.switched(), flush=True)
+while not switch.terminated():
+    time.sleep(0.05)
+print("terminated", flush=True)
+"""
+
+
+def test_a_sigterm_while_pid_1_stays_in_this_root_ends_the_watch_only_after_the_grace() -> None:
+    # Here PID 1 shares this process's root, as in an initrd that shuts down instead of switching.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SWITCH_ROOT_CHILD, "1.5"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready False\n"
+        child.terminate()
+        signalled = time.monotonic()
+        time.sleep(0.5)
+        assert child.poll() is None, "a SIGTERM before the grace ended the watch"
+        assert child.stdout.readline() == "terminated\n"
+        assert time.monotonic() - signalled >= 1.5
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.wait()
