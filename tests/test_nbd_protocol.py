@@ -498,6 +498,22 @@ def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:
     assert len(calls) >= 2
 
 
+def test_a_connection_the_server_never_accepts_is_tried_anew_within_the_attempt_timeouts() -> None:
+    # A full accept queue drops the SYN: the kernel would send it again after 1 s, 3 s, 7 s. The
+    # attempts' short timeouts bound the connect as they bound the greeting, so a 3 s budget makes
+    # several attempts instead of one connect that waits out the whole budget.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # never accepted: the queue holds one connection, later SYNs are dropped
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):  # the queue is full now
+            root = root_from_uri(f"nbd://127.0.0.1:{port}/export")
+            with pytest.raises(NbdError, match=r"\(gave up after 3 s, (\d+) attempts\)") as raised:
+                connect.with_retry(lambda d: connect.export_info(root, deadline=d, context=None), root=root, timeout=3)
+    attempts = int(re.search(r"(\d+) attempts", str(raised.value))[1])  # type: ignore[index]
+    assert attempts >= 2, str(raised.value)
+
+
 # --- NBD_CMD_READ in transmission phase (the supervisor's look at an image, issue 17 item 2) ----------
 
 

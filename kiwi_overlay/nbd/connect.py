@@ -33,8 +33,9 @@ MAX_DELAY = 10.0
 ATTEMPT_TIMEOUT = 30.0
 # A client caught in a full accept queue (nbd-server listens with a backlog of 10) waits for a
 # SYN or SYN-ACK retransmission (1 s, 3 s, 7 s later); a new connection is the quicker way in.
-# So with_retry's first attempt allows FIRST_GREETING_TIMEOUT for the greeting, each next one
-# twice as long up to GREETING_TIMEOUT (a loaded server still gets the time to accept and fork).
+# So with_retry's first attempt allows FIRST_GREETING_TIMEOUT to connect and as long again for the
+# greeting, each next one twice as long up to GREETING_TIMEOUT (a loaded server still gets the time
+# to accept and fork).
 FIRST_GREETING_TIMEOUT = 0.5
 GREETING_TIMEOUT = 5.0
 # The current attempt's greeting timeout: set by with_retry around each attempt (per thread).
@@ -82,7 +83,8 @@ def _tcp(root: NbdRoot, deadline: float, addresses: Sequence[Address] | None) ->
     for family, address in resolve(root) if addresses is None else addresses:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            # Not the whole attempt: a SYN that a full accept queue dropped is sent again only after 1 s.
+            sock.settimeout(max(0.01, min(deadline, time.monotonic() + _greeting_timeout.get()) - time.monotonic()))
             sock.connect(address)
         except OSError as error:
             sock.close()
@@ -170,7 +172,7 @@ def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
 
 
 def greeting_timeout(attempt: int) -> float:
-    """Seconds attempt ATTEMPT (from 1) of with_retry allows for the server's greeting."""
+    """Seconds attempt ATTEMPT (from 1) of with_retry allows to connect, and again for the server's greeting."""
     return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
 
 
