@@ -95,9 +95,11 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             "export read with NBD_CMD_READ (256 KiB, one in flight). Processes with processes: N kiwi-overlay client "
             "processes (benchmarks/storm_client.py) and N nbd-client processes, each started and ready (interpreter and "
             "imports done), blocked on a FIFO, released together; negotiation only (nbd-client cannot attach on this host: "
-            "no nbd module). Times from the release to the negotiated export. nbd-server listens with a backlog of 10: "
-            "a client caught in its overflow waits for a TCP retransmission; kiwi-overlay allows the first connection and "
-            "greeting 0.5 s, then connects again (1 s, 2 s, up to 5 s), nbd-client waits without a limit.",
+            "no nbd module). Times from the release to the negotiated export (kiwi-overlay's client stamps it and lives on "
+            "until the storm is over, as the boot's NBD supervisor does; nbd-client's `size =` line as it arrives). "
+            "nbd-server listens with a backlog of 10: a client caught in its overflow waits for a TCP retransmission "
+            "(1 s, 3 s, 7 s); kiwi-overlay allows the first attempt 0.5 s to connect and 0.5 s for the greeting, then "
+            "connects again (1 s, 2 s, up to 5 s), nbd-client waits without a limit.",
             lambda: storm.table(keep("storm", storm.measure(sizes=s.storm_sizes, image=image))),
         ),
         Section(

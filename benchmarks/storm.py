@@ -11,14 +11,17 @@ reports that it is ready (interpreter and imports done; for nbd-client, the shel
 it) and blocks reading the FIFO; closing its only writer releases them all at once. In a storm every client is
 its own machine: the interpreter start is not the shared server's load, so it is left out for both.
 Per client: success, and the time from the release to its negotiated export: kiwi-overlay's
-client reports it (CLOCK_MONOTONIC, before its interpreter exits); nbd-client's is its exit, as
-the parent sees it (nbd-client exits right after the negotiation, failing to attach).
+client reports it (CLOCK_MONOTONIC) and lives on until the storm is over, as the boot's NBD
+supervisor does; nbd-client's is when its `size =` line arrives (it prints it once negotiated, then
+fails to attach and exits). One loop reads every client's output as it comes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import selectors
 import socket
 import struct
 import subprocess
@@ -111,50 +114,70 @@ def _run(clients: int, client: Callable[[], None]) -> tuple[tuple[float, ...], t
     return tuple(times), tuple(failures), time.perf_counter() - began[0]
 
 
-def processes(argvs: Sequence[list[str]], *, expect: str, release: Path) -> tuple[tuple[float, ...], tuple[str, ...], float]:
-    """Start every ARGV (each opens the FIFO RELEASE, prints `ready` and reads it), release them together, time each to its exit.
+def processes(argvs: Sequence[list[str]], *, expect: str, release: Path, done: Path) -> tuple[tuple[float, ...], tuple[str, ...], float]:
+    """Start every ARGV (each opens the FIFO RELEASE, prints `ready` and reads it), release them together, time each to EXPECT.
 
-    A client failed unless EXPECT is in its output.
+    A client succeeded once a line of its output holds EXPECT; its time is the CLOCK_MONOTONIC
+    stamp the line carries (`at monotonic S`), or else when the line arrived. Clients that wait on
+    the FIFO DONE are let go when every client has succeeded or ended; any still running after
+    TIMEOUT are killed.
     """
     # Held open for writing while the clients start: their reads block until it is closed (EOF for all at once).
     writer = os.open(release, os.O_RDWR)
+    done_writer = os.open(done, os.O_RDWR)
+    clients: list[subprocess.Popen[bytes]] = []
     try:
-        clients = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for argv in argvs]
-    except BaseException:
-        os.close(writer)
-        raise
-    for client in clients:
-        assert client.stdout is not None
-        line = client.stdout.readline().strip()
-        if line != "ready":
+        clients += [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for argv in argvs]
+        for client in clients:
+            assert client.stdout is not None
+            line = client.stdout.readline().strip()
+            if line != b"ready":
+                raise RuntimeError(f"a storm client did not start: {line.decode(errors='replace') or 'no output'}")
+        times, failures, began = _timed(clients, expect=expect.encode(), release=writer)
+        return times, failures, time.monotonic() - began
+    finally:
+        os.close(done_writer)
+        with contextlib.suppress(OSError):
             os.close(writer)
-            raise RuntimeError(f"a storm client did not start: {line or 'no output'}")
-    times: list[float] = []
-    failures: list[str] = []
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
 
-    def finish(client: subprocess.Popen[str]) -> None:
-        try:
-            output, _ = client.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # nbd-client has no greeting timeout: caught in the accept queue overflow, it can wait forever.
-            client.kill()
-            client.communicate()
-            failures.append(f"no result within {TIMEOUT:g} s (killed)")
-            return
-        elapsed = time.monotonic() - began
-        if expect in output:
-            # A client that says when it was done (CLOCK_MONOTONIC): without its exit.
-            stamp = re.search(r"at monotonic ([\d.]+)", output)
-            times.append(float(stamp[1]) - began if stamp else elapsed)
-        else:
-            lines = output.strip().splitlines()
-            failures.append(lines[-1] if lines else f"no output, exit status {client.returncode}")
 
-    began = time.monotonic()
-    os.close(writer)
-    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
-        list(pool.map(finish, clients))
-    return tuple(times), tuple(failures), time.monotonic() - began
+def _timed(clients: Sequence[subprocess.Popen[bytes]], *, expect: bytes, release: int) -> tuple[tuple[float, ...], tuple[str, ...], float]:
+    """Release CLIENTS (close RELEASE) and read their output until each showed EXPECT or ended: (times, failures, release time)."""
+    outputs = {client.pid: b"" for client in clients}
+    times: dict[int, float] = {}
+    ended: set[int] = set()
+    with selectors.DefaultSelector() as selector:
+        for client in clients:
+            assert client.stdout is not None
+            selector.register(client.stdout, selectors.EVENT_READ, client)
+        began = time.monotonic()
+        os.close(release)
+        while len(set(times) | ended) < len(clients) and time.monotonic() < began + TIMEOUT:
+            for key, _ in selector.select(timeout=1.0):
+                pid = key.data.pid
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    ended.add(pid)
+                    continue
+                outputs[pid] += chunk
+                whole_lines = outputs[pid].rpartition(b"\n")[0].splitlines()
+                line = next((line for line in whole_lines if expect in line), None)
+                if line is not None and pid not in times:
+                    stamp = re.search(rb"at monotonic ([\d.]+)", line)
+                    times[pid] = float(stamp[1]) - began if stamp else time.monotonic() - began
+    failures = []
+    for client in clients:
+        if client.pid not in times:
+            lines = outputs[client.pid].decode(errors="replace").strip().splitlines()
+            failures.append(lines[-1] if client.pid in ended and lines else f"no result within {TIMEOUT:g} s (killed)")
+    return tuple(times.values()), tuple(failures), began
 
 
 def measure(*, sizes: Sequence[int], image: Path) -> list[Storm]:
@@ -162,9 +185,10 @@ def measure(*, sizes: Sequence[int], image: Path) -> list[Storm]:
     with NbdServer(image) as server, tempfile.TemporaryDirectory(prefix="ko-storm-") as scratch:
         uri = f"nbd://127.0.0.1:{server.port}/{server.name}"
         root = root_from_uri(uri)
-        release = Path(scratch) / "release"
+        release, done = Path(scratch) / "release", Path(scratch) / "done"
         os.mkfifo(release)
-        kiwi_argv = [sys.executable, "-m", "benchmarks.storm_client", str(release), uri]
+        os.mkfifo(done)
+        kiwi_argv = [sys.executable, "-m", "benchmarks.storm_client", str(release), str(done), uri]
         # The shell waits on the FIFO, then becomes nbd-client.
         shell = 'exec 3< "$1"; shift; echo ready; read -r _ <&3; exec 3<&-; exec "$@"'
         nbd_argv = ["sh", "-c", shell, "sh", str(release), "nbd-client", "127.0.0.1", str(server.port), "-N", server.name, "/dev/nbd0"]
@@ -180,7 +204,7 @@ def measure(*, sizes: Sequence[int], image: Path) -> list[Storm]:
             if not Path("/sys/module/nbd").exists():  # else nbd-client would attach a device
                 kinds.append(("nbd-client processes: negotiate only", nbd_argv, "size ="))
             for label, argv, expect in kinds:
-                times, failures, wall = processes([argv] * clients, expect=expect, release=release)
+                times, failures, wall = processes([argv] * clients, expect=expect, release=release, done=done)
                 storms.append(Storm(label, clients, times, failures, wall))
                 time.sleep(1)
     return storms
