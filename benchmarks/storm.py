@@ -18,7 +18,6 @@ fails to attach and exits). One loop reads every client's output as it comes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import selectors
@@ -123,8 +122,12 @@ def processes(argvs: Sequence[list[str]], *, expect: str, release: Path, done: P
     TIMEOUT are killed.
     """
     # Held open for writing while the clients start: their reads block until it is closed (EOF for all at once).
-    writer = os.open(release, os.O_RDWR)
+    writers = [os.open(release, os.O_RDWR)]
     done_writer = os.open(done, os.O_RDWR)
+
+    def let_go() -> None:
+        os.close(writers.pop())
+
     clients: list[subprocess.Popen[bytes]] = []
     try:
         clients += [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for argv in argvs]
@@ -133,12 +136,12 @@ def processes(argvs: Sequence[list[str]], *, expect: str, release: Path, done: P
             line = client.stdout.readline().strip()
             if line != b"ready":
                 raise RuntimeError(f"a storm client did not start: {line.decode(errors='replace') or 'no output'}")
-        times, failures, began = _timed(clients, expect=expect.encode(), release=writer)
+        times, failures, began = _timed(clients, expect=expect.encode(), release=let_go)
         return times, failures, time.monotonic() - began
     finally:
         os.close(done_writer)
-        with contextlib.suppress(OSError):
-            os.close(writer)
+        if writers:  # not released: a client did not start
+            let_go()
         for client in clients:
             if client.poll() is None:
                 client.kill()
@@ -147,8 +150,10 @@ def processes(argvs: Sequence[list[str]], *, expect: str, release: Path, done: P
                 client.stdout.close()
 
 
-def _timed(clients: Sequence[subprocess.Popen[bytes]], *, expect: bytes, release: int) -> tuple[tuple[float, ...], tuple[str, ...], float]:
-    """Release CLIENTS (close RELEASE) and read their output until each showed EXPECT or ended: (times, failures, release time)."""
+def _timed(
+    clients: Sequence[subprocess.Popen[bytes]], *, expect: bytes, release: Callable[[], None]
+) -> tuple[tuple[float, ...], tuple[str, ...], float]:
+    """RELEASE() the CLIENTS and read their output until each showed EXPECT or ended: (times, failures, release time)."""
     outputs = {client.pid: b"" for client in clients}
     times: dict[int, float] = {}
     ended: set[int] = set()
@@ -157,7 +162,7 @@ def _timed(clients: Sequence[subprocess.Popen[bytes]], *, expect: bytes, release
             assert client.stdout is not None
             selector.register(client.stdout, selectors.EVENT_READ, client)
         began = time.monotonic()
-        os.close(release)
+        release()
         while len(set(times) | ended) < len(clients) and time.monotonic() < began + TIMEOUT:
             for key, _ in selector.select(timeout=1.0):
                 pid = key.data.pid
