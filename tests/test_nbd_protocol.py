@@ -473,8 +473,8 @@ def test_a_stall_during_option_negotiation_is_retried(monkeypatch: pytest.Monkey
     assert info.size == 1 << 20
 
 
-def test_greeting_timeouts_start_short_and_double_up_to_the_limit() -> None:
-    assert [connect.greeting_timeout(attempt) for attempt in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+def test_step_timeouts_start_short_and_double_up_to_the_limit() -> None:
+    assert [connect.step_timeout(attempt) for attempt in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_a_connection_without_greeting_is_given_up_for_a_new_one() -> None:

@@ -33,13 +33,13 @@ MAX_DELAY = 10.0
 ATTEMPT_TIMEOUT = 30.0
 # A client caught in a full accept queue (nbd-server listens with a backlog of 10) waits for a
 # SYN or SYN-ACK retransmission (1 s, 3 s, 7 s later); a new connection is the quicker way in.
-# So with_retry's first attempt allows FIRST_GREETING_TIMEOUT to connect and as long again for the
-# greeting, each next one twice as long up to GREETING_TIMEOUT (a loaded server still gets the time
-# to accept and fork).
-FIRST_GREETING_TIMEOUT = 0.5
-GREETING_TIMEOUT = 5.0
-# The current attempt's greeting timeout: set by with_retry around each attempt (per thread).
-_greeting_timeout: ContextVar[float] = ContextVar("greeting_timeout", default=GREETING_TIMEOUT)
+# So with_retry's first attempt allows each of its first two steps, the connect and the server's
+# greeting, FIRST_STEP_TIMEOUT; each next attempt twice as long, up to STEP_TIMEOUT (a loaded
+# server still gets the time to accept and fork).
+FIRST_STEP_TIMEOUT = 0.5
+STEP_TIMEOUT = 5.0
+# The current attempt's step timeout: set by with_retry around each attempt (per thread).
+_step_timeout: ContextVar[float] = ContextVar("step_timeout", default=STEP_TIMEOUT)
 
 
 class Unreachable(NbdError):
@@ -84,7 +84,7 @@ def _tcp(root: NbdRoot, deadline: float, addresses: Sequence[Address] | None) ->
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # Not the whole attempt: a SYN that a full accept queue dropped is sent again only after 1 s.
-            sock.settimeout(max(0.01, min(deadline, time.monotonic() + _greeting_timeout.get()) - time.monotonic()))
+            sock.settimeout(max(0.01, min(deadline, time.monotonic() + _step_timeout.get()) - time.monotonic()))
             sock.connect(address)
         except OSError as error:
             sock.close()
@@ -122,7 +122,7 @@ def handshake(
 
     Returns the wire and the handshake flags. TLS checks the certificate against the host name, not the address.
     """
-    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + _greeting_timeout.get()))
+    wire = Wire(_tcp(root, deadline, addresses), peer=root.address, deadline=min(deadline, time.monotonic() + _step_timeout.get()))
     try:
         with _retried_when_lost():
             flags = protocol.greet(wire)
@@ -171,9 +171,9 @@ def export_info(root: NbdRoot, *, deadline: float, context: ssl.SSLContext | Non
         sock.close()
 
 
-def greeting_timeout(attempt: int) -> float:
+def step_timeout(attempt: int) -> float:
     """Seconds attempt ATTEMPT (from 1) of with_retry allows to connect, and again for the server's greeting."""
-    return min(GREETING_TIMEOUT, FIRST_GREETING_TIMEOUT * 2.0 ** min(attempt - 1, 16))
+    return min(STEP_TIMEOUT, FIRST_STEP_TIMEOUT * 2.0 ** min(attempt - 1, 16))
 
 
 def backoff(attempt: int) -> float:
@@ -189,19 +189,19 @@ def with_retry(action: Callable[[float], T], *, root: NbdRoot, timeout: float) -
     while True:
         attempt += 1
         began = time.monotonic()
-        greeting = greeting_timeout(attempt)
-        token = _greeting_timeout.set(greeting)
+        step = step_timeout(attempt)
+        token = _step_timeout.set(step)
         try:
             return action(min(end, began + ATTEMPT_TIMEOUT))
         except Unreachable as error:
             now = time.monotonic()
-            # An attempt that waited out its greeting timeout has backed off already (the timeouts
+            # An attempt that waited out a step timeout has backed off already (the timeouts
             # double): only a little jitter before the next. A refused connection backs off.
-            delay = random.uniform(0.0, FIRST_DELAY) if now - began >= greeting else backoff(attempt)
+            delay = random.uniform(0.0, FIRST_DELAY) if now - began >= step else backoff(attempt)
             if now + delay >= end:
                 raise NbdError(f"{error} (gave up after {timeout:.0f} s, {attempt} attempts)") from None
             log.debug(str(error))
             log.info(f"waiting for NBD server {root.address} (attempt {attempt}, {now - start:.0f} s of {timeout:.0f} s)")
             time.sleep(delay)
         finally:
-            _greeting_timeout.reset(token)
+            _step_timeout.reset(token)
