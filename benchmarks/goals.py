@@ -144,7 +144,7 @@ def _nbd_client_gap(measured: throughput.Measured | None) -> tuple[str, str, str
     if stale is None or fresh is None or not kiwi:
         return (goal, target, "n/m", "not measured")
     shown = (
-        f"nbd-client: {stale[0]:.1f} MB/s with the boot's stale code pages ({stale[1]:,.0f} code blocks invalidated during the read), "
+        f"nbd-client: {stale[0]:.2f} MB/s with the boot's stale code pages ({stale[1]:,.0f} code blocks invalidated during the read), "
         f"{fresh[0]:.1f} MB/s with {throughput.FRESH_PAGES} ({fresh[1]:,.0f}); kiwi-overlay with it {kiwi:.1f} MB/s "
         f"({kiwi / fresh[0]:.1f}× nbd-client's)"
     )

@@ -42,7 +42,7 @@ class Settings:
     debian13_runs: int = 2
 
 
-FULL = Settings(boot_runs=4, phase_runs=2, read_runs=2, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
+FULL = Settings(boot_runs=3, phase_runs=2, read_runs=2, read_size_mb=16, negotiation_runs=30, storm_sizes=(50, 200), net_runs=11)
 QUICK = Settings(
     boot_runs=1,
     phase_runs=1,
@@ -55,7 +55,7 @@ QUICK = Settings(
     netem_runs=1,
     debian13_runs=1,
 )
-TLS_READ_MB = 256
+TLS_READ_MB = 128  # CPU seconds per GiB, the measure, do not depend on the size read
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,14 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
         Section(
             "netem", f"5b. Multi-connection with {netem.DELAY_MS} ms more round-trip time (tc netem in the guest)",
             f"Item 5's read (kiwi-overlay only, the same {s.read_size_mb} MiB export from qemu-nbd, init_on_free=1), with "
-            f"rd.root.overlay.nbd.connections=1 and =4, on 1 vCPU, and on 2 vCPUs (`-smp`) with a reader per vCPU "
+            f"rd.root.overlay.nbd.connections=1 and =4 on 2 vCPUs (`-smp`) with a reader per vCPU "
             "(ko.read.per-cpu: one dd pinned to each CPU with taskset, each reading its half of the export: one reader would "
-            "use one hardware queue at a time), every packet the guest sends delayed by "
+            "use one hardware queue at a time), and =4 on 1 vCPU with one reader, once, to show where its READs go "
+            "(no 1-connection boot to compare with: see below), every packet the guest sends delayed by "
             f"{netem.DELAY_MS} ms: the benchmark-only dracut module benchmarks/dracut/90ko-bench-netem adds `tc qdisc ... netem "
             f"delay {netem.DELAY_MS}ms` (ko.bench.netem=) to the NIC from a udev rule as it appears, before kiwi-overlay brings it up "
             "(the host kernel has no sch_netem; the host's network is left alone); a boot whose console does not show the "
-            f"qdisc does not count. Up to {s.netem_runs} boots each, interleaved. The last column: the READs qemu-nbd's trace "
+            f"qdisc does not count. Up to {s.netem_runs} boots each on 2 vCPUs, interleaved. The last column: the READs qemu-nbd's trace "
             "shows on connection 0+1+2+3 (the guest's hardware queue number is in each request's handle) and the most in flight. "
             "How the kernel spreads requests (Debian's 6.1: drivers/block/nbd.c, block/blk-mq.c, block/blk-mq-cpumap.c): "
             "nbd_queue_rq sends a request over the connection numbered like its blk-mq hardware queue; the driver asks for one "

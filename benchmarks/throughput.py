@@ -187,14 +187,15 @@ def table(measured: Measured, *, size_mb: int) -> str:
         if not samples.values:
             rows.append(f"| {label} | not measured | | | | | |")
             continue
-        figures = spread(samples.values, "MB/s")
+        digits = 1 if min(samples.values) >= 1 else 2  # a stale-page read can be well under 0.1 MB/s
+        figures = spread(samples.values, "MB/s", digits)
         compared = ratio(samples.median, reference)
         cpu = median_kernel_cpu(samples)
         cpu_shown = f"{cpu:.1f} s" if cpu is not None else "n/m"
         invalidated = median(measured.invalidated[label])
         invalidated_shown = f"{invalidated:,.0f}" if invalidated is not None else "n/m"
         reads = "; ".join(f"{r.count} ({r.median_bytes / 1024:.0f} KiB, {r.most_in_flight})" for r in measured.requests[label]) or "n/m"
-        speed = f"**{median(samples.values):.1f} MB/s**"
+        speed = f"**{median(samples.values):.{digits}f} MB/s**"
         rows.append(
             f"| {label}{_multi_conn_note(samples)} | {speed} | {figures} | {compared} | {cpu_shown} | {invalidated_shown} | {reads} |"
         )
