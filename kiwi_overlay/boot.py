@@ -19,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kiwi_overlay.aoe.keeper import Started as AoeKeeper
     from kiwi_overlay.net.dhcp import DhcpLease
     from kiwi_overlay.watch import Started
 
@@ -66,9 +67,9 @@ def attach_read_device(plan: Plan, *, timeout: float) -> tuple[Plan, Path]:
         verity = plan.verity if plan.partition is None else None
         return plan, nbd.attach_root(root, timeout=timeout, verity=verity)
     if isinstance(root, AoeRoot):
-        from kiwi_overlay import aoe
+        from kiwi_overlay.aoe.attach import attach_root
 
-        return plan, aoe.attach_root(root, timeout=timeout)
+        return plan, attach_root(root, timeout=timeout)
     assert isinstance(root, LocalRoot)  # root=dhcp always needs an IP: it was replaced above
     from kiwi_overlay.devices import wait_for_device
 
@@ -91,26 +92,31 @@ def prepare_root(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) 
     """Attach the read device and mount every layer; the root at SYSROOT too when MOUNT_ROOT.
 
     The watch of the write layer starts first, so its interpreter loads while the device is attached.
+    An AoE device that stays attached gets its keeper (kiwi_overlay.aoe.keeper) once the root is assembled.
     """
     watch = _start_watch(Layout(run_dir, sysroot).overlayfs) if plan.write.kind != "none" else None
     try:
-        _attach_and_assemble(plan, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
+        aoe_device = _attach_and_assemble(plan, run_dir=run_dir, sysroot=sysroot, mount_root=mount_root)
     except BaseException:
         if watch is not None:
             watch.stop()
         raise
+    keeper = _start_aoe_keeper(aoe_device) if aoe_device is not None else None
     if watch is not None:
         try:
             watch.confirm()
         except KiwiOverlayError as error:
             _no_watch(error)
+    if keeper is not None and not keeper.confirm():
+        _no_aoe_keeper(f"it did not start (status {keeper.process.returncode})")
 
 
-def _attach_and_assemble(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> None:
+def _attach_and_assemble(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root: bool) -> Path | None:
     """Attach the read device and assemble the layers on it (or on its partition, or its dm-verity device).
 
     A failure leaves nothing behind: the mounts are undone by assemble, the verity and NBD devices here.
-    With rd.root.overlay.ram the network device is detached once the root is in RAM.
+    With rd.root.overlay.ram the network device is detached once the root is in RAM. Returns the AoE
+    device when the root stays on one.
     """
     plan, disk = attach_read_device(plan, timeout=plan.timeout)
     from kiwi_overlay.overlay import assemble
@@ -139,6 +145,8 @@ def _attach_and_assemble(plan: Plan, *, run_dir: Path, sysroot: Path, mount_root
             verity.close()  # the copy in RAM was verified as it was read
         _detach(plan, disk)
         log.info(f"detached {disk}: the root runs from RAM (rd.root.overlay.ram)")
+        return None
+    return disk if isinstance(plan.root, AoeRoot) else None
 
 
 def _start_watch(write_layer: Path) -> Started | None:
@@ -154,3 +162,18 @@ def _start_watch(write_layer: Path) -> Started | None:
 
 def _no_watch(error: Exception) -> None:
     log.info(f"no warning before the write layer fills up: {error}")
+
+
+def _start_aoe_keeper(device: Path) -> AoeKeeper | None:
+    """The process that wakes the aoe driver when it strands a request: the root does not hang without it, mostly."""
+    from kiwi_overlay.aoe.keeper import Started as AoeKeeper
+
+    try:
+        return AoeKeeper(device)
+    except OSError as error:
+        _no_aoe_keeper(error.strerror or str(error))
+        return None
+
+
+def _no_aoe_keeper(reason: str) -> None:
+    log.info(f"no keeper for the AoE root (a request the aoe driver strands would hang the root): {reason}")

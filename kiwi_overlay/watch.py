@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+from kiwi_overlay import resident
 from kiwi_overlay.errors import KiwiOverlayError
 
 # Not typing.TYPE_CHECKING: importing typing costs boot time; mypy honours this constant too.
@@ -94,10 +95,7 @@ def watch(
         raise KiwiOverlayError(f"cannot watch {directory}: {grandparent}: {error.strerror}") from None
     anchor_device = os.fstat(anchor).st_dev
     below = f"{parent_name}/{name}"
-    try:
-        kmsg: int | None = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        kmsg = None  # not root: stderr only
+    kmsg = resident.open_kmsg()
     switch = SwitchRoot() if os.path.exists(INITRD_RELEASE) else None
     if ready is not None:
         ready()
@@ -184,17 +182,7 @@ def _layer(anchor: int, below: str, anchor_device: int) -> os.statvfs_result | N
 
 
 def _say(kmsg: int | None, priority: int, text: str) -> None:
-    line = f"kiwi-overlay-watch[{os.getpid()}]: {text}"
-    if kmsg is not None:
-        try:
-            os.write(kmsg, f"<{priority}>{line}\n".encode()[:1000])
-            return
-        except OSError:
-            pass
-    try:  # noqa: SIM105 (contextlib: see the module's docstring)
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass  # stderr gone: nowhere left to say it
+    resident.say(kmsg, priority, f"kiwi-overlay-watch[{os.getpid()}]: {text}")
 
 
 class Started:
@@ -203,31 +191,13 @@ class Started:
     def __init__(self, directory: Path, *, interval: float = INTERVAL) -> None:
         import subprocess
 
-        from kiwi_overlay.run import child_environment
-
         self.directory = directory
-        # As this interpreter runs (in the initrd: -I -S -X utf8, no site), and -c, not -m (runpy).
-        flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site), ("-Xutf8", sys.flags.utf8_mode)) if on]
-        self.process = subprocess.Popen(
-            [PROCESS_NAME, *flags, "-B", "-c", _ENTRY, str(directory), str(interval)],
-            executable=sys.executable,
-            stdin=subprocess.PIPE,  # closed by confirm(), once the layer is mounted
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # it speaks through /dev/kmsg
-            env=child_environment(),
-            start_new_session=True,  # not in the boot step's signals
-            cwd="/",
-        )
+        # stdin: closed by confirm(), once the layer is mounted
+        self.process = resident.start(PROCESS_NAME, _ENTRY, [str(directory), str(interval)], stdin=subprocess.PIPE)
 
     def confirm(self, *, timeout: float = 60.0) -> None:
         """Wait until it is ready (imported, descriptors open: the initrd's files may go); stop it and raise if not."""
-        import select
-
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            answered, _, _ = select.select([self.process.stdout], [], [], timeout)
-            line = self.process.stdout.readline() if answered else b""
-        if line != b"ready\n":
+        if not resident.is_ready(self.process, timeout=timeout):
             self.stop()
             raise KiwiOverlayError(f"the watch of {self.directory} did not start (status {self.process.returncode})")
         assert self.process.stdin is not None
@@ -243,13 +213,5 @@ _ENTRY = "from kiwi_overlay.watch import main; raise SystemExit(main())"
 
 def main() -> int:
     directory, interval = sys.argv[1], float(sys.argv[2])
-
-    def ready() -> None:
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 1)
-        os.close(null)
-
-    watch(directory, interval=interval, ready=ready, starter=sys.stdin.fileno())
+    watch(directory, interval=interval, ready=resident.announce_ready, starter=sys.stdin.fileno())
     return 0

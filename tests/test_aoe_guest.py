@@ -65,7 +65,7 @@ import functools
 import subprocess
 from pathlib import Path
 from kiwi_overlay import log
-from kiwi_overlay.aoe import attach_root
+from kiwi_overlay.aoe.attach import attach_root
 from kiwi_overlay.config.plan import AoeRoot
 from kiwi_overlay.errors import KiwiOverlayError
 

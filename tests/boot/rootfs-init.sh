@@ -51,6 +51,12 @@ kernel_ticks() {
     awk '/^cpu / { print $4 + $7 + $8 }' /proc/stat
 }
 
+# A block device's sysfs directory: /dev/etherd/e0.1 is /sys/class/block/etherd!e0.1.
+sysfs_block() {
+    name=${1#/dev/}
+    echo "/sys/class/block/$(echo "$name" | tr / !)"
+}
+
 # The device under the read-only layer: the first block device mounted anywhere, unless ko.dev= names one.
 read_device() {
     for arg in $cmdline; do
@@ -81,7 +87,7 @@ action() {
             if has_arg ko.read.per-cpu; then
                 # One reader per CPU, pinned, each its share of the device: requests from every CPU at once.
                 readers=$(nproc)
-                share=$(($(cat "/sys/class/block/${device##*/}/size") / 2048 / readers)) # MiB
+                share=$(($(cat "$(sysfs_block "$device")/size") / 2048 / readers)) # MiB
                 pids=""
                 for cpu in $(seq 0 $((readers - 1))); do
                     taskset -c "$cpu" dd if="$device" of=/dev/null bs=1M skip=$((cpu * share)) count="$share" 2> /dev/null &
@@ -92,7 +98,7 @@ action() {
                 bytes=$((share * readers * 1048576))
             elif out=$(dd if="$device" of=/dev/null bs=1M 2>&1); then
                 out="readers=1 $(echo "$out" | tail -n 1)"
-                bytes=$(($(cat "/sys/class/block/${device##*/}/size") * 512))
+                bytes=$(($(cat "$(sysfs_block "$device")/size") * 512))
             else
                 out="failed $(echo "$out" | head -n 1)"
             fi

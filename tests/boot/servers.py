@@ -398,6 +398,11 @@ class AoeTarget(_Segment):
                 names.add(Path(f"/proc/{pid}/comm").read_text().strip())
         return names
 
+    def pause(self, *, paused: bool = True) -> None:
+        """Stop vblade in its tracks (SIGSTOP), or let it go on (PAUSED false): requests stay unanswered meanwhile."""
+        assert self._vblade is not None, "pause() needs vblade started by the target (daemon=False)"
+        os.kill(self._vblade.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def stop(self) -> None:
         """End vblade (the links stay): the target stops answering."""
         if self._vblade is not None:
