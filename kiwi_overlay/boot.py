@@ -165,7 +165,7 @@ def _no_watch(error: Exception) -> None:
 
 
 def _start_aoe_keeper(device: Path) -> AoeKeeper | None:
-    """The process that wakes the aoe driver when it strands a request: the root does not hang without it, mostly."""
+    """The process that wakes the aoe driver when it strands a request (without it the root may hang for good)."""
     from kiwi_overlay.aoe.keeper import Started as AoeKeeper
 
     try:
