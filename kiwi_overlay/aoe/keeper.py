@@ -82,7 +82,10 @@ def keep(device: str, *, interval: float = INTERVAL, ready: Callable[[], None] |
                 stall = f"{now[1]} request(s) in flight, none completed in {interval:g} s"
                 resident.say(kmsg, 4, f"kiwi-overlay-aoe[{os.getpid()}]: AoE {name}: {stall}: reading a block to wake the aoe driver")
             waking = True
-            os.preadv(disk, [block], 0)  # waits until served: one wake-up request at a time
+            try:  # noqa: SIM105 (contextlib would be one more import in the keeper's start)
+                os.preadv(disk, [block], 0)  # waits until served: one wake-up request at a time
+            except OSError:
+                pass  # EIO: the driver gave the target up (aoe_deadsecs); it may come back (aoe-revalidate)
             now = counters(os.pread(stat, 4096, 0))
         before = now
 
