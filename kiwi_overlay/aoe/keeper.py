@@ -14,7 +14,7 @@ This process holds the device from the initrd on. Every INTERVAL seconds it read
 request counters; when requests are in flight and none completed since the last look, it reads one
 block with O_DIRECT, bypassing the page cache: a new request makes the driver send the stranded one.
 Its argv[0] begins with '@' (as the NBD supervisor's), so it survives the switch to the real root
-and the shutdown killing spree. It imports only os, time and mmap, and ends when the device is gone.
+and the shutdown killing spree. It imports only os, sys, time, mmap and kiwi_overlay.resident, and ends when the device is gone.
 """
 
 from __future__ import annotations
