@@ -284,7 +284,7 @@ def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str],
         "| machine | |",
         "|---|---|",
         *(f"| {name} | {value} |" for name, value in before.items() if name != "load average"),
-        f"| guest kernel | {guest_kernel().version} (Debian), QEMU TCG, 1 vCPU |",
+        f"| guest kernel | {guest_kernel().version} (Debian), QEMU TCG, 1 vCPU; booted uncompressed (PVH entry), times from its start |",
         f"| load average | {before['load average']} at the start, {after['load average']} at the end |",
         f"| `make bench` wall time | {wall / 60:.1f} min |",
     ]

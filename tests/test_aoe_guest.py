@@ -168,7 +168,7 @@ def test_attach_root_through_the_kernel_driver(namespace: str, tmp_path: Path) -
     qemu = subprocess.Popen(
         ["ip", "netns", "exec", namespace, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-no-reboot",
          "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", *channel.serial_argv(),
-         "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1 quiet",
+         "-kernel", str(kernel.boot_file), "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1 quiet",
          "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
          "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=channel.pass_fds,

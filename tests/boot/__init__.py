@@ -1,6 +1,7 @@
 """The QEMU boot harness: guest kernel, root images, initrds, servers, guests.
 
-    guest_kernel.py  guest_kernel() -> GuestKernel(version, vmlinuz, moddir)   Debian 6.1, cached
+    guest_kernel.py  guest_kernel() -> GuestKernel(version, vmlinuz, boot_file, moddir)   Debian 6.1, cached;
+                     boot_file: the kernel uncompressed, which QEMU enters through its PVH note
     rootfs.py        root_image(fstype) -> Path (squashfs|erofs|ext4, cached); blank_disk(); ext4_disk()
     initrd.py        build_initrd(output=, systemd=, modules=, module_dirs=, ...) -> Path; stock_nbd_initrd()
     servers.py       NbdServer / QemuNbd (127.0.0.1, free port, stop()/start()), AoeTarget (vblade, bridge, tap)

@@ -98,7 +98,7 @@ class Guest:
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
-        vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).vmlinuz
+        vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).boot_file
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", str(self.memory_mb)]
         monitor = f"unix:{self.monitor},server=on,wait=off" if self.monitor else "none"
         argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", monitor, "-serial", "stdio"]

@@ -112,7 +112,7 @@ def _boot(directory: Path, script: str) -> tuple[str, list[str]]:
         [
             "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot",
             "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", *channel.serial_argv(),
-            "-kernel", str(kernel.vmlinuz), "-initrd", str(initramfs),
+            "-kernel", str(kernel.boot_file), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 loglevel=6",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
         ],
