@@ -98,13 +98,13 @@ class Guest:
 
     def argv(self, *, results: ResultChannel | None = None) -> list[str]:
         """QEMU's command line; ttyS1 goes to RESULTS (to nowhere without one)."""
-        vmlinuz = self.vmlinuz or (self.kernel or guest_kernel()).boot_file
+        kernel_file = self.vmlinuz or (self.kernel or guest_kernel()).boot_file
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", str(self.memory_mb)]
         monitor = f"unix:{self.monitor},server=on,wait=off" if self.monitor else "none"
         argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", monitor, "-serial", "stdio"]
         argv += results.serial_argv() if results else ["-serial", "null"]
         argv += ["-no-reboot"]
-        argv += ["-kernel", str(vmlinuz), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
+        argv += ["-kernel", str(kernel_file), "-initrd", str(self.initrd), "-append", f"{BASE_CMDLINE} {self.cmdline}"]
         for number, disk in enumerate(self.disks):
             readonly = "on" if disk.readonly else "off"
             argv += ["-drive", f"file={disk.image},if=none,id=disk{number},format={disk.format},readonly={readonly},cache=unsafe"]
