@@ -52,7 +52,7 @@ lint: deps venv
 	$(PY) -m ruff format --check kiwi_overlay tests benchmarks
 	$(PY) -m mypy kiwi_overlay benchmarks
 	if [ -d dracut ] && [ -n "$$(find dracut -name '*.sh')" ]; then shellcheck $$(find dracut -name '*.sh'); fi
-	shellcheck tests/boot/*.sh docs/kiwi/*/config.sh benchmarks/dracut/*/*.sh
+	shellcheck tests/boot/*.sh docs/kiwi/*/config.sh benchmarks/*.sh benchmarks/dracut/*/*.sh
 
 format: venv
 	$(PY) -m ruff format kiwi_overlay tests benchmarks

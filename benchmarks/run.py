@@ -18,7 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import boot_phases, boot_time, debian13, goals, initrd_size, negotiation, netem, storm, throughput, timeline, tls_proxy
+from benchmarks import (
+    boot_phases,
+    boot_time,
+    debian13,
+    goals,
+    guest_cost,
+    initrd_size,
+    negotiation,
+    netem,
+    storm,
+    throughput,
+    timeline,
+    tls_proxy,
+)
 from benchmarks.boot_time import FLAVOURS, Initrds, progress
 from benchmarks.stats import machine
 from tests.boot.guest_kernel import guest_kernel
@@ -168,6 +181,16 @@ def sections(settings: Settings, initrds: Initrds, scratch: Path, *, svg: Path) 
             lambda: boot_phases.table(phases(boot_phases.measure(runs=s.phase_runs, initrds=initrds, image=image))),
         ),
         Section(
+            "cost", "2b. What kiwi-overlay's processes are made of (inside the guest)",
+            "One boot of item 2's no-systemd initrd with one more archive after it (benchmarks/guest_probe.sh as rdinit, "
+            "before dracut's init; benchmarks/guest_probe.py): the initrd's interpreter with the flags of its kiwi-overlay "
+            "command (-ISBXutf8) started with `-c pass`, first the boot's first start, then three more; the imports of each "
+            "step of the boot in a fresh interpreter, each on top of the ones before it in the mount step's order, three "
+            "rounds; the frozen dataclasses those imports make (timed where the standard library makes each); mount(8) of "
+            "a tmpfs, three times. Medians. What is left of item 2's phases is the work itself.",
+            lambda: guest_cost.table(keep("cost", guest_cost.measure(initrds=initrds, scratch=scratch))),
+        ),
+        Section(
             "timeline", "7. The boot as a timeline",
             "From the console stamps (CLOCK_BOOTTIME) of this run's boots: kiwi-overlay from item 2's boots (rd.kiwi.debug), "
             "dracut from item 1's, for each the boot with the median time to root. A phase ends at a message: the kernel "
@@ -271,7 +294,7 @@ def timeline_section(boots: dict[str, Any], svg: Path) -> str:
     return "\n".join(lines)
 
 
-ORDER = ("goals", "boot", "debian13", "phases", "timeline", "negotiation", "initrd", "throughput", "netem", "tls", "storm", "net")
+ORDER = ("goals", "boot", "debian13", "phases", "cost", "timeline", "negotiation", "initrd", "throughput", "netem", "tls", "storm", "net")
 
 
 def document(results: dict[str, tuple[Section, str]], *, before: dict[str, str], after: dict[str, str], wall: float, quick: bool) -> str:

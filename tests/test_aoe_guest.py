@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.qemu import RESULT_PORT, ResultChannel
+from tests.boot.qemu import RESULT_PORT, ResultChannel, cpio_archive
 from tests.netns import network_namespace
 
 sys.path.insert(0, str(Path(__file__).parent / "boot"))
@@ -142,11 +142,7 @@ def _initramfs(kernel: GuestKernel, work: Path) -> Path:
         shutil.copy(kernel.moddir / path, root / "modules" / Path(path).name)
         order.append(Path(path).name)
     (root / "modules/order").write_text("\n".join(order) + "\n")
-    image = work / "initramfs.cpio"
-    files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
-    with image.open("wb") as out:
-        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files, stdout=out, check=True)
-    return image
+    return cpio_archive(root, output=work / "initramfs.cpio")
 
 
 @pytest.fixture

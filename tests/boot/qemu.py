@@ -148,6 +148,14 @@ def initrd_disk(initrd: Path, *, output: Path) -> Disk:
     return Disk(output, serial="koinitrd", readonly=True)
 
 
+def cpio_archive(tree: Path, *, output: Path) -> Path:
+    """TREE as an uncompressed newc cpio at OUTPUT: an initramfs, or one more archive after an initrd's."""
+    files = subprocess.run(["find", "."], cwd=tree, capture_output=True, check=True).stdout  # run() has no cwd
+    with output.open("wb") as archive:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files, stdout=archive, check=True)
+    return output
+
+
 def mac(number: int) -> str:
     """The MAC of the guest's NUMBERth NIC (0 = the first)."""
     return USER_MAC[:-2] + f"{0x56 + number:02x}"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from guest_kernel import GuestKernel, guest_kernel
 from nbd_servers import make_ca, sign
 
-from tests.boot.qemu import ResultChannel
+from tests.boot.qemu import ResultChannel, cpio_archive
 
 pytestmark = [pytest.mark.boot, pytest.mark.root]
 
@@ -96,11 +96,7 @@ def _initramfs(kernel: GuestKernel, directory: Path, script: str) -> Path:
         )
     )
     (tree / "init").chmod(0o755)
-    image = directory / "initramfs.cpio"
-    files = subprocess.run(["find", "."], cwd=tree, capture_output=True, check=True).stdout
-    with image.open("wb") as out:
-        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files, stdout=out, check=True)
-    return image
+    return cpio_archive(tree, output=directory / "initramfs.cpio")
 
 
 def _boot(directory: Path, script: str) -> tuple[str, list[str]]:
