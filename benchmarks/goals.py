@@ -109,6 +109,8 @@ def _without_own_time(
         verdict = "out of reach: the rest of the boot alone takes more"
     elif fixed is not None and fixed >= allowed:
         verdict = "out of reach: kiwi-overlay's interpreter starts and imports alone take more than goal 1 leaves its processes"
+    elif fixed is not None and own > allowed:
+        verdict = f"within reach only if their work takes {allowed - fixed:.1f} s, not {own - fixed:.1f} s"
     else:
         verdict = "within reach"
     if allowed >= 0:
