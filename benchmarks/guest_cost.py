@@ -23,8 +23,8 @@ PROBE_PROGRAM = Path(__file__).with_name("guest_probe.py")
 ALIGNMENT = 4
 # Parts on the mount step's way, in its import order: (mark, what is imported there).
 IMPORTS = (
-    ("dataclasses", "dataclasses (with inspect, ast, dis, tokenize)"),
-    ("pathlib", "pathlib (with fnmatch, re, enum, urllib.parse, ipaddress)"),
+    ("dataclasses", "dataclasses (with inspect, ast, dis, tokenize, re, enum, functools)"),
+    ("pathlib", "pathlib (with fnmatch, urllib.parse, ipaddress)"),
     ("plan", "the plan: config.parse, boot (the plan's frozen dataclasses, the ip= grammar)"),
     ("network", "the network bring-up: net.bringup, net.links"),
     ("pyroute2", "pyroute2's message classes (with logging, multiprocessing, platform, typing)"),
