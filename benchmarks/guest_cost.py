@@ -31,6 +31,7 @@ IMPORTS = (
     ("nbd", "NBD: nbd, nbd.kernel, nbd.connect, nbd.supervisor"),
     ("overlay", "the mounts: overlay"),
 )
+IMPORT_MARKS = tuple(f"import-{name}" for name, _ in IMPORTS)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class Measured:
         return median([float(value) for value in self.result.values(name)])
 
     def total(self, names: tuple[str, ...]) -> float | None:
+        """The sum of the medians of NAMES; None when one of them is missing."""
         values = [self.median(name) for name in names]
-        return sum(value for value in values if value is not None) if all(value is not None for value in values) else None
+        return None if None in values else sum(value for value in values if value is not None)
 
 
 def probe_initrd(initrd: Path, *, scratch: Path) -> Path:
@@ -69,13 +71,7 @@ def measure(*, initrds: Initrds, scratch: Path) -> Measured:
 
 def startup_cost(measured: Measured) -> float | None:
     """The interpreter starts and imports of a no-systemd boot's two processes: the cmdline hook's, the mount step's."""
-    parts = [
-        measured.median("interpreter-first"),
-        measured.median("interpreter"),
-        measured.median("import-cmdline"),
-        measured.total(tuple(f"import-{name}" for name, _ in IMPORTS)),
-    ]
-    return sum(part for part in parts if part is not None) if all(part is not None for part in parts) else None
+    return measured.total(("interpreter-first", "interpreter", "import-cmdline", *IMPORT_MARKS))
 
 
 def table(measured: Measured) -> str:
@@ -92,7 +88,7 @@ def table(measured: Measured) -> str:
         ("imports of the cmdline hook (cli, dracut_cmdline, config.claim)", cell("import-cmdline")),
         *((f"imports of the mount step: {what}", cell(f"import-{name}")) for name, what in IMPORTS),
     ]
-    imports = measured.total(tuple(f"import-{name}" for name, _ in IMPORTS))
+    imports = measured.total(IMPORT_MARKS)
     rows.append(("**imports of the mount step, in all**", "n/m" if imports is None else f"**{imports:.2f} s**"))
     classes, creation = measured.median("dataclass-classes"), measured.median("dataclass-creation")
     if classes is not None and creation is not None:
